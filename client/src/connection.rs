@@ -1,0 +1,321 @@
+//! One QUIC connection to one edge (see PROTOCOL.md): the handshake on the control stream, one
+//! bidirectional stream per request, and a reader per push stream feeding a bounded channel.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use quinn::{Endpoint, RecvStream, SendStream, VarInt};
+use roomcast_common::codec::Frame;
+use roomcast_common::protocol::{code, CLIENT_ALPN, PROTOCOL_VERSION};
+use roomcast_common::stream::{read_frame, write_frame};
+use roomcast_common::tls::{self, TransportLimits};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::client::ClientOptions;
+use crate::error::ClientError;
+
+/// A server push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Push {
+    pub route: String,
+    /// The room, or empty for pushes that are not room messages.
+    pub rid: String,
+    /// The room's sequence number, or 0 for pushes that are not room messages.
+    pub seq: u64,
+    pub body: Bytes,
+}
+
+impl Push {
+    /// The body parsed as JSON.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, ClientError> {
+        Ok(serde_json::from_slice(&self.body)?)
+    }
+}
+
+/// What the edge said in `Welcome`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    pub edge: String,
+    pub session: String,
+    pub max_frame: usize,
+}
+
+pub struct Connection {
+    conn: quinn::Connection,
+    endpoint: Endpoint,
+    welcome: Welcome,
+    next_id: AtomicU32,
+    request_timeout: Duration,
+    /// Taken once by the application.
+    pushes: Mutex<Option<mpsc::Receiver<Push>>>,
+    /// The reason the edge gave on the control stream before closing, if any.
+    error: Arc<Mutex<Option<String>>>,
+}
+
+impl Connection {
+    /// Connects to the edge at `addr` and completes the handshake.
+    pub async fn connect(
+        opts: &ClientOptions,
+        addr: SocketAddr,
+    ) -> Result<Connection, ClientError> {
+        tls::install_crypto_provider();
+        let fail = |reason: String| ClientError::Connect {
+            addr: addr.to_string(),
+            reason,
+        };
+        let limits = TransportLimits {
+            max_bidi_streams: 0,
+            // One stream per room plus the session stream.
+            max_uni_streams: 1024,
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(5),
+        };
+        let config = tls::client_config(&opts.ca, CLIENT_ALPN, &limits)
+            .map_err(|e| ClientError::Config(format!("{e:#}")))?;
+        let bind: SocketAddr = if addr.is_ipv6() {
+            "[::]:0".parse().expect("literal")
+        } else {
+            "0.0.0.0:0".parse().expect("literal")
+        };
+        let endpoint = Endpoint::client(bind).map_err(|e| fail(e.to_string()))?;
+        let connecting = endpoint
+            .connect_with(config, addr, &opts.server_name)
+            .map_err(|e| fail(e.to_string()))?;
+        let conn = tokio::time::timeout(opts.request_timeout, connecting)
+            .await
+            .map_err(|_| ClientError::Timeout(opts.request_timeout))?
+            .map_err(|e| fail(e.to_string()))?;
+
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let hello = Frame::Hello {
+            version: PROTOCOL_VERSION,
+            client: format!("roomcast-sdk/{}", env!("CARGO_PKG_VERSION")),
+        };
+        write_frame(&mut send, &hello).await?;
+        let mut buf = BytesMut::new();
+        let max = roomcast_common::protocol::HARD_MAX_FRAME;
+        let first =
+            tokio::time::timeout(opts.request_timeout, read_frame(&mut recv, &mut buf, max))
+                .await
+                .map_err(|_| ClientError::Timeout(opts.request_timeout))?;
+        let welcome = match first {
+            Ok(Some(Frame::Welcome {
+                edge,
+                session,
+                max_frame,
+                ..
+            })) => Welcome {
+                edge,
+                session,
+                max_frame: max_frame as usize,
+            },
+            Ok(Some(Frame::Error { code, message })) => {
+                return Err(ClientError::Handshake { code, message })
+            }
+            Ok(Some(other)) => {
+                return Err(ClientError::Protocol(format!(
+                    "expected Welcome, got {}",
+                    other.name()
+                )))
+            }
+            Ok(None) => return Err(ClientError::Closed("edge closed the control stream".into())),
+            Err(e) => return Err(close_reason(&conn).unwrap_or_else(|| e.into())),
+        };
+
+        let error = Arc::new(Mutex::new(None));
+        tokio::spawn(control_reader(
+            send,
+            recv,
+            buf,
+            welcome.max_frame,
+            error.clone(),
+        ));
+        let (tx, rx) = mpsc::channel(opts.push_capacity.max(1));
+        tokio::spawn(push_acceptor(conn.clone(), tx, welcome.max_frame));
+        Ok(Connection {
+            conn,
+            endpoint,
+            welcome,
+            next_id: AtomicU32::new(1),
+            request_timeout: opts.request_timeout,
+            pushes: Mutex::new(Some(rx)),
+            error,
+        })
+    }
+
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// The underlying quinn connection.
+    pub fn quic(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
+    /// The pushes of this connection, in a bounded channel; `None` after the first call. When the
+    /// channel is full the readers wait, so QUIC flow control slows the edge down (and an edge
+    /// whose queues overflow closes the connection as a slow consumer): keep reading.
+    pub fn pushes(&self) -> Option<mpsc::Receiver<Push>> {
+        self.pushes.lock().expect("pushes lock").take()
+    }
+
+    /// Sends a request and waits for its response body (status 200) or error.
+    pub async fn request(&self, route: &str, body: Bytes) -> Result<Bytes, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = Frame::Request {
+            id,
+            route: route.to_string(),
+            body,
+        };
+        let answer = tokio::time::timeout(self.request_timeout, self.round_trip(&frame))
+            .await
+            .map_err(|_| ClientError::Timeout(self.request_timeout))??;
+        match answer {
+            Frame::Response {
+                code: code::OK,
+                body,
+                ..
+            } => Ok(body),
+            Frame::Response { code, message, .. } => Err(ClientError::Request { code, message }),
+            other => Err(ClientError::Protocol(format!(
+                "expected Response, got {}",
+                other.name()
+            ))),
+        }
+    }
+
+    /// A request with JSON bodies both ways.
+    pub async fn request_json<T: Serialize, R: DeserializeOwned>(
+        &self,
+        route: &str,
+        body: &T,
+    ) -> Result<R, ClientError> {
+        let bytes = self
+            .request(route, Bytes::from(serde_json::to_vec(body)?))
+            .await?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    /// Sends a notify (no answer).
+    pub async fn notify(&self, route: &str, body: Bytes) -> Result<(), ClientError> {
+        let (mut send, _recv) = self.conn.open_bi().await.map_err(|e| self.closed(e))?;
+        write_frame(
+            &mut send,
+            &Frame::Notify {
+                route: route.to_string(),
+                body,
+            },
+        )
+        .await?;
+        let _ = send.finish();
+        Ok(())
+    }
+
+    /// A fresh request stream to write arbitrary bytes on (tests of bad input).
+    pub async fn open_raw_stream(&self) -> Result<(SendStream, RecvStream), ClientError> {
+        self.conn.open_bi().await.map_err(|e| self.closed(e))
+    }
+
+    /// Closes the connection and waits briefly for the close to reach the edge.
+    pub async fn close(&self) {
+        self.conn.close(VarInt::from_u32(0), b"client closed");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+
+    /// Why the connection closed, if it did.
+    pub fn close_reason(&self) -> Option<String> {
+        if let Some(e) = self.error.lock().expect("error lock").clone() {
+            return Some(e);
+        }
+        self.conn.close_reason().map(|r| r.to_string())
+    }
+
+    async fn round_trip(&self, frame: &Frame) -> Result<Frame, ClientError> {
+        let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| self.closed(e))?;
+        write_frame(&mut send, frame).await?;
+        let _ = send.finish();
+        let mut buf = BytesMut::new();
+        match read_frame(&mut recv, &mut buf, self.welcome.max_frame.max(64 * 1024)).await {
+            Ok(Some(f)) => Ok(f),
+            Ok(None) => Err(ClientError::Closed(
+                "edge finished the request stream without answering".into(),
+            )),
+            Err(e) => Err(close_reason(&self.conn).unwrap_or_else(|| e.into())),
+        }
+    }
+
+    fn closed(&self, e: quinn::ConnectionError) -> ClientError {
+        match self.error.lock().expect("error lock").clone() {
+            Some(reason) => ClientError::Closed(reason),
+            None => e.into(),
+        }
+    }
+}
+
+fn close_reason(conn: &quinn::Connection) -> Option<ClientError> {
+    conn.close_reason()
+        .map(|r| ClientError::Closed(r.to_string()))
+}
+
+/// Keeps the control stream open and records an `Error` frame from the edge.
+async fn control_reader(
+    send: SendStream,
+    mut recv: RecvStream,
+    mut buf: BytesMut,
+    max: usize,
+    error: Arc<Mutex<Option<String>>>,
+) {
+    while let Ok(Some(frame)) = read_frame(&mut recv, &mut buf, max).await {
+        if let Frame::Error { code, message } = frame {
+            *error.lock().expect("error lock") = Some(format!("{code}: {message}"));
+        }
+    }
+    drop(send);
+}
+
+/// Accepts the edge's push streams; each gets a reader.
+async fn push_acceptor(conn: quinn::Connection, tx: mpsc::Sender<Push>, max: usize) {
+    while let Ok(recv) = conn.accept_uni().await {
+        tokio::spawn(push_reader(recv, tx.clone(), max));
+    }
+}
+
+async fn push_reader(mut recv: RecvStream, tx: mpsc::Sender<Push>, max: usize) {
+    let mut buf = BytesMut::new();
+    loop {
+        match read_frame(&mut recv, &mut buf, max).await {
+            Ok(Some(Frame::Push {
+                route,
+                rid,
+                seq,
+                body,
+            })) => {
+                if tx
+                    .send(Push {
+                        route,
+                        rid,
+                        seq,
+                        body,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(Some(other)) => {
+                tracing::warn!("ignoring a {} frame on a push stream", other.name());
+            }
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!("push stream ended: {e}");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! Validation of the identifiers that reach Redis key names.
+//!
+//! User ids and room ids come from clients, so they may hold any printable UTF-8 (including
+//! `:`, `*`, `{`, `}` and spaces: [`crate::keys`] escapes those). Node ids (edges, backends)
+//! come from configuration and are restricted to a safe alphabet, because Lua scripts append
+//! them to key prefixes.
+
+/// Longest accepted uid or room id, in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// Checks a user id or room id; the error names the field and says what is wrong.
+pub fn check_user_id(field: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("`{field}` must not be empty"));
+    }
+    if value.len() > MAX_ID_BYTES {
+        return Err(format!(
+            "`{field}` is {} bytes long; the maximum is {MAX_ID_BYTES}",
+            value.len()
+        ));
+    }
+    if value.chars().any(|c| c.is_control()) {
+        return Err(format!("`{field}` must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Checks an edge or backend id: 1–64 of `[A-Za-z0-9._-]`.
+pub fn check_node_id(value: &str) -> Result<(), String> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "node id `{value}` must be 1-64 characters of A-Z a-z 0-9 . _ -"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ids() {
+        assert!(check_user_id("rid", "lobby {1}: *x").is_ok());
+        assert!(check_user_id("rid", "").unwrap_err().contains("empty"));
+        assert!(check_user_id("uid", "a\nb")
+            .unwrap_err()
+            .contains("control"));
+        assert!(check_user_id("uid", &"x".repeat(129))
+            .unwrap_err()
+            .contains("129"));
+    }
+
+    #[test]
+    fn node_ids() {
+        assert!(check_node_id("edge-1.eu_west").is_ok());
+        assert!(check_node_id("edge:1").is_err());
+        assert!(check_node_id("").is_err());
+    }
+}

@@ -1,0 +1,152 @@
+//! Protocol constants shared by clients, edges and backends. `PROTOCOL.md` documents each one.
+
+use serde::{Deserialize, Serialize};
+
+/// Version carried in `Hello`/`Welcome`. An edge refuses versions it does not speak.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// ALPN of the client ↔ edge protocol; a TLS handshake without it fails.
+pub const CLIENT_ALPN: &[u8] = b"roomcast/1";
+/// ALPN of the edge ↔ backend protocol, so a client can never speak to a backend port by accident.
+pub const BACKEND_ALPN: &[u8] = b"roomcast-backend/1";
+
+/// Default and hard upper bound of one frame (length prefix excluded).
+pub const DEFAULT_MAX_FRAME: usize = 64 * 1024;
+pub const HARD_MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// Status codes of `Response` and `Error` frames. HTTP-like where a meaning matches.
+pub mod code {
+    pub const OK: u16 = 200;
+    /// The body is not valid JSON or misses a required field.
+    pub const BAD_REQUEST: u16 = 400;
+    /// The route needs a session bound to a user (`connector.enter` first).
+    pub const NOT_ENTERED: u16 = 401;
+    /// The sender is not a member of the room it addresses.
+    pub const NOT_MEMBER: u16 = 403;
+    /// No handler for this route.
+    pub const UNKNOWN_ROUTE: u16 = 404;
+    /// The target of a private message is not in the room.
+    pub const TARGET_NOT_IN_ROOM: u16 = 410;
+    /// The uid is already logged in (on this or another edge).
+    pub const DUPLICATE_LOGIN: u16 = 409;
+    /// A frame longer than the negotiated maximum.
+    pub const FRAME_TOO_LARGE: u16 = 413;
+    /// Bytes that are not a valid frame (unknown type, truncated field, invalid UTF-8).
+    pub const MALFORMED_FRAME: u16 = 422;
+    /// The client's protocol version is not supported, or the handshake was wrong.
+    pub const BAD_HANDSHAKE: u16 = 426;
+    /// A configured limit (rooms per session, in-flight requests) was hit.
+    pub const LIMIT_EXCEEDED: u16 = 429;
+    /// A bug or an unexpected state on the server; the message says what.
+    pub const INTERNAL: u16 = 500;
+    /// No live backend serves this route.
+    pub const BACKEND_UNAVAILABLE: u16 = 502;
+    /// Redis is unreachable; retry later.
+    pub const STORE_UNAVAILABLE: u16 = 503;
+    /// Backends did not answer in time.
+    pub const BACKEND_TIMEOUT: u16 = 504;
+}
+
+/// QUIC application close codes.
+pub mod close {
+    /// Normal close by either side.
+    pub const NORMAL: u32 = 0;
+    /// Handshake failed (version, timeout, wrong first frame).
+    pub const BAD_HANDSHAKE: u32 = 1;
+    /// The session could not keep up with its pushes (bounded outbound queue overflowed).
+    pub const SLOW_CONSUMER: u32 = 2;
+    /// The edge is shutting down.
+    pub const SHUTDOWN: u32 = 3;
+    /// Protocol violation on the control stream.
+    pub const PROTOCOL_ERROR: u32 = 4;
+}
+
+/// Route names. Pomelo's names are kept so that its users recognise the flow.
+pub mod route {
+    pub const QUERY_ENTRY: &str = "gate.queryEntry";
+    pub const ENTER: &str = "connector.enter";
+    pub const LEAVE: &str = "connector.leave";
+    pub const CHAT_SEND: &str = "chat.send";
+    /// Routes with this prefix are forwarded to a backend.
+    pub const BACKEND_PREFIXES: &[&str] = &["chat."];
+
+    pub const ON_ADD: &str = "onAdd";
+    pub const ON_LEAVE: &str = "onLeave";
+    pub const ON_CHAT: &str = "onChat";
+    /// Pushed to local members when a backend destroys their room.
+    pub const ON_DESTROY: &str = "onDestroy";
+}
+
+/// `gate.queryEntry` request body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QueryEntry {
+    pub uid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+}
+
+/// `gate.queryEntry` response body (Pomelo's `{code, host, port}`, plus which edge it is).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EntryAnswer {
+    pub code: u16,
+    pub host: String,
+    pub port: u16,
+    pub edge: String,
+    pub region: String,
+}
+
+/// `connector.enter` request body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Enter {
+    pub username: String,
+    pub rid: String,
+}
+
+/// `connector.enter` response body: the room's users, and the room sequence number as of the
+/// join (the joiner receives every room push with a greater `seq`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Entered {
+    pub users: Vec<String>,
+    pub seq: u64,
+}
+
+/// `connector.leave` request body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Leave {
+    pub rid: String,
+}
+
+/// `chat.send` request body. `from` is accepted for Pomelo compatibility but ignored: the
+/// sender is always the session's uid.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChatSend {
+    pub rid: String,
+    pub content: String,
+    #[serde(default)]
+    pub from: Option<String>,
+    /// `*` (or absent) for the whole room, else one member's uid.
+    #[serde(default)]
+    pub target: Option<String>,
+}
+
+/// `onChat` push body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OnChat {
+    pub msg: String,
+    pub from: String,
+    pub target: String,
+}
+
+/// `onAdd` / `onLeave` push body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OnUser {
+    pub user: String,
+}
+
+/// `chat.send` response body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Sent {
+    /// Room sequence number of the message; absent for private messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+}

@@ -1,0 +1,106 @@
+//! TLS for QUIC: rustls with the `ring` provider chosen explicitly (quinn and rustls can pull
+//! in both `ring` and `aws-lc-rs`; we build only `ring`), TLS 1.3 only, PEM files from `certs/`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Installs ring as the process-wide rustls provider. Idempotent; call once at start-up.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("cannot read certificate file {}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("bad PEM in {}", path.display()))?;
+    if certs.is_empty() {
+        return Err(anyhow!("no certificate in {}", path.display()));
+    }
+    Ok(certs)
+}
+
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
+    PrivateKeyDer::from_pem_file(path)
+        .with_context(|| format!("cannot read private key {}", path.display()))
+}
+
+/// Limits a server applies to each connection. Documented in `PROTOCOL.md`.
+#[derive(Debug, Clone)]
+pub struct TransportLimits {
+    /// Requests a peer may have in flight at once (one bidirectional stream each).
+    pub max_bidi_streams: u32,
+    /// Unidirectional streams the peer may open towards us.
+    pub max_uni_streams: u32,
+    /// A connection silent for this long is closed.
+    pub idle_timeout: Duration,
+    /// Keep-alive probes so that NATs and idle timers stay open.
+    pub keep_alive: Duration,
+}
+
+impl TransportLimits {
+    fn transport(&self) -> Result<quinn::TransportConfig> {
+        let mut t = quinn::TransportConfig::default();
+        t.max_concurrent_bidi_streams(self.max_bidi_streams.into());
+        t.max_concurrent_uni_streams(self.max_uni_streams.into());
+        t.max_idle_timeout(Some(
+            self.idle_timeout
+                .try_into()
+                .map_err(|_| anyhow!("idle timeout out of range"))?,
+        ));
+        t.keep_alive_interval(Some(self.keep_alive));
+        Ok(t)
+    }
+}
+
+/// A quinn server config presenting `cert`/`key` for `alpn`.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    alpn: &[u8],
+    limits: &TransportLimits,
+) -> Result<quinn::ServerConfig> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(load_certs(cert)?, load_key(key)?)
+        .context("certificate and key do not match")?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let crypto = QuicServerConfig::try_from(tls)?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(Arc::new(limits.transport()?));
+    Ok(cfg)
+}
+
+/// A quinn client config trusting only the CA in `ca` (the cluster's or the deployment's).
+pub fn client_config(
+    ca: &Path,
+    alpn: &[u8],
+    limits: &TransportLimits,
+) -> Result<quinn::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in load_certs(ca)? {
+        roots
+            .add(cert)
+            .with_context(|| format!("bad CA certificate in {}", ca.display()))?;
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let crypto = QuicClientConfig::try_from(tls)?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(Arc::new(limits.transport()?));
+    Ok(cfg)
+}

@@ -1,0 +1,220 @@
+//! The edge's Redis pub/sub subscriber and the fan-out of pushes to local sessions.
+//!
+//! One dedicated pub/sub connection per edge carries the edge's own channel (pushes to given
+//! uids), the broadcast channel, and one channel per room that has local members. A room's
+//! channel is subscribed — and the subscription confirmed by Redis — *before* the edge runs the
+//! join script, so every push numbered after the join is received. If the connection drops, the
+//! subscriber reconnects with backoff and subscribes to everything again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use redis::aio::PubSubSink;
+use roomcast_common::bus::{self, BusMessage};
+use roomcast_common::codec::Frame;
+use roomcast_common::keys::Keys;
+use roomcast_common::protocol::route;
+use tokio::sync::Mutex;
+
+use crate::outbound::StreamKey;
+use crate::state::EdgeState;
+
+pub struct Bus {
+    client: redis::Client,
+    keys: Keys,
+    edge: String,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// `None` while the pub/sub connection is down.
+    sink: Option<PubSubSink>,
+    /// rid → local members (or joins in progress) needing the room's channel.
+    counts: HashMap<String, usize>,
+}
+
+impl Bus {
+    pub fn new(client: redis::Client, keys: Keys, edge: String) -> Bus {
+        Bus {
+            client,
+            keys,
+            edge,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// Makes sure the room's channel is subscribed (confirmed by Redis) and counts one more
+    /// local user of it. Pair every successful call with [`Bus::release`].
+    pub async fn acquire(&self, rid: &str) -> Result<(), String> {
+        let mut inner = self.inner.lock().await;
+        let count = inner.counts.get(rid).copied().unwrap_or(0);
+        if count == 0 {
+            let channel = self.keys.room_channel(rid);
+            let Some(sink) = inner.sink.as_mut() else {
+                return Err("redis pub/sub connection is down".into());
+            };
+            sink.subscribe(&channel)
+                .await
+                .map_err(|e| format!("cannot subscribe to {channel}: {e}"))?;
+        }
+        inner.counts.insert(rid.to_string(), count + 1);
+        Ok(())
+    }
+
+    /// Drops one local user of the room's channel; unsubscribes after the last one.
+    pub async fn release(&self, rid: &str) {
+        let mut inner = self.inner.lock().await;
+        let Some(count) = inner.counts.get_mut(rid) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            inner.counts.remove(rid);
+            let channel = self.keys.room_channel(rid);
+            if let Some(sink) = inner.sink.as_mut() {
+                if let Err(e) = sink.unsubscribe(&channel).await {
+                    tracing::debug!("unsubscribe {channel}: {e}");
+                }
+            }
+        }
+    }
+
+    /// Number of room channels currently subscribed.
+    pub async fn room_subscriptions(&self) -> usize {
+        self.inner.lock().await.counts.len()
+    }
+
+    /// Opens the pub/sub connection and subscribes to every channel the edge needs.
+    async fn connect(&self) -> redis::RedisResult<redis::aio::PubSubStream> {
+        let (mut sink, stream) = self.client.get_async_pubsub().await?.split();
+        let mut inner = self.inner.lock().await;
+        let mut channels = vec![
+            self.keys.edge_channel(&self.edge),
+            self.keys.broadcast_channel(),
+        ];
+        channels.extend(inner.counts.keys().map(|rid| self.keys.room_channel(rid)));
+        sink.subscribe(&channels).await?;
+        inner.sink = Some(sink);
+        Ok(stream)
+    }
+
+    async fn disconnected(&self) {
+        self.inner.lock().await.sink = None;
+    }
+}
+
+/// Runs the subscriber until the process ends: connect, deliver, reconnect with backoff.
+/// `ready` is signalled after the first successful subscription.
+pub async fn run(state: Arc<EdgeState>, ready: tokio::sync::oneshot::Sender<()>) {
+    let mut ready = Some(ready);
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match state.bus.connect().await {
+            Ok(mut stream) => {
+                delay = Duration::from_millis(100);
+                if let Some(r) = ready.take() {
+                    let _ = r.send(());
+                } else {
+                    tracing::info!("pub/sub reconnected; room subscriptions restored");
+                }
+                while let Some(msg) = stream.next().await {
+                    deliver(&state, msg.get_payload_bytes());
+                }
+                tracing::warn!("redis pub/sub connection lost; reconnecting");
+                state.bus.disconnected().await;
+            }
+            Err(e) => tracing::warn!("redis pub/sub connect failed: {e}"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Fans one bus payload out to the local sessions it is for, encoding the client frame once.
+pub fn deliver(state: &Arc<EdgeState>, payload: &[u8]) {
+    let (seq, msg) = match bus::decode(payload) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!("dropping undecodable bus message: {e}");
+            return;
+        }
+    };
+    let encode = |route: String, rid: String, seq: u64, body: Vec<u8>| {
+        Frame::Push {
+            route,
+            rid,
+            seq,
+            body: Bytes::from(body),
+        }
+        .to_bytes()
+        .map_err(|e| tracing::warn!("dropping unencodable push: {e}"))
+        .ok()
+    };
+    match msg {
+        BusMessage::Room { rid, route, body } => {
+            let Some(frame) = encode(route, rid.clone(), seq, body) else {
+                return;
+            };
+            let local = state.local.lock().expect("local lock");
+            let key = StreamKey::Room(rid.clone());
+            for sid in local.rooms.recipients(&rid, seq) {
+                if let Some(s) = local.sessions.get(&sid) {
+                    s.outbound.push(key.clone(), frame.clone());
+                }
+            }
+        }
+        BusMessage::Users { uids, route, body } => {
+            let Some(frame) = encode(route, String::new(), 0, body) else {
+                return;
+            };
+            let local = state.local.lock().expect("local lock");
+            for uid in uids {
+                if let Some(s) = local
+                    .by_uid
+                    .get(&uid)
+                    .and_then(|sid| local.sessions.get(sid))
+                {
+                    s.outbound.push(StreamKey::Session, frame.clone());
+                }
+            }
+        }
+        BusMessage::Broadcast { route, body } => {
+            let Some(frame) = encode(route, String::new(), 0, body) else {
+                return;
+            };
+            let local = state.local.lock().expect("local lock");
+            for s in local.sessions.values() {
+                s.outbound.push(StreamKey::Session, frame.clone());
+            }
+        }
+        BusMessage::RoomDestroyed { rid } => {
+            let body = serde_json::json!({ "rid": rid }).to_string().into_bytes();
+            let Some(frame) = encode(route::ON_DESTROY.into(), rid.clone(), seq, body) else {
+                return;
+            };
+            let dropped = {
+                let mut local = state.local.lock().expect("local lock");
+                let members = local.rooms.drop_room(&rid);
+                let key = StreamKey::Room(rid.clone());
+                for sid in &members {
+                    if let Some(s) = local.sessions.get(sid) {
+                        s.rooms.lock().expect("rooms lock").remove(&rid);
+                        s.outbound.push(key.clone(), frame.clone());
+                        s.outbound.finish(&key);
+                    }
+                }
+                members.len()
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                for _ in 0..dropped {
+                    state.bus.release(&rid).await;
+                }
+            });
+        }
+    }
+}

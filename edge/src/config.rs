@@ -1,0 +1,92 @@
+//! Edge configuration. Every flag has an environment variable and a documented default
+//! (`README.md` lists them).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+#[derive(Debug, Clone, Args)]
+pub struct EdgeConfig {
+    /// Unique edge id (A-Z a-z 0-9 . _ -); defaults to `edge-<random>`.
+    #[arg(long, env = "ROOMCAST_EDGE_ID")]
+    pub id: Option<String>,
+
+    /// UDP address clients connect to.
+    #[arg(long, env = "ROOMCAST_LISTEN", default_value = "127.0.0.1:7001")]
+    pub listen: SocketAddr,
+
+    /// host:port the gate hands to clients for this edge; defaults to the bound listen address.
+    #[arg(long, env = "ROOMCAST_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// Region label; the gate prefers edges of the client's (or the answering edge's) region.
+    #[arg(long, env = "ROOMCAST_REGION", default_value = "local")]
+    pub region: String,
+
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key and channel.
+    #[arg(long, env = "ROOMCAST_PREFIX", default_value = "rc")]
+    pub prefix: String,
+
+    /// Certificate presented to clients.
+    #[arg(long, env = "ROOMCAST_EDGE_CERT", default_value = "certs/edge.pem")]
+    pub cert: PathBuf,
+
+    #[arg(long, env = "ROOMCAST_EDGE_KEY", default_value = "certs/edge.key")]
+    pub key: PathBuf,
+
+    /// CA that signs backend certificates (the cluster CA).
+    #[arg(long, env = "ROOMCAST_CA", default_value = "certs/ca.pem")]
+    pub ca: PathBuf,
+
+    /// Largest frame accepted from a client, in bytes (length prefix excluded).
+    #[arg(long, default_value_t = roomcast_common::protocol::DEFAULT_MAX_FRAME)]
+    pub max_frame: usize,
+
+    /// Requests one client may have in flight (QUIC bidirectional stream limit).
+    #[arg(long, default_value_t = 32)]
+    pub max_requests_in_flight: u32,
+
+    /// Rooms one session may be in at once.
+    #[arg(long, default_value_t = 64)]
+    pub max_rooms_per_session: usize,
+
+    /// Frames queued per push stream before the session is closed as a slow consumer.
+    #[arg(long, default_value_t = 1024)]
+    pub push_queue: usize,
+
+    /// Milliseconds a backend has to answer one attempt before the edge tries another.
+    #[arg(long, default_value_t = 2000)]
+    pub backend_attempt_ms: u64,
+
+    /// Milliseconds before a forwarded request fails with 504, all attempts included.
+    #[arg(long, default_value_t = 6000)]
+    pub backend_deadline_ms: u64,
+
+    /// Seconds a client connection may stay silent before it is closed.
+    #[arg(long, default_value_t = 30)]
+    pub idle_timeout_secs: u64,
+}
+
+impl EdgeConfig {
+    pub fn backend_attempt(&self) -> Duration {
+        Duration::from_millis(self.backend_attempt_ms)
+    }
+
+    pub fn backend_deadline(&self) -> Duration {
+        Duration::from_millis(self.backend_deadline_ms)
+    }
+}
+
+/// How long the client has to open the control stream and send `Hello`.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client has to deliver a request frame once it opened its stream.
+pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the edge refreshes its registry entry and its caches of edges and backends.
+pub const REGISTRY_REFRESH: Duration = Duration::from_secs(1);
+/// An edge entry disappears this long after the edge's last refresh.
+pub const REGISTRY_TTL: Duration = Duration::from_secs(5);

@@ -1,0 +1,187 @@
+//! Wiring of a running edge: start every task, run until a signal, shut down cleanly.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use clap::Parser;
+use quinn::{Endpoint, VarInt};
+use roomcast_common::ids::check_node_id;
+use roomcast_common::keys::Keys;
+use roomcast_common::protocol::{close, BACKEND_ALPN, CLIENT_ALPN};
+use roomcast_common::store::Store;
+use roomcast_common::tls::{self, TransportLimits};
+use tokio::task::JoinHandle;
+
+use crate::backends::BackendPool;
+use crate::config::EdgeConfig;
+use crate::state::EdgeState;
+use crate::{bus, registry, session};
+
+/// How long start-up waits for Redis before giving up.
+const REDIS_STARTUP_WAIT: Duration = Duration::from_secs(30);
+/// How long a clean shutdown waits for sessions to leave their rooms.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+pub struct RunningEdge {
+    pub id: String,
+    /// The bound client-facing UDP address.
+    pub addr: SocketAddr,
+    /// What the gate hands out for this edge.
+    pub advertise: String,
+    state: Arc<EdgeState>,
+    endpoint: Endpoint,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Starts an edge: Redis, pub/sub, registry, then the client endpoint.
+pub async fn start(cfg: EdgeConfig) -> anyhow::Result<RunningEdge> {
+    tls::install_crypto_provider();
+    let id = cfg
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("edge-{:06x}", rand::random::<u32>() & 0xff_ffff));
+    check_node_id(&id).map_err(|e| anyhow!(e))?;
+    check_node_id(&cfg.prefix).map_err(|e| anyhow!("bad --prefix: {e}"))?;
+    let store = Store::connect_retrying(&cfg.redis_url, Keys::new(&cfg.prefix), REDIS_STARTUP_WAIT)
+        .await
+        .with_context(|| format!("cannot connect to redis at {}", cfg.redis_url))?;
+
+    let client_limits = TransportLimits {
+        // +1 for the control stream.
+        max_bidi_streams: cfg.max_requests_in_flight + 1,
+        max_uni_streams: 0,
+        idle_timeout: Duration::from_secs(cfg.idle_timeout_secs),
+        keep_alive: Duration::from_secs(5),
+    };
+    let server_config = tls::server_config(&cfg.cert, &cfg.key, CLIENT_ALPN, &client_limits)?;
+    let endpoint = Endpoint::server(server_config, cfg.listen)
+        .with_context(|| format!("cannot bind {}", cfg.listen))?;
+    let addr = endpoint.local_addr()?;
+    let advertise = cfg.advertise.clone().unwrap_or_else(|| {
+        if addr.ip().is_unspecified() {
+            tracing::warn!(
+                "listening on {addr} without --advertise; the gate will hand out 127.0.0.1"
+            );
+            format!("127.0.0.1:{}", addr.port())
+        } else {
+            addr.to_string()
+        }
+    });
+
+    let backend_limits = TransportLimits {
+        max_bidi_streams: 0,
+        max_uni_streams: 0,
+        idle_timeout: Duration::from_secs(10),
+        keep_alive: Duration::from_secs(2),
+    };
+    let backend_config = tls::client_config(&cfg.ca, BACKEND_ALPN, &backend_limits)?;
+    let backend_endpoint = Endpoint::client(if addr.is_ipv6() {
+        "[::]:0".parse()?
+    } else {
+        "0.0.0.0:0".parse()?
+    })?;
+    let pool = BackendPool::new(
+        backend_endpoint,
+        backend_config,
+        cfg.backend_attempt(),
+        cfg.backend_deadline(),
+    );
+    let state = Arc::new(EdgeState::new(
+        id.clone(),
+        cfg,
+        advertise.clone(),
+        store,
+        pool,
+    ));
+
+    let mut tasks = Vec::new();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    tasks.push(tokio::spawn(bus::run(state.clone(), ready_tx)));
+    tokio::time::timeout(Duration::from_secs(10), ready_rx)
+        .await
+        .map_err(|_| anyhow!("redis pub/sub did not come up within 10s"))?
+        .map_err(|_| anyhow!("pub/sub task ended"))?;
+    registry::refresh_once(&state)
+        .await
+        .context("cannot register the edge in redis")?;
+    tasks.push(tokio::spawn(registry::run(state.clone())));
+    let accept_state = state.clone();
+    let accept_endpoint = endpoint.clone();
+    tasks.push(tokio::spawn(async move {
+        while let Some(incoming) = accept_endpoint.accept().await {
+            tokio::spawn(session::serve(accept_state.clone(), incoming));
+        }
+    }));
+    tracing::info!("edge {id} listening on {addr}, advertised as {advertise}");
+    Ok(RunningEdge {
+        id,
+        addr,
+        advertise,
+        state,
+        endpoint,
+        tasks,
+    })
+}
+
+impl RunningEdge {
+    /// Number of open client sessions.
+    pub fn sessions(&self) -> usize {
+        self.state.session_count()
+    }
+
+    /// Leaves the registry, closes every client connection (their sessions leave their rooms,
+    /// pushing onLeave), and stops.
+    pub async fn shutdown(self) {
+        if let Err(e) = self.state.store.unregister_edge(&self.id).await {
+            tracing::warn!("could not unregister edge {}: {e}", self.id);
+        }
+        self.endpoint
+            .close(VarInt::from_u32(close::SHUTDOWN), b"edge shutting down");
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while self.state.session_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+#[derive(Parser)]
+#[command(
+    name = "roomcast-edge",
+    about = "roomcast edge: QUIC front door for clients"
+)]
+struct Cli {
+    #[command(flatten)]
+    cfg: EdgeConfig,
+}
+
+/// Parses `args` (the first is the program name), runs until Ctrl-C or SIGTERM, shuts down.
+/// Prints `roomcast-edge <id> listening on <addr>` on stdout once ready.
+pub async fn run_cli(args: impl IntoIterator<Item = String>) -> anyhow::Result<()> {
+    let cli = Cli::try_parse_from(args).unwrap_or_else(|e| e.exit());
+    let edge = start(cli.cfg).await?;
+    println!("roomcast-edge {} listening on {}", edge.id, edge.addr);
+    wait_for_signal().await;
+    tracing::info!("edge {} shutting down", edge.id);
+    edge.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,341 @@
+//! The routes an edge serves itself, and forwarding of service routes to backends.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use roomcast_common::codec::Frame;
+use roomcast_common::ids::check_user_id;
+use roomcast_common::protocol::{
+    code, route, Enter, Entered, EntryAnswer, Leave, OnUser, QueryEntry,
+};
+use roomcast_common::store::{Claim, StoreError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::gate;
+use crate::outbound::StreamKey;
+use crate::state::{EdgeState, SessionHandle};
+
+/// A failed request: the status code and a message for a person.
+#[derive(Debug)]
+pub struct RouteError {
+    pub code: u16,
+    pub message: String,
+}
+
+impl RouteError {
+    fn new(code: u16, message: impl Into<String>) -> RouteError {
+        RouteError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StoreError> for RouteError {
+    fn from(e: StoreError) -> RouteError {
+        match e {
+            StoreError::Redis(e) => RouteError::new(
+                code::STORE_UNAVAILABLE,
+                format!("room state is unavailable (redis: {e}); retry later"),
+            ),
+            other => RouteError::new(code::INTERNAL, other.to_string()),
+        }
+    }
+}
+
+type RouteResult = Result<Bytes, RouteError>;
+
+fn is_backend_route(r: &str) -> bool {
+    route::BACKEND_PREFIXES.iter().any(|p| r.starts_with(p))
+}
+
+/// Answers one request.
+pub async fn dispatch(
+    state: &Arc<EdgeState>,
+    session: &Arc<SessionHandle>,
+    id: u32,
+    route_name: String,
+    body: Bytes,
+) -> Frame {
+    let result = match route_name.as_str() {
+        route::QUERY_ENTRY => query_entry(state, &body),
+        route::ENTER => enter(state, session, &body).await,
+        route::LEAVE => leave(state, session, &body).await,
+        r if is_backend_route(r) => return forward(state, session, id, route_name, body).await,
+        _ => Err(RouteError::new(
+            code::UNKNOWN_ROUTE,
+            format!("unknown route `{route_name}`"),
+        )),
+    };
+    match result {
+        Ok(body) => Frame::Response {
+            id,
+            code: code::OK,
+            message: String::new(),
+            body,
+        },
+        Err(e) => Frame::error_response(id, e.code, e.message),
+    }
+}
+
+/// A notify expects no answer: service routes are forwarded, anything else is logged.
+pub async fn notify(
+    state: &Arc<EdgeState>,
+    session: &Arc<SessionHandle>,
+    route_name: String,
+    body: Bytes,
+) {
+    if is_backend_route(&route_name) && session.uid().is_some() {
+        let _ = forward(state, session, 0, route_name, body).await;
+    } else {
+        tracing::debug!("ignoring notify `{route_name}`");
+    }
+}
+
+fn parse<T: DeserializeOwned>(route_name: &str, body: &[u8]) -> Result<T, RouteError> {
+    serde_json::from_slice(body).map_err(|e| {
+        RouteError::new(
+            code::BAD_REQUEST,
+            format!("body of `{route_name}` is not valid: {e}"),
+        )
+    })
+}
+
+fn json(value: &impl Serialize) -> RouteResult {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| RouteError::new(code::INTERNAL, e.to_string()))
+}
+
+fn check(field: &str, value: &str) -> Result<(), RouteError> {
+    check_user_id(field, value).map_err(|m| RouteError::new(code::BAD_REQUEST, m))
+}
+
+/// `gate.queryEntry {uid, region?}` → the edge this uid should use.
+fn query_entry(state: &EdgeState, body: &[u8]) -> RouteResult {
+    let q: QueryEntry = parse(route::QUERY_ENTRY, body)?;
+    check("uid", &q.uid)?;
+    let region = q.region.as_deref().unwrap_or(&state.cfg.region);
+    let edges = state.edges.read().expect("edges lock");
+    let edge = gate::choose(&q.uid, &edges, region)
+        .ok_or_else(|| RouteError::new(code::BACKEND_UNAVAILABLE, "no live edge is registered"))?;
+    let (host, port) = edge
+        .addr
+        .rsplit_once(':')
+        .and_then(|(h, p)| {
+            Some((
+                h.trim_start_matches('[').trim_end_matches(']'),
+                p.parse().ok()?,
+            ))
+        })
+        .ok_or_else(|| {
+            RouteError::new(
+                code::INTERNAL,
+                format!("edge {} registered a bad address `{}`", edge.id, edge.addr),
+            )
+        })?;
+    json(&EntryAnswer {
+        code: code::OK,
+        host: host.to_string(),
+        port,
+        edge: edge.id.clone(),
+        region: edge.region.clone(),
+    })
+}
+
+/// `connector.enter {username, rid}`: binds the session to the uid (once, globally unique),
+/// joins the room and pushes onAdd to the members already there.
+async fn enter(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8]) -> RouteResult {
+    let req: Enter = parse(route::ENTER, body)?;
+    check("username", &req.username)?;
+    check("rid", &req.rid)?;
+    let _ops = session.ops.lock().await;
+    bind(state, session, &req.username).await?;
+    let uid = req.username;
+
+    let already = session.rooms.lock().expect("rooms lock").contains(&req.rid);
+    if already {
+        // Idempotent: the store changes nothing and pushes nothing for a repeated join.
+        let joined = state.store.join(&req.rid, &uid, &state.id, None).await?;
+        return json(&Entered {
+            users: joined.users,
+            seq: joined.seq,
+        });
+    }
+    let in_rooms = session.rooms.lock().expect("rooms lock").len();
+    if in_rooms >= state.cfg.max_rooms_per_session {
+        return Err(RouteError::new(
+            code::LIMIT_EXCEEDED,
+            format!(
+                "a session may be in at most {} rooms",
+                state.cfg.max_rooms_per_session
+            ),
+        ));
+    }
+    // Subscribe first: every push numbered after the join is then sure to reach this edge.
+    state
+        .bus
+        .acquire(&req.rid)
+        .await
+        .map_err(|e| RouteError::new(code::STORE_UNAVAILABLE, e))?;
+    let on_add = serde_json::to_vec(&OnUser { user: uid.clone() }).unwrap_or_default();
+    let joined = match state
+        .store
+        .join(&req.rid, &uid, &state.id, Some((route::ON_ADD, &on_add)))
+        .await
+    {
+        Ok(j) => j,
+        Err(e) => {
+            state.bus.release(&req.rid).await;
+            return Err(e.into());
+        }
+    };
+    state
+        .local
+        .lock()
+        .expect("local lock")
+        .rooms
+        .join(&req.rid, session.sid, joined.seq);
+    session
+        .rooms
+        .lock()
+        .expect("rooms lock")
+        .insert(req.rid.clone());
+    json(&Entered {
+        users: joined.users,
+        seq: joined.seq,
+    })
+}
+
+/// Binds the session to `uid` on first use; a later enter must use the same uid.
+async fn bind(
+    state: &Arc<EdgeState>,
+    session: &Arc<SessionHandle>,
+    uid: &str,
+) -> Result<(), RouteError> {
+    match session.uid() {
+        Some(bound) if bound == uid => return Ok(()),
+        Some(bound) => {
+            return Err(RouteError::new(
+                code::BAD_REQUEST,
+                format!(
+                    "this session is logged in as `{bound}`; open another connection to log in as `{uid}`"
+                ),
+            ))
+        }
+        None => {}
+    }
+    match state
+        .store
+        .claim_session(uid, &state.id, &session.token)
+        .await?
+    {
+        Claim::Granted => {}
+        Claim::Taken { edge } => {
+            return Err(RouteError::new(
+                code::DUPLICATE_LOGIN,
+                format!("`{uid}` is already logged in (session on edge {edge})"),
+            ))
+        }
+    }
+    *session.uid.lock().expect("uid lock") = Some(uid.to_string());
+    state
+        .local
+        .lock()
+        .expect("local lock")
+        .by_uid
+        .insert(uid.to_string(), session.sid);
+    Ok(())
+}
+
+/// `connector.leave {rid}`: leaves one room and pushes onLeave to the others.
+async fn leave(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8]) -> RouteResult {
+    let req: Leave = parse(route::LEAVE, body)?;
+    check("rid", &req.rid)?;
+    let uid = session.uid().ok_or_else(not_entered(route::LEAVE))?;
+    let _ops = session.ops.lock().await;
+    if !session.rooms.lock().expect("rooms lock").contains(&req.rid) {
+        return Err(RouteError::new(
+            code::NOT_MEMBER,
+            format!("`{uid}` is not in room `{}`", req.rid),
+        ));
+    }
+    let on_leave = serde_json::to_vec(&OnUser { user: uid.clone() }).unwrap_or_default();
+    state
+        .store
+        .leave(
+            &req.rid,
+            &uid,
+            Some(&state.id),
+            Some((route::ON_LEAVE, &on_leave)),
+        )
+        .await?;
+    state
+        .local
+        .lock()
+        .expect("local lock")
+        .rooms
+        .leave(&req.rid, session.sid);
+    session.rooms.lock().expect("rooms lock").remove(&req.rid);
+    session.outbound.finish(&StreamKey::Room(req.rid.clone()));
+    state.bus.release(&req.rid).await;
+    json(&serde_json::json!({}))
+}
+
+fn not_entered(route_name: &'static str) -> impl Fn() -> RouteError {
+    move || {
+        RouteError::new(
+            code::NOT_ENTERED,
+            format!("route `{route_name}` needs a logged-in session: call connector.enter first"),
+        )
+    }
+}
+
+/// Forwards a service route to a backend with the session's identity attached.
+async fn forward(
+    state: &Arc<EdgeState>,
+    session: &Arc<SessionHandle>,
+    id: u32,
+    route_name: String,
+    body: Bytes,
+) -> Frame {
+    let Some(uid) = session.uid() else {
+        return Frame::error_response(
+            id,
+            code::NOT_ENTERED,
+            format!("route `{route_name}` needs a logged-in session: call connector.enter first"),
+        );
+    };
+    let request = Frame::BackendRequest {
+        id,
+        route: route_name.clone(),
+        uid,
+        edge: state.id.clone(),
+        session: session.token.clone(),
+        request_key: format!("{}/{id}", session.token),
+        body,
+    };
+    match state
+        .backends
+        .forward(&state.store, request, &route_name)
+        .await
+    {
+        Frame::Response {
+            code,
+            message,
+            body,
+            ..
+        } => Frame::Response {
+            id,
+            code,
+            message,
+            body,
+        },
+        other => Frame::error_response(
+            id,
+            code::INTERNAL,
+            format!("backend answered with a {} frame", other.name()),
+        ),
+    }
+}

@@ -1,0 +1,241 @@
+//! One client connection: the handshake on the control stream, one task per request stream,
+//! and cleanup (leave every room, release the uid) when the connection ends.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use quinn::{Connection, RecvStream, SendStream, VarInt};
+use roomcast_common::codec::Frame;
+use roomcast_common::protocol::{close, code, route, OnUser, PROTOCOL_VERSION};
+use roomcast_common::stream::{read_frame, write_frame};
+use tokio::time::timeout;
+
+use crate::config::{HANDSHAKE_TIMEOUT, REQUEST_READ_TIMEOUT};
+use crate::outbound::Outbound;
+use crate::routes;
+use crate::state::{EdgeState, SessionHandle};
+
+/// Serves one incoming connection until it closes.
+pub async fn serve(state: Arc<EdgeState>, incoming: quinn::Incoming) {
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!("connection failed during TLS handshake: {e}");
+            return;
+        }
+    };
+    let Some((ctrl_send, ctrl_recv)) = handshake(&state, &conn).await else {
+        return;
+    };
+    let sid = state.next_session_id();
+    let session = Arc::new(SessionHandle {
+        sid,
+        token: format!("{}.{}.{:08x}", state.id, sid, rand::random::<u32>()),
+        outbound: Outbound::new(conn.clone(), state.cfg.push_queue),
+        conn: conn.clone(),
+        uid: Mutex::new(None),
+        rooms: Mutex::new(BTreeSet::new()),
+        ops: tokio::sync::Mutex::new(()),
+    });
+    state
+        .local
+        .lock()
+        .expect("local lock")
+        .sessions
+        .insert(sid, session.clone());
+    let welcome = Frame::Welcome {
+        version: PROTOCOL_VERSION,
+        edge: state.id.clone(),
+        session: session.token.clone(),
+        max_frame: state.cfg.max_frame as u32,
+    };
+    tokio::spawn(control_stream(
+        conn.clone(),
+        ctrl_send,
+        ctrl_recv,
+        welcome,
+        state.cfg.max_frame,
+    ));
+    tracing::debug!(
+        "session {} open from {}",
+        session.token,
+        conn.remote_address()
+    );
+
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        tokio::spawn(request_stream(state.clone(), session.clone(), send, recv));
+    }
+    cleanup(&state, &session).await;
+    tracing::debug!("session {} closed", session.token);
+}
+
+/// Waits for the control stream and a supported `Hello`. On failure the connection is closed
+/// with `close::BAD_HANDSHAKE` and a reason a person can read.
+async fn handshake(state: &EdgeState, conn: &Connection) -> Option<(SendStream, RecvStream)> {
+    let (mut send, mut recv) = match timeout(HANDSHAKE_TIMEOUT, conn.accept_bi()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(_)) => return None,
+        Err(_) => {
+            refuse(
+                conn,
+                None,
+                "no control stream opened within the handshake timeout",
+            )
+            .await;
+            return None;
+        }
+    };
+    let mut buf = BytesMut::new();
+    let first = timeout(
+        HANDSHAKE_TIMEOUT,
+        read_frame(&mut recv, &mut buf, state.cfg.max_frame),
+    )
+    .await;
+    let problem = match first {
+        Ok(Ok(Some(Frame::Hello { version, .. }))) if version == PROTOCOL_VERSION => {
+            return Some((send, recv));
+        }
+        Ok(Ok(Some(Frame::Hello { version, .. }))) => format!(
+            "protocol version {version} is not supported; this edge speaks version {PROTOCOL_VERSION}"
+        ),
+        Ok(Ok(Some(other))) => format!("expected Hello as the first frame, got {}", other.name()),
+        Ok(Ok(None)) => "control stream finished before Hello".to_string(),
+        Ok(Err(e)) => format!("bad handshake frame: {e}"),
+        Err(_) => "no Hello within the handshake timeout".to_string(),
+    };
+    refuse(conn, Some(&mut send), &problem).await;
+    None
+}
+
+async fn refuse(conn: &Connection, send: Option<&mut SendStream>, message: &str) {
+    tracing::debug!("refusing {}: {message}", conn.remote_address());
+    if let Some(send) = send {
+        let frame = Frame::Error {
+            code: code::BAD_HANDSHAKE,
+            message: message.to_string(),
+        };
+        let _ = write_frame(send, &frame).await;
+        let _ = send.finish();
+        // Give the Error frame a moment to arrive before the close discards it.
+        let _ = timeout(std::time::Duration::from_millis(200), send.stopped()).await;
+    }
+    conn.close(VarInt::from_u32(close::BAD_HANDSHAKE), message.as_bytes());
+}
+
+/// Writes `Welcome`, then keeps the control stream open. The client sends nothing more on it;
+/// anything it does send is a protocol error that closes the connection.
+async fn control_stream(
+    conn: Connection,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    welcome: Frame,
+    max: usize,
+) {
+    if write_frame(&mut send, &welcome).await.is_err() {
+        return;
+    }
+    let mut buf = BytesMut::new();
+    match read_frame(&mut recv, &mut buf, max).await {
+        Ok(None) | Err(roomcast_common::stream::StreamError::Read(_)) => {}
+        Ok(Some(f)) => {
+            let msg = format!("unexpected {} frame on the control stream", f.name());
+            conn.close(VarInt::from_u32(close::PROTOCOL_ERROR), msg.as_bytes());
+        }
+        Err(e) => {
+            let msg = format!("bad frame on the control stream: {e}");
+            conn.close(VarInt::from_u32(close::PROTOCOL_ERROR), msg.as_bytes());
+        }
+    }
+    // Keep the send side open until the connection ends.
+    let _ = conn.closed().await;
+    drop(send);
+}
+
+/// One request stream: read one frame, answer it, finish. A malformed or oversize frame only
+/// costs this stream; the session and its other requests carry on.
+async fn request_stream(
+    state: Arc<EdgeState>,
+    session: Arc<SessionHandle>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let mut buf = BytesMut::new();
+    let read = timeout(
+        REQUEST_READ_TIMEOUT,
+        read_frame(&mut recv, &mut buf, state.cfg.max_frame),
+    )
+    .await;
+    let reply = match read {
+        Err(_) => Some(Frame::error_response(
+            0,
+            code::MALFORMED_FRAME,
+            "no complete frame arrived within the request timeout",
+        )),
+        Ok(Err(e)) => {
+            let _ = recv.stop(VarInt::from_u32(0));
+            Some(Frame::error_response(0, e.status(), e.to_string()))
+        }
+        Ok(Ok(None)) => None,
+        Ok(Ok(Some(Frame::Request { id, route, body }))) => {
+            Some(routes::dispatch(&state, &session, id, route, body).await)
+        }
+        Ok(Ok(Some(Frame::Notify { route, body }))) => {
+            routes::notify(&state, &session, route, body).await;
+            None
+        }
+        Ok(Ok(Some(other))) => Some(Frame::error_response(
+            0,
+            code::MALFORMED_FRAME,
+            format!(
+                "expected a Request or Notify frame on a request stream, got {}",
+                other.name()
+            ),
+        )),
+    };
+    if let Some(frame) = reply {
+        if let Err(e) = write_frame(&mut send, &frame).await {
+            tracing::debug!("cannot write response: {e}");
+        }
+    }
+    let _ = send.finish();
+}
+
+/// Leaves every room (pushing onLeave) and releases the uid. Runs once, when the connection
+/// has ended.
+async fn cleanup(state: &Arc<EdgeState>, session: &Arc<SessionHandle>) {
+    let _ops = session.ops.lock().await;
+    let rooms: Vec<String> = std::mem::take(&mut *session.rooms.lock().expect("rooms lock"))
+        .into_iter()
+        .collect();
+    let uid = session.uid();
+    {
+        let mut local = state.local.lock().expect("local lock");
+        for rid in &rooms {
+            local.rooms.leave(rid, session.sid);
+        }
+        local.sessions.remove(&session.sid);
+        if let Some(uid) = &uid {
+            if local.by_uid.get(uid) == Some(&session.sid) {
+                local.by_uid.remove(uid);
+            }
+        }
+    }
+    let Some(uid) = uid else {
+        return;
+    };
+    let body = serde_json::to_vec(&OnUser { user: uid.clone() }).unwrap_or_default();
+    for rid in &rooms {
+        if let Err(e) = state
+            .store
+            .leave(rid, &uid, Some(&state.id), Some((route::ON_LEAVE, &body)))
+            .await
+        {
+            tracing::warn!("could not remove {uid} from room {rid}: {e}");
+        }
+        state.bus.release(rid).await;
+    }
+    if let Err(e) = state.store.release_session(&uid, &session.token).await {
+        tracing::warn!("could not release the session of {uid}: {e}");
+    }
+}

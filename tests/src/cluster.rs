@@ -1,0 +1,221 @@
+//! Real edge and backend processes for tests and the dev stack.
+//!
+//! Every node is a child process of the `roomcast-dev` binary (`roomcast-dev edge …` /
+//! `roomcast-dev chat …`), started on a free loopback port; a test can `kill -9` one. Nodes are
+//! killed (by their own pid) when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// Certificates for a test run (generated once per directory).
+#[derive(Debug, Clone)]
+pub struct Certs {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub edge_cert: PathBuf,
+    pub edge_key: PathBuf,
+    pub backend_cert: PathBuf,
+    pub backend_key: PathBuf,
+}
+
+impl Certs {
+    /// Development certificates in `dir`, generated if missing.
+    pub fn ensure(dir: &Path) -> Result<Certs> {
+        let g = roomcast_certs::ensure(dir)?;
+        Ok(Certs {
+            dir: dir.to_path_buf(),
+            ca: g.ca_cert,
+            edge_cert: g.edge_cert,
+            edge_key: g.edge_key,
+            backend_cert: g.backend_cert,
+            backend_key: g.backend_key,
+        })
+    }
+
+    /// Certificates shared by every test of this process, in a temporary directory.
+    pub fn for_tests() -> Result<Certs> {
+        static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        let dir = DIR.get_or_init(|| {
+            std::env::temp_dir().join(format!("roomcast-test-certs-{}", std::process::id()))
+        });
+        Certs::ensure(dir)
+    }
+}
+
+/// What kind of node a [`Node`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Edge,
+    Chat,
+}
+
+impl Role {
+    fn subcommand(self) -> &'static str {
+        match self {
+            Role::Edge => "edge",
+            Role::Chat => "chat",
+        }
+    }
+}
+
+/// A running edge or backend process.
+pub struct Node {
+    pub role: Role,
+    pub id: String,
+    /// The address it listens on (the edge's client port, the backend's edge-facing port).
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Node {
+    /// Spawns `bin <role> <args>` and waits (up to 30 s) for its `… listening on <addr>` line.
+    pub fn spawn(bin: &Path, role: Role, id: &str, args: &[String]) -> Result<Node> {
+        let mut child = Command::new(bin)
+            .arg(role.subcommand())
+            .arg("--id")
+            .arg(id)
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let mut sent = false;
+            while let Some(Ok(line)) = lines.next() {
+                if !sent {
+                    if let Some((_, addr)) = line.split_once(" listening on ") {
+                        let addr = addr.split_whitespace().next().unwrap_or("").to_string();
+                        let _ = tx.send(addr);
+                        sent = true;
+                        continue;
+                    }
+                }
+                println!("[node] {line}");
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "{} {id} did not report its address within 30 s",
+                    role.subcommand()
+                );
+            }
+        };
+        let addr = addr
+            .parse()
+            .with_context(|| format!("bad address `{addr}` from {id}"))?;
+        Ok(Node {
+            role,
+            id: id.to_string(),
+            addr,
+            child,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -9`: the process gets no chance to clean up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait up to `grace` for a clean exit (SIGKILL after that).
+    pub fn terminate(&mut self, grace: Duration) {
+        #[cfg(unix)]
+        {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string())
+                .status();
+            let deadline = std::time::Instant::now() + grace;
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.kill();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Arguments shared by the nodes of one cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The `roomcast-dev` binary (`env!("CARGO_BIN_EXE_roomcast-dev")` in tests).
+    pub bin: PathBuf,
+    pub redis_url: String,
+    pub prefix: String,
+    pub certs: Certs,
+}
+
+impl ClusterConfig {
+    /// Starts an edge on a free loopback port.
+    pub fn edge(&self, id: &str, extra: &[&str]) -> Result<Node> {
+        self.edge_on(id, "127.0.0.1:0", extra)
+    }
+
+    /// Starts an edge listening on `listen`.
+    pub fn edge_on(&self, id: &str, listen: &str, extra: &[&str]) -> Result<Node> {
+        let mut args = vec![
+            "--listen".to_string(),
+            listen.into(),
+            "--redis-url".into(),
+            self.redis_url.clone(),
+            "--prefix".into(),
+            self.prefix.clone(),
+            "--cert".into(),
+            self.certs.edge_cert.display().to_string(),
+            "--key".into(),
+            self.certs.edge_key.display().to_string(),
+            "--ca".into(),
+            self.certs.ca.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Node::spawn(&self.bin, Role::Edge, id, &args)
+    }
+
+    /// Starts a chat backend on a free loopback port.
+    pub fn chat(&self, id: &str, extra: &[&str]) -> Result<Node> {
+        let mut args = vec![
+            "--listen".to_string(),
+            "127.0.0.1:0".into(),
+            "--redis-url".into(),
+            self.redis_url.clone(),
+            "--prefix".into(),
+            self.prefix.clone(),
+            "--cert".into(),
+            self.certs.backend_cert.display().to_string(),
+            "--key".into(),
+            self.certs.backend_key.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Node::spawn(&self.bin, Role::Chat, id, &args)
+    }
+}

@@ -1,0 +1,13 @@
+//! End-to-end support for roomcast: real `redis-server` processes, real edge and backend
+//! processes, and the local dev stack (`roomcast-dev`).
+//!
+//! Layout:
+//! - [`redis_server`]: starts a private `redis-server` on a free loopback port, kills it on drop.
+//! - [`cluster`]: certificates for tests, and edge/backend child processes that can be killed.
+//! - [`stack`]: `roomcast-dev up`, the one-command local stack of README.
+//!
+//! The end-to-end tests themselves are in `tests/tests/`.
+
+pub mod cluster;
+pub mod redis_server;
+pub mod stack;

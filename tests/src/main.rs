@@ -1,0 +1,49 @@
+//! `roomcast-dev`: the local stack and its nodes in one binary.
+//!
+//! - `roomcast-dev up` (the default): Redis + two edges + one chat backend, see README.
+//! - `roomcast-dev edge …`: an edge, same flags as `roomcast-edge`.
+//! - `roomcast-dev chat …`: the chat backend, same flags as `roomcast-chat`.
+//!
+//! One binary, so that the stack and the end-to-end tests can start real node processes with
+//! nothing but `cargo run` / `cargo test` (cargo builds a package's own binaries for its tests).
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "roomcast-dev", about = "roomcast local stack")]
+struct Up {
+    #[command(flatten)]
+    args: roomcast_e2e::stack::StackArgs,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let node = |f: fn(Vec<String>) -> anyhow::Result<()>| {
+        roomcast_common::telemetry::init_logging();
+        if let Err(e) = f(args[1..].to_vec()) {
+            eprintln!("roomcast-dev {}: {e:#}", args[1]);
+            std::process::exit(1);
+        }
+    };
+    match args.get(1).map(String::as_str) {
+        Some("edge") => node(|a| runtime()?.block_on(roomcast_edge::run_cli(a))),
+        Some("chat") => node(|a| runtime()?.block_on(roomcast_backend::run_cli(a))),
+        _ => {
+            let rest: Vec<String> = std::iter::once("roomcast-dev up".to_string())
+                .chain(args.iter().skip(1).filter(|a| *a != "up").cloned())
+                .collect();
+            let up = Up::parse_from(rest);
+            let bin = std::env::current_exe().expect("current executable");
+            if let Err(e) = roomcast_e2e::stack::run(&bin, up.args) {
+                eprintln!("roomcast-dev: {e:#}");
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}

@@ -1,0 +1,371 @@
+//! The Redis room store against a real redis-server: the state a person sees in redis-cli after
+//! each operation, the pushes published, and hostile ids.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use redis::AsyncCommands;
+use roomcast_common::bus::{self, BusMessage};
+use roomcast_common::keys::Keys;
+use roomcast_common::store::{BackendInfo, Claim, EdgeInfo, Store, StoreError};
+use roomcast_e2e::redis_server::RedisServer;
+
+async fn setup() -> (RedisServer, Store, redis::aio::MultiplexedConnection) {
+    let r = RedisServer::start().expect("redis-server");
+    let store = Store::connect(&r.url(), Keys::default()).await.unwrap();
+    let conn = redis::Client::open(r.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    (r, store, conn)
+}
+
+fn set(v: &[&str]) -> HashSet<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test]
+async fn join_and_leave_keep_records_and_groups_consistent() {
+    let (_r, s, mut c) = setup().await;
+    let j = s
+        .join("lobby", "alice", "e1", Some(("onAdd", b"{}")))
+        .await
+        .unwrap();
+    assert_eq!(
+        (j.seq, j.added, j.users.clone()),
+        (1, true, vec!["alice".to_string()])
+    );
+    // Idempotent: same edge again changes nothing.
+    let again = s
+        .join("lobby", "alice", "e1", Some(("onAdd", b"{}")))
+        .await
+        .unwrap();
+    assert_eq!((again.seq, again.added), (1, false));
+    let j = s
+        .join("lobby", "bob", "e2", Some(("onAdd", b"{}")))
+        .await
+        .unwrap();
+    assert_eq!(j.seq, 2);
+    assert_eq!(j.users, vec!["alice", "bob"]);
+
+    let members: HashMap<String, String> = c.hgetall("rc:room:{lobby}:members").await.unwrap();
+    assert_eq!(members.get("alice").map(String::as_str), Some("e1"));
+    assert_eq!(members.get("bob").map(String::as_str), Some("e2"));
+    let edges: HashSet<String> = c.smembers("rc:room:{lobby}:edges").await.unwrap();
+    assert_eq!(edges, set(&["e1", "e2"]));
+    let g1: HashSet<String> = c.smembers("rc:room:{lobby}:edge:e1").await.unwrap();
+    assert_eq!(g1, set(&["alice"]));
+    let rooms: HashSet<String> = c.smembers("rc:rooms").await.unwrap();
+    assert_eq!(rooms, set(&["lobby"]));
+    assert_eq!(
+        s.member("lobby", "bob").await.unwrap().as_deref(),
+        Some("e2")
+    );
+    let by_edge = s.members_by_edge("lobby").await.unwrap();
+    assert_eq!(by_edge["e1"], vec!["alice"]);
+
+    // An edge cannot remove a member registered through another edge.
+    assert_eq!(
+        s.leave("lobby", "bob", Some("e1"), None).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        s.leave("lobby", "bob", Some("e2"), None).await.unwrap(),
+        Some(3)
+    );
+    let edges: HashSet<String> = c.smembers("rc:room:{lobby}:edges").await.unwrap();
+    assert_eq!(edges, set(&["e1"]));
+    let exists: bool = c.exists("rc:room:{lobby}:edge:e2").await.unwrap();
+    assert!(!exists, "empty group must be removed");
+    assert_eq!(s.leave("lobby", "nobody", None, None).await.unwrap(), None);
+
+    assert_eq!(
+        s.leave("lobby", "alice", None, None).await.unwrap(),
+        Some(4)
+    );
+    let rooms: HashSet<String> = c.smembers("rc:rooms").await.unwrap();
+    assert!(rooms.is_empty(), "an empty room leaves the index");
+    let ttl: i64 = c.ttl("rc:room:{lobby}:seq").await.unwrap();
+    assert!(ttl > 0, "the seq of an empty room expires, got ttl {ttl}");
+    // Re-joining continues the numbering and clears the expiry.
+    let j = s.join("lobby", "carol", "e1", None).await.unwrap();
+    assert_eq!(j.seq, 5);
+    let ttl: i64 = c.ttl("rc:room:{lobby}:seq").await.unwrap();
+    assert_eq!(ttl, -1);
+}
+
+#[tokio::test]
+async fn pushes_carry_gapless_room_sequence_numbers() {
+    let (r, s, _c) = setup().await;
+    let mut pubsub = redis::Client::open(r.url())
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    pubsub.subscribe("rc:room:{lobby}:push").await.unwrap();
+    s.join(
+        "lobby",
+        "alice",
+        "e1",
+        Some(("onAdd", b"{\"user\":\"alice\"}")),
+    )
+    .await
+    .unwrap();
+    let seq = s
+        .publish_room("lobby", "onChat", b"hello", Some("alice"), None)
+        .await
+        .unwrap();
+    assert_eq!(seq, 2);
+    let mut stream = pubsub.on_message();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let msg = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .unwrap()
+            .unwrap();
+        got.push(bus::decode(msg.get_payload_bytes()).unwrap());
+    }
+    assert_eq!(
+        got,
+        vec![
+            (
+                1,
+                BusMessage::Room {
+                    rid: "lobby".into(),
+                    route: "onAdd".into(),
+                    body: b"{\"user\":\"alice\"}".to_vec()
+                }
+            ),
+            (
+                2,
+                BusMessage::Room {
+                    rid: "lobby".into(),
+                    route: "onChat".into(),
+                    body: b"hello".to_vec()
+                }
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn publish_checks_membership_and_deduplicates_retries() {
+    let (_r, s, mut c) = setup().await;
+    s.join("lobby", "alice", "e1", None).await.unwrap();
+    let err = s
+        .publish_room("lobby", "onChat", b"x", Some("mallory"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotMember { .. }), "{err}");
+    let a = s
+        .publish_room("lobby", "onChat", b"x", Some("alice"), Some("sess/7"))
+        .await
+        .unwrap();
+    let b = s
+        .publish_room("lobby", "onChat", b"x", Some("alice"), Some("sess/7"))
+        .await
+        .unwrap();
+    assert_eq!(a, b, "a retried request is published once");
+    let seq: u64 = c.get("rc:room:{lobby}:seq").await.unwrap();
+    assert_eq!(seq, a);
+    let c2 = s
+        .publish_room("lobby", "onChat", b"x", Some("alice"), Some("sess/8"))
+        .await
+        .unwrap();
+    assert_eq!(c2, a + 1);
+
+    // Private messages: target must be in the room.
+    let err = s
+        .publish_to_member("lobby", Some("alice"), "bob", "onChat", b"x")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::TargetNotInRoom { .. }), "{err}");
+    s.join("lobby", "bob", "e2", None).await.unwrap();
+    s.publish_to_member("lobby", Some("alice"), "bob", "onChat", b"x")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn hostile_ids_stay_in_their_own_keys() {
+    let (_r, s, mut c) = setup().await;
+    s.join("lobby", "alice", "e1", None).await.unwrap();
+    let evil_room = "lobby}:members {x";
+    let evil_user = "bob' .. redis.call('FLUSHALL') .. '\"*";
+    s.join(evil_room, evil_user, "e1", None).await.unwrap();
+    s.publish_room(evil_room, "onChat", b"x", Some(evil_user), None)
+        .await
+        .unwrap();
+    // The real lobby is untouched.
+    assert_eq!(s.members("lobby").await.unwrap(), vec!["alice"]);
+    assert_eq!(s.room_seq("lobby").await.unwrap(), 1);
+    assert_eq!(s.members(evil_room).await.unwrap(), vec![evil_user]);
+    let key = Keys::default().room_members(evil_room);
+    assert_eq!(key, "rc:room:{lobby%7D%3Amembers%20%7Bx}:members");
+    let n: usize = c.hlen(&key).await.unwrap();
+    assert_eq!(n, 1);
+    let rooms: HashSet<String> = c.smembers("rc:rooms").await.unwrap();
+    assert_eq!(rooms, set(&["lobby", evil_room]));
+    // Non-ASCII ids round-trip.
+    s.join("salón ☕", "zoë", "e1", None).await.unwrap();
+    assert_eq!(s.members("salón ☕").await.unwrap(), vec!["zoë"]);
+}
+
+#[tokio::test]
+async fn session_claims_are_global_and_owned() {
+    let (_r, s, _c) = setup().await;
+    let edge = |id: &str| EdgeInfo {
+        id: id.into(),
+        addr: "127.0.0.1:1".into(),
+        region: "r".into(),
+        load: 0,
+        draining: false,
+    };
+    s.register_edge(&edge("e1"), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.claim_session("alice", "e1", "s1").await.unwrap(),
+        Claim::Granted
+    );
+    assert_eq!(
+        s.claim_session("alice", "e1", "s1").await.unwrap(),
+        Claim::Granted
+    );
+    assert_eq!(
+        s.claim_session("alice", "e2", "s2").await.unwrap(),
+        Claim::Taken { edge: "e1".into() }
+    );
+    assert_eq!(
+        s.claim_session("alice", "e1", "s3").await.unwrap(),
+        Claim::Taken { edge: "e1".into() }
+    );
+    assert!(!s.release_session("alice", "s2").await.unwrap());
+    assert_eq!(
+        s.session_edge("alice").await.unwrap().as_deref(),
+        Some("e1")
+    );
+    // A claim held by an edge that is no longer registered is taken over.
+    s.unregister_edge("e1").await.unwrap();
+    assert_eq!(
+        s.claim_session("alice", "e2", "s2").await.unwrap(),
+        Claim::Granted
+    );
+    assert!(s.release_session("alice", "s2").await.unwrap());
+    assert_eq!(s.session_edge("alice").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn registry_entries_expire_and_are_pruned() {
+    let (_r, s, mut c) = setup().await;
+    let e = EdgeInfo {
+        id: "e1".into(),
+        addr: "127.0.0.1:7001".into(),
+        region: "eu".into(),
+        load: 3,
+        draining: false,
+    };
+    s.register_edge(&e, Duration::from_millis(300))
+        .await
+        .unwrap();
+    s.register_backend(
+        &BackendInfo {
+            id: "b1".into(),
+            addr: "127.0.0.1:9000".into(),
+            routes: vec!["chat.".into()],
+        },
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.list_edges().await.unwrap(), vec![e]);
+    let region: String = c.hget("rc:edge:e1", "region").await.unwrap();
+    assert_eq!(region, "eu");
+    assert_eq!(s.list_backends().await.unwrap()[0].routes, vec!["chat."]);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(s.list_edges().await.unwrap().is_empty());
+    let ids: HashSet<String> = c.smembers("rc:edges").await.unwrap();
+    assert!(ids.is_empty(), "expired ids are pruned from the index");
+}
+
+#[tokio::test]
+async fn destroy_removes_everything_and_tells_edges() {
+    let (r, s, mut c) = setup().await;
+    let mut pubsub = redis::Client::open(r.url())
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    pubsub.subscribe("rc:room:{lobby}:push").await.unwrap();
+    s.join("lobby", "alice", "e1", None).await.unwrap();
+    s.join("lobby", "bob", "e2", None).await.unwrap();
+    assert_eq!(s.destroy("lobby").await.unwrap(), 2);
+    for key in [
+        "rc:room:{lobby}:members",
+        "rc:room:{lobby}:edges",
+        "rc:room:{lobby}:edge:e1",
+        "rc:room:{lobby}:edge:e2",
+    ] {
+        let exists: bool = c.exists(key).await.unwrap();
+        assert!(!exists, "{key} survived destroy");
+    }
+    let msg = tokio::time::timeout(Duration::from_secs(5), pubsub.on_message().next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        bus::decode(msg.get_payload_bytes()).unwrap(),
+        (
+            3,
+            BusMessage::RoomDestroyed {
+                rid: "lobby".into()
+            }
+        )
+    );
+}
+
+#[tokio::test]
+async fn push_to_uids_groups_by_edge_and_reports_missing() {
+    let (r, s, _c) = setup().await;
+    let mut pubsub = redis::Client::open(r.url())
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    pubsub.subscribe("rc:edge:e1:push").await.unwrap();
+    s.register_edge(
+        &EdgeInfo {
+            id: "e1".into(),
+            addr: "x:1".into(),
+            region: "r".into(),
+            load: 0,
+            draining: false,
+        },
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    s.claim_session("alice", "e1", "s1").await.unwrap();
+    s.claim_session("bob", "e1", "s2").await.unwrap();
+    let missing = s
+        .push_to_uids(&["alice".into(), "bob".into(), "ghost".into()], "onX", b"1")
+        .await
+        .unwrap();
+    assert_eq!(missing, vec!["ghost"]);
+    let msg = tokio::time::timeout(Duration::from_secs(5), pubsub.on_message().next())
+        .await
+        .unwrap()
+        .unwrap();
+    let (_, m) = bus::decode(msg.get_payload_bytes()).unwrap();
+    let BusMessage::Users { mut uids, .. } = m else {
+        panic!("expected Users, got {m:?}");
+    };
+    uids.sort();
+    assert_eq!(
+        uids,
+        vec!["alice", "bob"],
+        "one publish for both uids on e1"
+    );
+}

@@ -1,0 +1,135 @@
+//! Shared set-up of the end-to-end tests: a private redis-server, edge and backend processes,
+//! clients, and helpers to wait for pushes with a bound.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use roomcast_client::{Client, ClientOptions, Push};
+use roomcast_e2e::cluster::{Certs, ClusterConfig, Node};
+use roomcast_e2e::redis_server::RedisServer;
+use tokio::sync::mpsc::Receiver;
+
+/// Upper bound for anything a test waits for.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct Env {
+    pub redis: RedisServer,
+    pub cluster: ClusterConfig,
+    pub edges: Vec<Node>,
+    pub backends: Vec<Node>,
+}
+
+impl Env {
+    pub fn start(edges: &[&str], backends: &[&str]) -> Env {
+        let redis = RedisServer::start().expect("start redis-server");
+        let cluster = ClusterConfig {
+            bin: env!("CARGO_BIN_EXE_roomcast-dev").into(),
+            redis_url: redis.url(),
+            prefix: "rc".into(),
+            certs: Certs::for_tests().expect("certificates"),
+        };
+        let backends = backends
+            .iter()
+            .map(|id| cluster.chat(id, &[]).expect("start backend"))
+            .collect();
+        let edges = edges
+            .iter()
+            .map(|id| cluster.edge(id, &[]).expect("start edge"))
+            .collect();
+        let env = Env {
+            redis,
+            cluster,
+            edges,
+            backends,
+        };
+        env.wait_registry();
+        env
+    }
+
+    /// Waits until every node is in the Redis registry and the edges' caches (refreshed every
+    /// second) have had time to see them all, so the gate can choose any edge.
+    fn wait_registry(&self) {
+        let mut conn = redis::Client::open(self.redis.url())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let edges: Vec<String> = redis::cmd("SMEMBERS")
+                .arg("rc:edges")
+                .query(&mut conn)
+                .unwrap();
+            let backends: Vec<String> = redis::cmd("SMEMBERS")
+                .arg("rc:backends")
+                .query(&mut conn)
+                .unwrap();
+            if edges.len() >= self.edges.len() && backends.len() >= self.backends.len() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nodes did not register"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(1200));
+    }
+
+    /// Client options using edge `i` as the gate.
+    pub fn options(&self, i: usize) -> ClientOptions {
+        let mut o = ClientOptions::new(self.edges[i].addr, self.cluster.certs.ca.clone());
+        o.request_timeout = WAIT;
+        o
+    }
+
+    /// Connects `uid` through the gate on edge 0.
+    pub async fn connect(&self, uid: &str) -> Client {
+        Client::connect(self.options(0), uid)
+            .await
+            .unwrap_or_else(|e| panic!("connect {uid}: {e}"))
+    }
+
+    /// Connects `uid` to edge `i` directly (no gate).
+    pub async fn connect_to(&self, i: usize, uid: &str) -> Client {
+        Client::connect_direct(self.options(i), self.edges[i].addr, uid)
+            .await
+            .unwrap_or_else(|e| panic!("connect {uid} to edge {i}: {e}"))
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+}
+
+/// The next push, or `None` after `wait`.
+pub async fn next_push(rx: &mut Receiver<Push>, wait: Duration) -> Option<Push> {
+    tokio::time::timeout(wait, rx.recv()).await.ok().flatten()
+}
+
+/// Pushes until `n` of route `route` have arrived (others are kept too), bounded by [`WAIT`].
+pub async fn collect_route(rx: &mut Receiver<Push>, route: &str, n: usize) -> Vec<Push> {
+    let mut all = Vec::new();
+    let mut got = 0;
+    while got < n {
+        match next_push(rx, WAIT).await {
+            Some(p) => {
+                if p.route == route {
+                    got += 1;
+                }
+                all.push(p);
+            }
+            None => panic!("only {got} of {n} `{route}` pushes arrived; got {all:?}"),
+        }
+    }
+    all
+}
+
+/// The JSON body of a push.
+pub fn body(p: &Push) -> serde_json::Value {
+    serde_json::from_slice(&p.body).expect("push body is JSON")
+}
