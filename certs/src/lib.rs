@@ -136,7 +136,9 @@ fn current_year() -> i32 {
 /// Writes atomically (temp file + rename) so a concurrent reader never sees half a file;
 /// private keys get mode 0600.
 fn write(path: &Path, contents: &str, private: bool) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     fs::write(&tmp, contents).with_context(|| format!("cannot write {}", tmp.display()))?;
     #[cfg(unix)]
     if private {

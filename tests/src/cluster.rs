@@ -39,12 +39,17 @@ impl Certs {
     }
 
     /// Certificates shared by every test of this process, in a temporary directory.
+    /// Generated once per process, whatever the number of test threads asking.
     pub fn for_tests() -> Result<Certs> {
-        static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-        let dir = DIR.get_or_init(|| {
-            std::env::temp_dir().join(format!("roomcast-test-certs-{}", std::process::id()))
-        });
-        Certs::ensure(dir)
+        static CERTS: std::sync::OnceLock<Result<Certs, String>> = std::sync::OnceLock::new();
+        CERTS
+            .get_or_init(|| {
+                let dir = std::env::temp_dir()
+                    .join(format!("roomcast-test-certs-{}", std::process::id()));
+                Certs::ensure(&dir).map_err(|e| format!("{e:#}"))
+            })
+            .clone()
+            .map_err(|e| anyhow!(e))
     }
 }
 
