@@ -1,14 +1,21 @@
-//! The high-level client: ask the gate which edge to use, connect there, enter rooms, send.
+//! The high-level client: ask the gate which edge to use, connect there, enter rooms, send —
+//! and when the connection is lost (network change, edge death, edge drain), reconnect through
+//! the gate by itself and resume: the edge replays what was missed in every room, so the
+//! application sees each room's pushes once, in order, with no gap it is not told about.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use roomcast_common::protocol::{
-    route, ChatSend, Enter, Entered, EntryAnswer, Leave, QueryEntry, Sent,
+    close, route, ChatSend, Enter, Entered, EntryAnswer, Leave, QueryEntry, Resume, ResumeAnswer,
+    Sent,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::connection::{Connection, Push};
 use crate::error::ClientError;
@@ -28,6 +35,10 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// Pushes buffered before the SDK stops reading (and flow control slows the edge).
     pub push_capacity: usize,
+    /// Reconnect and resume when the connection is lost.
+    pub reconnect: bool,
+    /// Give up reconnecting after this long.
+    pub reconnect_for: Duration,
 }
 
 impl ClientOptions {
@@ -39,81 +50,119 @@ impl ClientOptions {
             region: None,
             request_timeout: Duration::from_secs(10),
             push_capacity: 4096,
+            reconnect: true,
+            reconnect_for: Duration::from_secs(60),
         }
     }
 }
 
-/// A logged-in-to-be user on one edge.
-pub struct Client {
+struct Shared {
     uid: String,
-    conn: Connection,
+    opts: ClientOptions,
+    /// The live connection (replaced on every reconnect).
+    conn: Mutex<Arc<Connection>>,
+    /// Rooms entered and the last seq the application was handed in each: what a resume asks
+    /// the edge to continue from, and the filter that drops replayed duplicates.
+    rooms: Mutex<BTreeMap<String, u64>>,
+    /// Set by `close()`: the connection ending is then not a loss.
+    closing: AtomicBool,
+    /// Connection generation: bumped after every successful reconnect.
+    generation: watch::Sender<u64>,
+}
+
+/// A user connected to one edge (then another, after reconnects).
+pub struct Client {
+    shared: Arc<Shared>,
+    pushes: Mutex<Option<mpsc::Receiver<Push>>>,
 }
 
 impl Client {
     /// Asks the gate which edge `uid` should use, then connects to that edge.
     pub async fn connect(opts: ClientOptions, uid: &str) -> Result<Client, ClientError> {
-        let answer = query_entry(&opts, uid).await?;
-        let addr = tokio::net::lookup_host((answer.host.as_str(), answer.port))
-            .await
-            .map_err(|e| ClientError::Connect {
-                addr: format!("{}:{}", answer.host, answer.port),
-                reason: e.to_string(),
-            })?
-            .next()
-            .ok_or_else(|| ClientError::Connect {
-                addr: format!("{}:{}", answer.host, answer.port),
-                reason: "no address".into(),
-            })?;
+        let addr = gate_addr(&opts, uid).await?;
         Client::connect_direct(opts, addr, uid).await
     }
 
-    /// Connects to the edge at `addr` without asking the gate.
+    /// Connects to the edge at `addr` without asking the gate (reconnects still use the gate).
     pub async fn connect_direct(
         opts: ClientOptions,
         addr: SocketAddr,
         uid: &str,
     ) -> Result<Client, ClientError> {
-        let conn = Connection::connect(&opts, addr).await?;
-        Ok(Client {
+        let conn = Arc::new(Connection::connect(&opts, addr).await?);
+        let (tx, rx) = mpsc::channel(opts.push_capacity.max(1));
+        let shared = Arc::new(Shared {
             uid: uid.to_string(),
-            conn,
+            opts,
+            conn: Mutex::new(conn.clone()),
+            rooms: Mutex::new(BTreeMap::new()),
+            closing: AtomicBool::new(false),
+            generation: watch::channel(0).0,
+        });
+        tokio::spawn(supervise(shared.clone(), conn, tx));
+        Ok(Client {
+            shared,
+            pushes: Mutex::new(Some(rx)),
         })
     }
 
     pub fn uid(&self) -> &str {
-        &self.uid
+        &self.shared.uid
     }
 
-    /// Id of the edge this client is connected to.
-    pub fn edge(&self) -> &str {
-        &self.conn.welcome().edge
+    /// The current connection.
+    pub fn connection(&self) -> Arc<Connection> {
+        self.shared.conn.lock().expect("conn lock").clone()
     }
 
-    pub fn connection(&self) -> &Connection {
-        &self.conn
+    /// Id of the edge this client is connected to now.
+    pub fn edge(&self) -> String {
+        self.connection().welcome().edge.clone()
     }
 
-    /// The pushes (taken once).
+    /// How many times the client has reconnected and resumed.
+    pub fn reconnects(&self) -> u64 {
+        *self.shared.generation.borrow()
+    }
+
+    /// Waits until the client has reconnected more than `seen` times.
+    pub async fn reconnected(&self, seen: u64, wait: Duration) -> Result<u64, ClientError> {
+        let mut rx = self.shared.generation.subscribe();
+        let got = tokio::time::timeout(wait, rx.wait_for(|g| *g > seen))
+            .await
+            .map_err(|_| ClientError::Timeout(wait))?
+            .map(|g| *g)
+            .map_err(|_| ClientError::Closed("client gave up reconnecting".into()));
+        got
+    }
+
+    /// The pushes (taken once). Across reconnects each room's pushes arrive once, in seq order;
+    /// an `onGap` push (its seq is the last lost one) says when some could not be replayed.
     pub fn pushes(&self) -> Option<mpsc::Receiver<Push>> {
-        self.conn.pushes()
+        self.pushes.lock().expect("pushes lock").take()
     }
 
     /// Logs in as this client's uid (on first use) and joins `rid`.
     pub async fn enter(&self, rid: &str) -> Result<Entered, ClientError> {
-        self.conn
+        let entered: Entered = self
+            .connection()
             .request_json(
                 route::ENTER,
                 &Enter {
-                    username: self.uid.clone(),
+                    username: self.shared.uid.clone(),
                     rid: rid.to_string(),
                 },
             )
-            .await
+            .await?;
+        let mut rooms = self.shared.rooms.lock().expect("rooms lock");
+        let last = rooms.entry(rid.to_string()).or_insert(entered.seq);
+        *last = (*last).max(entered.seq);
+        Ok(entered)
     }
 
     pub async fn leave(&self, rid: &str) -> Result<(), ClientError> {
         let _: serde_json::Value = self
-            .conn
+            .connection()
             .request_json(
                 route::LEAVE,
                 &Leave {
@@ -121,6 +170,7 @@ impl Client {
                 },
             )
             .await?;
+        self.shared.rooms.lock().expect("rooms lock").remove(rid);
         Ok(())
     }
 
@@ -140,7 +190,7 @@ impl Client {
     }
 
     async fn chat(&self, rid: &str, target: &str, content: &str) -> Result<Sent, ClientError> {
-        self.conn
+        self.connection()
             .request_json(
                 route::CHAT_SEND,
                 &ChatSend {
@@ -155,13 +205,31 @@ impl Client {
 
     /// Any request, raw body.
     pub async fn request(&self, route: &str, body: Bytes) -> Result<Bytes, ClientError> {
-        self.conn.request(route, body).await
+        self.connection().request(route, body).await
     }
 
-    /// Closes the connection; the edge then makes the uid leave its rooms.
+    /// Closes the connection on purpose; the edge then makes the uid leave its rooms at once.
     pub async fn close(self) {
-        self.conn.close().await;
+        self.shared.closing.store(true, Ordering::SeqCst);
+        self.connection().close().await;
     }
+}
+
+/// Asks the gate which edge `uid` should use.
+async fn gate_addr(opts: &ClientOptions, uid: &str) -> Result<SocketAddr, ClientError> {
+    let answer = query_entry(opts, uid).await?;
+    let where_ = format!("{}:{}", answer.host, answer.port);
+    let found = tokio::net::lookup_host((answer.host.clone(), answer.port)).await;
+    found
+        .map_err(|e| ClientError::Connect {
+            addr: where_.clone(),
+            reason: e.to_string(),
+        })?
+        .next()
+        .ok_or_else(|| ClientError::Connect {
+            addr: where_,
+            reason: "no address".into(),
+        })
 }
 
 /// Asks the gate at `opts.gate` which edge `uid` should use.
@@ -178,4 +246,127 @@ pub async fn query_entry(opts: &ClientOptions, uid: &str) -> Result<EntryAnswer,
         .await;
     gate.close().await;
     answer
+}
+
+/// Forwards the current connection's pushes to the application; when the connection is lost,
+/// reconnects and resumes.
+async fn supervise(shared: Arc<Shared>, mut conn: Arc<Connection>, tx: mpsc::Sender<Push>) {
+    let mut forwarder = tokio::spawn(forward(shared.clone(), conn.clone(), tx.clone()));
+    loop {
+        let _ = (&mut forwarder).await;
+        if shared.closing.load(Ordering::SeqCst) || !shared.opts.reconnect {
+            return;
+        }
+        if conn.close_code() == Some(close::REPLACED) {
+            tracing::info!("session resumed by another connection; not reconnecting");
+            return;
+        }
+        tracing::info!(
+            "connection to {} lost ({}); reconnecting",
+            conn.welcome().edge,
+            conn.close_reason().unwrap_or_default()
+        );
+        match reconnect(&shared, &conn, &tx).await {
+            Some((next, f)) => {
+                conn = next;
+                forwarder = f;
+                shared.generation.send_modify(|g| *g += 1);
+            }
+            None => return,
+        }
+    }
+}
+
+/// Hands the connection's pushes to the application, dropping replayed duplicates.
+async fn forward(shared: Arc<Shared>, conn: Arc<Connection>, tx: mpsc::Sender<Push>) {
+    let Some(mut rx) = conn.pushes() else {
+        return;
+    };
+    drop(conn);
+    while let Some(push) = rx.recv().await {
+        if !push.rid.is_empty() {
+            let mut rooms = shared.rooms.lock().expect("rooms lock");
+            match rooms.get_mut(&push.rid) {
+                Some(last) if push.seq <= *last => continue,
+                Some(last) => *last = push.seq,
+                None => {}
+            }
+        }
+        if tx.send(push).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Connects again (through the gate, with backoff and jitter) and resumes every room.
+async fn reconnect(
+    shared: &Arc<Shared>,
+    old: &Arc<Connection>,
+    tx: &mpsc::Sender<Push>,
+) -> Option<(Arc<Connection>, tokio::task::JoinHandle<()>)> {
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(50);
+    let old_session = old.welcome().session.clone();
+    while started.elapsed() < shared.opts.reconnect_for {
+        if shared.closing.load(Ordering::SeqCst) {
+            return None;
+        }
+        match resume_once(shared, &old_session, tx).await {
+            Ok(done) => return Some(done),
+            Err(e) => tracing::info!("reconnect failed: {e}; retrying in about {delay:?}"),
+        }
+        let jitter = 0.5 + jitter_fraction();
+        tokio::time::sleep(delay.mul_f64(jitter)).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+    tracing::warn!("gave up reconnecting after {:?}", shared.opts.reconnect_for);
+    None
+}
+
+async fn resume_once(
+    shared: &Arc<Shared>,
+    old_session: &str,
+    tx: &mpsc::Sender<Push>,
+) -> Result<(Arc<Connection>, tokio::task::JoinHandle<()>), ClientError> {
+    let addr = gate_addr(&shared.opts, &shared.uid).await?;
+    let conn = Arc::new(Connection::connect(&shared.opts, addr).await?);
+    // Start forwarding before resuming: the replay arrives while the request runs.
+    let forwarder = tokio::spawn(forward(shared.clone(), conn.clone(), tx.clone()));
+    let rooms = shared.rooms.lock().expect("rooms lock").clone();
+    let answer: Result<ResumeAnswer, ClientError> = conn
+        .request_json(
+            route::RESUME,
+            &Resume {
+                username: shared.uid.clone(),
+                session: old_session.to_string(),
+                rooms,
+            },
+        )
+        .await;
+    match answer {
+        Ok(a) => {
+            for (rid, r) in &a.rooms {
+                if let Some((from, to)) = r.gap {
+                    tracing::warn!("{rid}: seqs {from}..={to} were lost (older than the history)");
+                }
+            }
+            *shared.conn.lock().expect("conn lock") = conn.clone();
+            Ok((conn, forwarder))
+        }
+        Err(e) => {
+            forwarder.abort();
+            conn.close().await;
+            Err(e)
+        }
+    }
+}
+
+/// A number in [0, 1) that differs between clients and calls, for backoff jitter.
+fn jitter_fraction() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let x = (nanos ^ std::process::id().rotate_left(7)).wrapping_mul(2_654_435_761);
+    f64::from(x % 1000) / 1000.0
 }

@@ -221,6 +221,38 @@ impl Connection {
         self.conn.open_bi().await.map_err(|e| self.closed(e))
     }
 
+    /// Moves the connection to a new local UDP socket (a new port), as a network change would.
+    /// QUIC connection migration keeps the session: no reconnect, no resume.
+    pub fn rebind(&self) -> Result<SocketAddr, ClientError> {
+        let old = self
+            .endpoint
+            .local_addr()
+            .map_err(|e| ClientError::Config(e.to_string()))?;
+        let bind: SocketAddr = if old.is_ipv6() {
+            "[::]:0".parse().expect("literal")
+        } else {
+            "0.0.0.0:0".parse().expect("literal")
+        };
+        let socket =
+            std::net::UdpSocket::bind(bind).map_err(|e| ClientError::Config(e.to_string()))?;
+        self.endpoint
+            .rebind(socket)
+            .map_err(|e| ClientError::Config(e.to_string()))?;
+        self.endpoint
+            .local_addr()
+            .map_err(|e| ClientError::Config(e.to_string()))
+    }
+
+    /// The QUIC close code, if the connection was closed by the edge with one.
+    pub fn close_code(&self) -> Option<u32> {
+        match self.conn.close_reason() {
+            Some(quinn::ConnectionError::ApplicationClosed(c)) => {
+                u32::try_from(c.error_code.into_inner()).ok()
+            }
+            _ => None,
+        }
+    }
+
     /// Closes the connection and waits briefly for the close to reach the edge.
     pub async fn close(&self) {
         self.conn.close(VarInt::from_u32(0), b"client closed");

@@ -40,6 +40,12 @@ pub enum BusMessage {
     Broadcast { route: String, body: Vec<u8> },
     /// The room was destroyed by a backend: edges drop their local members of it.
     RoomDestroyed { rid: String },
+    /// Close the local session `session` of `uid`: another connection resumed it.
+    Kick {
+        uid: String,
+        session: String,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]

@@ -11,10 +11,13 @@
 //! | `rc:room:{<rid>}:edge:<edge>` | set | uids of the room on that edge (Pomelo's *groups*) |
 //! | `rc:room:{<rid>}:seq` | string | last sequence number pushed to the room |
 //! | `rc:room:{<rid>}:req:<key>` | string | seq of an already published request (dedupe, TTL) |
+//! | `rc:room:{<rid>}:history` | sorted set | recent pushes scored by seq (resume, gap fill) |
 //! | `rc:room:{<rid>}:push` | channel | the room's pushes (bincode, see `bus`) |
 //! | `rc:session:<uid>` | hash | `edge`, `session`, `since` of the uid's live session |
 //! | `rc:edges` / `rc:edge:<id>` | set / hash | edge registry (hash expires unless refreshed) |
 //! | `rc:edge:<id>:push` | channel | pushes addressed to given uids on that edge |
+//! | `rc:edge:<id>:rooms` / `:sessions` | set / set | rooms with members on the edge, uids it holds (reaping) |
+//! | `rc:edge:<id>:reaper` | string | lock held by the process cleaning up a dead edge |
 //! | `rc:backends` / `rc:backend:<id>` | set / hash | backend registry |
 //! | `rc:broadcast` | channel | pushes to every session on every edge |
 //!
@@ -84,6 +87,11 @@ impl Keys {
         self.room(rid, "seq")
     }
 
+    /// Recent pushes of the room, scored by seq.
+    pub fn room_history(&self, rid: &str) -> String {
+        self.room(rid, "history")
+    }
+
     /// Dedupe marker of one published request.
     pub fn room_request(&self, rid: &str, request_key: &str) -> String {
         self.room(rid, &format!("req:{}", escape(request_key)))
@@ -115,6 +123,21 @@ impl Keys {
         format!("{}{}{}", self.edge_prefix(), id, EDGE_CHANNEL_SUFFIX)
     }
 
+    /// Rooms in which the edge has members (so a dead edge's rooms are found without a scan).
+    pub fn edge_rooms(&self, id: &str) -> String {
+        format!("{}{}{}", self.edge_prefix(), id, EDGE_ROOMS_SUFFIX)
+    }
+
+    /// Uids whose session claim the edge holds.
+    pub fn edge_sessions(&self, id: &str) -> String {
+        format!("{}{}{}", self.edge_prefix(), id, EDGE_SESSIONS_SUFFIX)
+    }
+
+    /// Lock taken by the one process that cleans up after a dead edge.
+    pub fn edge_reaper_lock(&self, id: &str) -> String {
+        format!("{}{}:reaper", self.edge_prefix(), id)
+    }
+
     pub fn backends(&self) -> String {
         format!("{}:backends", self.prefix)
     }
@@ -130,6 +153,10 @@ impl Keys {
 
 /// Suffix of an edge's push channel after `edge_prefix() + id`.
 pub const EDGE_CHANNEL_SUFFIX: &str = ":push";
+/// Suffix of an edge's room index after `edge_prefix() + id`.
+pub const EDGE_ROOMS_SUFFIX: &str = ":rooms";
+/// Suffix of an edge's session index after `edge_prefix() + id`.
+pub const EDGE_SESSIONS_SUFFIX: &str = ":sessions";
 
 /// Escapes a user-supplied string for use inside a key name (see the module doc).
 pub fn escape(s: &str) -> String {

@@ -55,10 +55,12 @@ pub mod close {
     pub const BAD_HANDSHAKE: u32 = 1;
     /// The session could not keep up with its pushes (bounded outbound queue overflowed).
     pub const SLOW_CONSUMER: u32 = 2;
-    /// The edge is shutting down.
+    /// The edge is shutting down (or draining): reconnect through the gate and resume.
     pub const SHUTDOWN: u32 = 3;
     /// Protocol violation on the control stream.
     pub const PROTOCOL_ERROR: u32 = 4;
+    /// Another connection resumed this session.
+    pub const REPLACED: u32 = 5;
 }
 
 /// Route names. Pomelo's names are kept so that its users recognise the flow.
@@ -66,6 +68,7 @@ pub mod route {
     pub const QUERY_ENTRY: &str = "gate.queryEntry";
     pub const ENTER: &str = "connector.enter";
     pub const LEAVE: &str = "connector.leave";
+    pub const RESUME: &str = "connector.resume";
     pub const CHAT_SEND: &str = "chat.send";
     /// Routes with this prefix are forwarded to a backend.
     pub const BACKEND_PREFIXES: &[&str] = &["chat."];
@@ -75,6 +78,9 @@ pub mod route {
     pub const ON_CHAT: &str = "onChat";
     /// Pushed to local members when a backend destroys their room.
     pub const ON_DESTROY: &str = "onDestroy";
+    /// Pushed on a room's stream when seqs `from..=to` cannot be delivered (older than the
+    /// history); the push's `seq` is `to`.
+    pub const ON_GAP: &str = "onGap";
 }
 
 /// `gate.queryEntry` request body.
@@ -108,6 +114,41 @@ pub struct Enter {
 pub struct Entered {
     pub users: Vec<String>,
     pub seq: u64,
+}
+
+/// `connector.resume` request body: continue the session `session` (the `Welcome.session` of
+/// the connection that was lost) on this connection, in every room of `rooms` (rid → last seq
+/// the client received).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Resume {
+    pub username: String,
+    pub session: String,
+    pub rooms: std::collections::BTreeMap<String, u64>,
+}
+
+/// One room of a `connector.resume` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Resumed {
+    pub users: Vec<String>,
+    /// The room's seq at the resume (the replay ran up to here, live pushes follow).
+    pub seq: u64,
+    /// Seqs the client missed that are older than the history: `[from, to]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap: Option<(u64, u64)>,
+}
+
+/// `connector.resume` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ResumeAnswer {
+    pub rooms: std::collections::BTreeMap<String, Resumed>,
+}
+
+/// `onGap` push body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OnGap {
+    pub rid: String,
+    pub from: u64,
+    pub to: u64,
 }
 
 /// `connector.leave` request body.

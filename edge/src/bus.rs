@@ -1,10 +1,14 @@
-//! The edge's Redis pub/sub subscriber and the fan-out of pushes to local sessions.
+//! The edge's Redis pub/sub subscriber.
 //!
 //! One dedicated pub/sub connection per edge carries the edge's own channel (pushes to given
-//! uids), the broadcast channel, and one channel per room that has local members. A room's
-//! channel is subscribed — and the subscription confirmed by Redis — *before* the edge runs the
-//! join script, so every push numbered after the join is received. If the connection drops, the
-//! subscriber reconnects with backoff and subscribes to everything again.
+//! uids, kicks), the broadcast channel, and one channel per room that has local members. A
+//! room's channel is subscribed — and the subscription confirmed by Redis — *before* the edge
+//! runs the join script, so every push numbered after the join reaches the edge.
+//!
+//! Pub/sub is at-most-once. If the connection drops, the subscriber reconnects with backoff,
+//! subscribes to everything again, and asks each room feed to fill what it missed from history.
+//! A connection that stays open but deaf is caught by a PING every [`PROBE_EVERY`]: no answer
+//! within [`PROBE_TIMEOUT`] and the connection is replaced.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,15 +16,22 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use quinn::VarInt;
 use redis::aio::PubSubSink;
 use roomcast_common::bus::{self, BusMessage};
 use roomcast_common::codec::Frame;
 use roomcast_common::keys::Keys;
-use roomcast_common::protocol::route;
+use roomcast_common::protocol::close;
 use tokio::sync::Mutex;
 
+use crate::fanout::{self, room_frame};
 use crate::outbound::StreamKey;
 use crate::state::EdgeState;
+
+/// How often the subscription connection is probed.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long a probe may take before the connection is declared deaf.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Bus {
     client: redis::Client,
@@ -55,10 +66,11 @@ impl Bus {
         if count == 0 {
             let channel = self.keys.room_channel(rid);
             let Some(sink) = inner.sink.as_mut() else {
-                return Err("redis pub/sub connection is down".into());
+                return Err("redis pub/sub connection is down; retry shortly".into());
             };
-            sink.subscribe(&channel)
+            tokio::time::timeout(PROBE_TIMEOUT, sink.subscribe(&channel))
                 .await
+                .map_err(|_| format!("subscribing to {channel} timed out"))?
                 .map_err(|e| format!("cannot subscribe to {channel}: {e}"))?;
         }
         inner.counts.insert(rid.to_string(), count + 1);
@@ -76,7 +88,9 @@ impl Bus {
             inner.counts.remove(rid);
             let channel = self.keys.room_channel(rid);
             if let Some(sink) = inner.sink.as_mut() {
-                if let Err(e) = sink.unsubscribe(&channel).await {
+                if let Ok(Err(e)) =
+                    tokio::time::timeout(PROBE_TIMEOUT, sink.unsubscribe(&channel)).await
+                {
                     tracing::debug!("unsubscribe {channel}: {e}");
                 }
             }
@@ -105,6 +119,18 @@ impl Bus {
     async fn disconnected(&self) {
         self.inner.lock().await.sink = None;
     }
+
+    /// PINGs through the subscription connection.
+    async fn probe(&self) -> bool {
+        let sink = self.inner.lock().await.sink.clone();
+        let Some(mut sink) = sink else {
+            return false;
+        };
+        matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, sink.ping::<redis::Value>()).await,
+            Ok(Ok(_))
+        )
+    }
 }
 
 /// Runs the subscriber until the process ends: connect, deliver, reconnect with backoff.
@@ -119,18 +145,46 @@ pub async fn run(state: Arc<EdgeState>, ready: tokio::sync::oneshot::Sender<()>)
                 if let Some(r) = ready.take() {
                     let _ = r.send(());
                 } else {
-                    tracing::info!("pub/sub reconnected; room subscriptions restored");
+                    tracing::info!("pub/sub reconnected; subscriptions restored");
+                    tokio::spawn(refill_all(state.clone()));
                 }
-                while let Some(msg) = stream.next().await {
-                    deliver(&state, msg.get_payload_bytes());
+                let mut probe = tokio::time::interval(PROBE_EVERY);
+                probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        msg = stream.next() => match msg {
+                            Some(msg) => deliver(&state, msg.get_payload_bytes()),
+                            None => {
+                                tracing::warn!("redis pub/sub connection lost; reconnecting");
+                                break;
+                            }
+                        },
+                        _ = probe.tick() => {
+                            if !state.bus.probe().await {
+                                tracing::warn!("redis pub/sub connection does not answer; replacing it");
+                                break;
+                            }
+                        }
+                    }
                 }
-                tracing::warn!("redis pub/sub connection lost; reconnecting");
                 state.bus.disconnected().await;
             }
             Err(e) => tracing::warn!("redis pub/sub connect failed: {e}"),
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// After a reconnect: every room feed fetches what was published while the edge was deaf.
+async fn refill_all(state: Arc<EdgeState>) {
+    let feeds = state.local.lock().expect("local lock").rooms.feeds();
+    for (rid, last) in feeds {
+        match state.store.room_seq(&rid).await {
+            Ok(seq) if seq > last => fanout::fill(state.clone(), rid, last, seq).await,
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cannot check {rid} for missed pushes: {e}"),
+        }
     }
 }
 
@@ -143,11 +197,11 @@ pub fn deliver(state: &Arc<EdgeState>, payload: &[u8]) {
             return;
         }
     };
-    let encode = |route: String, rid: String, seq: u64, body: Vec<u8>| {
+    let session_frame = |route: String, body: Vec<u8>| {
         Frame::Push {
             route,
-            rid,
-            seq,
+            rid: String::new(),
+            seq: 0,
             body: Bytes::from(body),
         }
         .to_bytes()
@@ -155,35 +209,27 @@ pub fn deliver(state: &Arc<EdgeState>, payload: &[u8]) {
         .ok()
     };
     match msg {
-        BusMessage::Room { rid, route, body } => {
-            let Some(frame) = encode(route, rid.clone(), seq, body) else {
+        BusMessage::Room { ref rid, .. } => {
+            let Some(frame) = room_frame(seq, &msg) else {
                 return;
             };
-            let local = state.local.lock().expect("local lock");
-            let key = StreamKey::Room(rid.clone());
-            for sid in local.rooms.recipients(&rid, seq) {
-                if let Some(s) = local.sessions.get(&sid) {
-                    s.outbound.push(key.clone(), frame.clone());
-                }
-            }
+            let local = &mut *state.local.lock().expect("local lock");
+            let actions = local.rooms.push(rid, seq, frame);
+            fanout::apply(state, local, rid, actions);
         }
         BusMessage::Users { uids, route, body } => {
-            let Some(frame) = encode(route, String::new(), 0, body) else {
+            let Some(frame) = session_frame(route, body) else {
                 return;
             };
             let local = state.local.lock().expect("local lock");
             for uid in uids {
-                if let Some(s) = local
-                    .by_uid
-                    .get(&uid)
-                    .and_then(|sid| local.sessions.get(sid))
-                {
+                if let Some(s) = local.by_uid.get(&uid).and_then(|sid| local.sessions.get(sid)) {
                     s.outbound.push(StreamKey::Session, frame.clone());
                 }
             }
         }
         BusMessage::Broadcast { route, body } => {
-            let Some(frame) = encode(route, String::new(), 0, body) else {
+            let Some(frame) = session_frame(route, body) else {
                 return;
             };
             let local = state.local.lock().expect("local lock");
@@ -191,18 +237,17 @@ pub fn deliver(state: &Arc<EdgeState>, payload: &[u8]) {
                 s.outbound.push(StreamKey::Session, frame.clone());
             }
         }
-        BusMessage::RoomDestroyed { rid } => {
-            let body = serde_json::json!({ "rid": rid }).to_string().into_bytes();
-            let Some(frame) = encode(route::ON_DESTROY.into(), rid.clone(), seq, body) else {
+        BusMessage::RoomDestroyed { ref rid } => {
+            let Some(frame) = room_frame(seq, &msg) else {
                 return;
             };
             let dropped = {
                 let mut local = state.local.lock().expect("local lock");
-                let members = local.rooms.drop_room(&rid);
+                let members = local.rooms.drop_room(rid);
                 let key = StreamKey::Room(rid.clone());
                 for sid in &members {
                     if let Some(s) = local.sessions.get(sid) {
-                        s.rooms.lock().expect("rooms lock").remove(&rid);
+                        s.rooms.lock().expect("rooms lock").remove(rid);
                         s.outbound.push(key.clone(), frame.clone());
                         s.outbound.finish(&key);
                     }
@@ -210,11 +255,30 @@ pub fn deliver(state: &Arc<EdgeState>, payload: &[u8]) {
                 members.len()
             };
             let state = state.clone();
+            let rid = rid.clone();
             tokio::spawn(async move {
                 for _ in 0..dropped {
                     state.bus.release(&rid).await;
                 }
             });
+        }
+        BusMessage::Kick {
+            uid,
+            session,
+            reason,
+        } => {
+            let local = state.local.lock().expect("local lock");
+            let target = local
+                .by_uid
+                .get(&uid)
+                .and_then(|sid| local.sessions.get(sid))
+                .filter(|s| s.token == session);
+            if let Some(s) = target {
+                tracing::info!("closing session {session} of {uid}: {reason}");
+                s.replaced.store(true, std::sync::atomic::Ordering::Relaxed);
+                s.conn
+                    .close(VarInt::from_u32(close::REPLACED), reason.as_bytes());
+            }
         }
     }
 }

@@ -70,11 +70,39 @@ pub struct EdgeConfig {
     /// Seconds a client connection may stay silent before it is closed.
     #[arg(long, default_value_t = 30)]
     pub idle_timeout_secs: u64,
+
+    /// Milliseconds a lost session keeps its rooms, so that a client that reconnects and
+    /// resumes in time is not reported as leaving and re-joining.
+    #[arg(long, default_value_t = 10_000)]
+    pub resume_grace_ms: u64,
+
+    /// Pushes kept per room for resume and gap filling (must match the backends').
+    #[arg(long, env = "ROOMCAST_HISTORY_LEN", default_value_t = 1000)]
+    pub history_len: u64,
+
+    /// Seconds a push stays in a room's history (must match the backends').
+    #[arg(long, env = "ROOMCAST_HISTORY_AGE_SECS", default_value_t = 300)]
+    pub history_age_secs: u64,
+
+    /// Seconds a draining edge waits for its clients to move before it exits.
+    #[arg(long, default_value_t = 10)]
+    pub drain_secs: u64,
 }
 
 impl EdgeConfig {
     pub fn backend_attempt(&self) -> Duration {
         Duration::from_millis(self.backend_attempt_ms)
+    }
+
+    pub fn resume_grace(&self) -> Duration {
+        Duration::from_millis(self.resume_grace_ms)
+    }
+
+    pub fn history(&self) -> roomcast_common::store::HistoryConfig {
+        roomcast_common::store::HistoryConfig {
+            max_len: self.history_len,
+            max_age: Duration::from_secs(self.history_age_secs),
+        }
     }
 
     pub fn backend_deadline(&self) -> Duration {

@@ -12,8 +12,10 @@
 //! - [`outbound`]: per-session push streams, each with a bounded queue and its own writer.
 //! - [`session`]: one client connection: handshake, request streams, cleanup on close.
 //! - [`routes`]: the built-in routes (`gate.queryEntry`, `connector.enter`, `connector.leave`).
-//! - [`bus`]: the Redis pub/sub subscriber and room subscriptions, and the fan-out.
+//! - [`bus`]: the Redis pub/sub subscriber (room subscriptions, probing, reconnects).
+//! - [`fanout`]: carrying out the room feeds' actions: deliver, report gaps, fetch history.
 //! - [`backends`]: the backend registry cache and QUIC forwarding with timeouts and failover.
+//! - [`reaper`]: cleanup after dead edges (expired leases), one reaper per dead edge.
 //! - [`registry`]: the edge's own registration heartbeat and the cache of live edges.
 //! - [`state`]: the shared state of a running edge (sessions, local rooms, caches).
 //! - [`node`]: wiring: start, run until a signal, shut down.
@@ -21,9 +23,11 @@
 pub mod backends;
 pub mod bus;
 pub mod config;
+pub mod fanout;
 pub mod gate;
 pub mod node;
 pub mod outbound;
+pub mod reaper;
 pub mod registry;
 pub mod rooms;
 pub mod routes;

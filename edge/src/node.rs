@@ -17,12 +17,10 @@ use tokio::task::JoinHandle;
 use crate::backends::BackendPool;
 use crate::config::EdgeConfig;
 use crate::state::EdgeState;
-use crate::{bus, registry, session};
+use crate::{bus, reaper, registry, session};
 
 /// How long start-up waits for Redis before giving up.
 const REDIS_STARTUP_WAIT: Duration = Duration::from_secs(30);
-/// How long a clean shutdown waits for sessions to leave their rooms.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 pub struct RunningEdge {
     pub id: String,
@@ -46,7 +44,8 @@ pub async fn start(cfg: EdgeConfig) -> anyhow::Result<RunningEdge> {
     check_node_id(&cfg.prefix).map_err(|e| anyhow!("bad --prefix: {e}"))?;
     let store = Store::connect_retrying(&cfg.redis_url, Keys::new(&cfg.prefix), REDIS_STARTUP_WAIT)
         .await
-        .with_context(|| format!("cannot connect to redis at {}", cfg.redis_url))?;
+        .with_context(|| format!("cannot connect to redis at {}", cfg.redis_url))?
+        .with_history(cfg.history());
 
     let client_limits = TransportLimits {
         // +1 for the control stream.
@@ -103,14 +102,26 @@ pub async fn start(cfg: EdgeConfig) -> anyhow::Result<RunningEdge> {
         .await
         .map_err(|_| anyhow!("redis pub/sub did not come up within 10s"))?
         .map_err(|_| anyhow!("pub/sub task ended"))?;
+    // Members a previous run of this edge id left behind (it was killed) are stale.
+    let (rooms, members) = reaper::reap(&state, &id)
+        .await
+        .context("cannot clean up after a previous run of this edge")?;
+    if members > 0 {
+        tracing::info!("removed {members} stale members from {rooms} rooms left by a previous run");
+    }
     registry::refresh_once(&state)
         .await
         .context("cannot register the edge in redis")?;
     tasks.push(tokio::spawn(registry::run(state.clone())));
+    tasks.push(tokio::spawn(reaper::run(state.clone())));
     let accept_state = state.clone();
     let accept_endpoint = endpoint.clone();
     tasks.push(tokio::spawn(async move {
         while let Some(incoming) = accept_endpoint.accept().await {
+            if accept_state.draining() {
+                incoming.refuse();
+                continue;
+            }
             tokio::spawn(session::serve(accept_state.clone(), incoming));
         }
     }));
@@ -131,21 +142,55 @@ impl RunningEdge {
         self.state.session_count()
     }
 
-    /// Leaves the registry, closes every client connection (their sessions leave their rooms,
-    /// pushing onLeave), and stops.
+    /// Drains, then stops: the gate stops choosing this edge, every client is told to move
+    /// (connection closed with code 3 and a reason; the SDK reconnects through the gate and
+    /// resumes), and the edge waits up to `--drain-secs` for them to resume elsewhere. Members
+    /// who did not resume in time then leave their rooms (onLeave), and the edge's lease is
+    /// removed.
     pub async fn shutdown(self) {
-        if let Err(e) = self.state.store.unregister_edge(&self.id).await {
+        let state = &self.state;
+        state.set_draining();
+        if let Err(e) = registry::refresh_once(state).await {
+            tracing::warn!("could not mark edge {} as draining: {e}", self.id);
+        }
+        // Let every gate's cache (refreshed each second) see the draining flag first.
+        tokio::time::sleep(crate::config::REGISTRY_REFRESH + Duration::from_millis(200)).await;
+        let sessions: Vec<_> = state
+            .local
+            .lock()
+            .expect("local lock")
+            .sessions
+            .values()
+            .cloned()
+            .collect();
+        for s in &sessions {
+            s.conn.close(
+                VarInt::from_u32(close::SHUTDOWN),
+                b"edge draining: reconnect through the gate and resume",
+            );
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(state.cfg.drain_secs);
+        loop {
+            let waiting = session::unresumed(state).await;
+            if waiting.is_empty() || tokio::time::Instant::now() >= deadline {
+                for (uid, d) in waiting {
+                    session::leave_all(state, &uid, &d.token, &d.rooms).await;
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if let Err(e) = state.store.unregister_edge(&self.id).await {
             tracing::warn!("could not unregister edge {}: {e}", self.id);
         }
-        self.endpoint
-            .close(VarInt::from_u32(close::SHUTDOWN), b"edge shutting down");
-        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        while self.state.session_count() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Err(e) = reaper::reap(state, &self.id).await {
+            tracing::warn!("could not clean up edge {}: {e}", self.id);
         }
         for t in &self.tasks {
             t.abort();
         }
+        self.endpoint
+            .close(VarInt::from_u32(close::SHUTDOWN), b"edge shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 }

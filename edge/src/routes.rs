@@ -5,8 +5,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use roomcast_common::codec::Frame;
 use roomcast_common::ids::check_user_id;
+use roomcast_common::bus::BusMessage;
 use roomcast_common::protocol::{
-    code, route, Enter, Entered, EntryAnswer, Leave, OnUser, QueryEntry,
+    code, route, Enter, Entered, EntryAnswer, Leave, OnUser, QueryEntry, Resume, ResumeAnswer,
+    Resumed,
 };
 use roomcast_common::store::{Claim, StoreError};
 use serde::de::DeserializeOwned;
@@ -62,6 +64,7 @@ pub async fn dispatch(
         route::QUERY_ENTRY => query_entry(state, &body),
         route::ENTER => enter(state, session, &body).await,
         route::LEAVE => leave(state, session, &body).await,
+        route::RESUME => resume(state, session, &body).await,
         r if is_backend_route(r) => return forward(state, session, id, route_name, body).await,
         _ => Err(RouteError::new(
             code::UNKNOWN_ROUTE,
@@ -151,7 +154,7 @@ async fn enter(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8]
     check("username", &req.username)?;
     check("rid", &req.rid)?;
     let _ops = session.ops.lock().await;
-    bind(state, session, &req.username).await?;
+    bind(state, session, &req.username, None).await?;
     let uid = req.username;
 
     let already = session.rooms.lock().expect("rooms lock").contains(&req.rid);
@@ -191,21 +194,117 @@ async fn enter(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8]
             return Err(e.into());
         }
     };
-    state
-        .local
-        .lock()
-        .expect("local lock")
-        .rooms
-        .join(&req.rid, session.sid, joined.seq);
-    session
-        .rooms
-        .lock()
-        .expect("rooms lock")
-        .insert(req.rid.clone());
+    // A catch-up here covers pushes the feed delivered before this join was recorded.
+    let _ = join_local(state, session, &req.rid, joined.seq, None).await;
     json(&Entered {
         users: joined.users,
         seq: joined.seq,
     })
+}
+
+/// Records the local membership (from `join_seq`, or after `since` for a resume) and replays
+/// what the member needs from history. Returns the gap history could not cover.
+async fn join_local(
+    state: &Arc<EdgeState>,
+    session: &Arc<SessionHandle>,
+    rid: &str,
+    join_seq: u64,
+    since: Option<u64>,
+) -> Option<(u64, u64)> {
+    let actions = {
+        let local = &mut *state.local.lock().expect("local lock");
+        let (_, actions) = local.rooms.join(rid, session.sid, join_seq, since);
+        actions
+    };
+    session
+        .rooms
+        .lock()
+        .expect("rooms lock")
+        .insert(rid.to_string());
+    let mut gap = None;
+    for action in actions {
+        if let crate::rooms::Action::CatchUp {
+            rid,
+            sid,
+            after,
+            upto,
+        } = action
+        {
+            gap = crate::fanout::catch_up(state.clone(), rid, sid, after, upto).await;
+        }
+    }
+    gap
+}
+
+/// `connector.resume {username, session, rooms}`: continues a lost session on this connection.
+/// The old connection (if still open anywhere) is closed, membership moves here without
+/// onLeave/onAdd, and each room replays what the client missed before live pushes continue.
+async fn resume(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8]) -> RouteResult {
+    let req: Resume = parse(route::RESUME, body)?;
+    check("username", &req.username)?;
+    check("session", &req.session)?;
+    if req.rooms.len() > state.cfg.max_rooms_per_session {
+        return Err(RouteError::new(
+            code::LIMIT_EXCEEDED,
+            format!(
+                "a session may be in at most {} rooms",
+                state.cfg.max_rooms_per_session
+            ),
+        ));
+    }
+    for rid in req.rooms.keys() {
+        check("rid", rid)?;
+    }
+    let _ops = session.ops.lock().await;
+    if session.uid().is_some() {
+        return Err(RouteError::new(
+            code::BAD_REQUEST,
+            "connector.resume must be the first login of a connection",
+        ));
+    }
+    bind(state, session, &req.username, Some(&req.session)).await?;
+    let uid = req.username;
+    // A detached session of this uid on this edge is superseded: its grace timer must not
+    // make the member leave.
+    state
+        .local
+        .lock()
+        .expect("local lock")
+        .detached
+        .remove(&uid);
+    let mut answer = ResumeAnswer {
+        rooms: Default::default(),
+    };
+    for (rid, since) in req.rooms {
+        state
+            .bus
+            .acquire(&rid)
+            .await
+            .map_err(|e| RouteError::new(code::STORE_UNAVAILABLE, e))?;
+        let on_add = serde_json::to_vec(&OnUser { user: uid.clone() }).unwrap_or_default();
+        let joined = match state
+            .store
+            .join_with(&rid, &uid, &state.id, Some((route::ON_ADD, &on_add)), true, 0)
+            .await
+        {
+            Ok(j) => j,
+            Err(e) => {
+                state.bus.release(&rid).await;
+                return Err(e.into());
+            }
+        };
+        // Already member here (resumed on the same edge): the member's seq is its join seq.
+        let gap = join_local(state, session, &rid, joined.seq, Some(since)).await;
+        answer.rooms.insert(
+            rid,
+            Resumed {
+                users: joined.users,
+                seq: joined.seq,
+                gap,
+            },
+        );
+    }
+    json(&answer)
 }
 
 /// Binds the session to `uid` on first use; a later enter must use the same uid.
@@ -213,6 +312,7 @@ async fn bind(
     state: &Arc<EdgeState>,
     session: &Arc<SessionHandle>,
     uid: &str,
+    resume: Option<&str>,
 ) -> Result<(), RouteError> {
     match session.uid() {
         Some(bound) if bound == uid => return Ok(()),
@@ -228,10 +328,23 @@ async fn bind(
     }
     match state
         .store
-        .claim_session(uid, &state.id, &session.token)
+        .claim_session(uid, &state.id, &session.token, resume)
         .await?
     {
-        Claim::Granted => {}
+        Claim::Granted { replaced: None } => {}
+        Claim::Granted {
+            replaced: Some((edge, old)),
+        } => {
+            // The resumed connection may still be open somewhere: close it.
+            let kick = BusMessage::Kick {
+                uid: uid.to_string(),
+                session: old,
+                reason: "session resumed on another connection".into(),
+            };
+            if let Err(e) = state.store.publish_to_edge(&edge, &kick).await {
+                tracing::warn!("could not ask edge {edge} to close the old session of {uid}: {e}");
+            }
+        }
         Claim::Taken { edge } => {
             return Err(RouteError::new(
                 code::DUPLICATE_LOGIN,

@@ -2,6 +2,7 @@
 //! and cleanup (leave every room, release the uid) when the connection ends.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
@@ -14,7 +15,7 @@ use tokio::time::timeout;
 use crate::config::{HANDSHAKE_TIMEOUT, REQUEST_READ_TIMEOUT};
 use crate::outbound::Outbound;
 use crate::routes;
-use crate::state::{EdgeState, SessionHandle};
+use crate::state::{Detached, EdgeState, SessionHandle};
 
 /// Serves one incoming connection until it closes.
 pub async fn serve(state: Arc<EdgeState>, incoming: quinn::Incoming) {
@@ -37,6 +38,8 @@ pub async fn serve(state: Arc<EdgeState>, incoming: quinn::Incoming) {
         uid: Mutex::new(None),
         rooms: Mutex::new(BTreeSet::new()),
         ops: tokio::sync::Mutex::new(()),
+        replaced: AtomicBool::new(false),
+        control: tokio::sync::Mutex::new(None),
     });
     state
         .local
@@ -52,6 +55,7 @@ pub async fn serve(state: Arc<EdgeState>, incoming: quinn::Incoming) {
     };
     tokio::spawn(control_stream(
         conn.clone(),
+        session.clone(),
         ctrl_send,
         ctrl_recv,
         welcome,
@@ -63,10 +67,18 @@ pub async fn serve(state: Arc<EdgeState>, incoming: quinn::Incoming) {
         conn.remote_address()
     );
 
-    while let Ok((send, recv)) = conn.accept_bi().await {
-        tokio::spawn(request_stream(state.clone(), session.clone(), send, recv));
-    }
-    cleanup(&state, &session).await;
+    let ended = loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                tokio::spawn(request_stream(state.clone(), session.clone(), send, recv));
+            }
+            Err(e) => break e,
+        }
+    };
+    // A client that closes on purpose leaves at once; a lost connection gets a grace period
+    // in which the client can resume without its rooms seeing it leave and re-join.
+    let on_purpose = matches!(ended, quinn::ConnectionError::ApplicationClosed(_));
+    cleanup(&state, &session, on_purpose).await;
     tracing::debug!("session {} closed", session.token);
 }
 
@@ -127,6 +139,7 @@ async fn refuse(conn: &Connection, send: Option<&mut SendStream>, message: &str)
 /// anything it does send is a protocol error that closes the connection.
 async fn control_stream(
     conn: Connection,
+    session: Arc<SessionHandle>,
     mut send: SendStream,
     mut recv: RecvStream,
     welcome: Frame,
@@ -135,6 +148,7 @@ async fn control_stream(
     if write_frame(&mut send, &welcome).await.is_err() {
         return;
     }
+    *session.control.lock().await = Some(send);
     let mut buf = BytesMut::new();
     match read_frame(&mut recv, &mut buf, max).await {
         Ok(None) | Err(roomcast_common::stream::StreamError::Read(_)) => {}
@@ -147,9 +161,8 @@ async fn control_stream(
             conn.close(VarInt::from_u32(close::PROTOCOL_ERROR), msg.as_bytes());
         }
     }
-    // Keep the send side open until the connection ends.
+    // The send side stays in the session (for notices) until the connection ends.
     let _ = conn.closed().await;
-    drop(send);
 }
 
 /// One request stream: read one frame, answer it, finish. A malformed or oversize frame only
@@ -201,14 +214,16 @@ async fn request_stream(
     let _ = send.finish();
 }
 
-/// Leaves every room (pushing onLeave) and releases the uid. Runs once, when the connection
-/// has ended.
-async fn cleanup(state: &Arc<EdgeState>, session: &Arc<SessionHandle>) {
+/// Detaches the session from its rooms on this edge. A session closed on purpose leaves its
+/// rooms (onLeave) and releases its uid now; a lost one gets the resume grace period first; a
+/// replaced one (resumed elsewhere) leaves nothing: its rooms and uid belong to the new session.
+async fn cleanup(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, on_purpose: bool) {
     let _ops = session.ops.lock().await;
     let rooms: Vec<String> = std::mem::take(&mut *session.rooms.lock().expect("rooms lock"))
         .into_iter()
         .collect();
     let uid = session.uid();
+    let replaced = session.replaced.load(Ordering::Relaxed);
     {
         let mut local = state.local.lock().expect("local lock");
         for rid in &rooms {
@@ -219,23 +234,93 @@ async fn cleanup(state: &Arc<EdgeState>, session: &Arc<SessionHandle>) {
             if local.by_uid.get(uid) == Some(&session.sid) {
                 local.by_uid.remove(uid);
             }
+            if !replaced && !on_purpose {
+                local.detached.insert(
+                    uid.clone(),
+                    Detached {
+                        token: session.token.clone(),
+                        rooms: rooms.clone(),
+                    },
+                );
+            }
         }
+    }
+    for rid in &rooms {
+        state.bus.release(rid).await;
     }
     let Some(uid) = uid else {
         return;
     };
-    let body = serde_json::to_vec(&OnUser { user: uid.clone() }).unwrap_or_default();
-    for rid in &rooms {
+    if replaced {
+        return;
+    }
+    if on_purpose {
+        leave_all(state, &uid, &session.token, &rooms).await;
+        return;
+    }
+    let state = state.clone();
+    let token = session.token.clone();
+    let grace = state.cfg.resume_grace();
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        let detached = {
+            let mut local = state.local.lock().expect("local lock");
+            match local.detached.get(&uid) {
+                Some(d) if d.token == token => local.detached.remove(&uid),
+                _ => None, // resumed on this edge
+            }
+        };
+        let Some(detached) = detached else {
+            return;
+        };
+        match state.store.session_name(&uid).await {
+            Ok(Some(current)) if current != token => return, // resumed on another edge
+            Err(e) => tracing::warn!("cannot check the session of {uid}: {e}"),
+            _ => {}
+        }
+        leave_all(&state, &uid, &token, &detached.rooms).await;
+    });
+}
+
+/// Detached sessions that have not resumed anywhere yet (their claim is still theirs).
+pub async fn unresumed(state: &Arc<EdgeState>) -> Vec<(String, Detached)> {
+    let detached: Vec<(String, Detached)> = state
+        .local
+        .lock()
+        .expect("local lock")
+        .detached
+        .iter()
+        .map(|(u, d)| (u.clone(), d.clone()))
+        .collect();
+    let mut waiting = Vec::new();
+    for (uid, d) in detached {
+        match state.store.session_name(&uid).await {
+            Ok(Some(current)) if current != d.token => {
+                state.local.lock().expect("local lock").detached.remove(&uid);
+            }
+            _ => waiting.push((uid, d)),
+        }
+    }
+    waiting
+}
+
+/// Removes `uid` from `rooms` (onLeave to each; only where it is still a member through this
+/// edge) and releases its uid if still held by `token`.
+pub async fn leave_all(state: &Arc<EdgeState>, uid: &str, token: &str, rooms: &[String]) {
+    let body = serde_json::to_vec(&OnUser {
+        user: uid.to_string(),
+    })
+    .unwrap_or_default();
+    for rid in rooms {
         if let Err(e) = state
             .store
-            .leave(rid, &uid, Some(&state.id), Some((route::ON_LEAVE, &body)))
+            .leave(rid, uid, Some(&state.id), Some((route::ON_LEAVE, &body)))
             .await
         {
             tracing::warn!("could not remove {uid} from room {rid}: {e}");
         }
-        state.bus.release(rid).await;
     }
-    if let Err(e) = state.store.release_session(&uid, &session.token).await {
+    if let Err(e) = state.store.release_session(uid, token).await {
         tracing::warn!("could not release the session of {uid}: {e}");
     }
 }

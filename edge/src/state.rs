@@ -1,7 +1,7 @@
 //! The shared state of a running edge.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use quinn::Connection;
@@ -30,6 +30,7 @@ pub struct EdgeState {
     /// from this cache so a gate query costs no Redis round trip.
     pub edges: RwLock<Vec<EdgeInfo>>,
     next_sid: AtomicU64,
+    draining: AtomicBool,
 }
 
 #[derive(Default)]
@@ -38,6 +39,16 @@ pub struct Local {
     pub sessions: HashMap<SessionId, Arc<SessionHandle>>,
     /// uid → session, for pushes addressed to uids.
     pub by_uid: HashMap<String, SessionId>,
+    /// Sessions whose connection ended less than the resume grace period ago, by uid: their
+    /// members stay in their rooms (no onLeave) until the grace period ends or they resume.
+    pub detached: HashMap<String, Detached>,
+}
+
+/// A session between the loss of its connection and the end of its grace period.
+#[derive(Debug, Clone)]
+pub struct Detached {
+    pub token: String,
+    pub rooms: Vec<String>,
 }
 
 /// One client connection.
@@ -55,6 +66,10 @@ pub struct SessionHandle {
     /// Serialises this session's membership changes (enter/leave/close), which span several
     /// awaits, so two concurrent requests cannot interleave them.
     pub ops: tokio::sync::Mutex<()>,
+    /// Set when another connection resumed this session: cleanup then leaves nothing.
+    pub replaced: AtomicBool,
+    /// The control stream's send side, for notices to the client (drain).
+    pub control: tokio::sync::Mutex<Option<quinn::SendStream>>,
 }
 
 impl SessionHandle {
@@ -83,11 +98,21 @@ impl EdgeState {
             backends,
             edges: RwLock::new(Vec::new()),
             next_sid: AtomicU64::new(1),
+            draining: AtomicBool::new(false),
         }
     }
 
     pub fn next_session_id(&self) -> SessionId {
         self.next_sid.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether the edge is draining (the gate stops choosing it, clients are moved).
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
     }
 
     pub fn session_count(&self) -> usize {

@@ -90,7 +90,7 @@ async fn join_and_leave_keep_records_and_groups_consistent() {
     let ttl: i64 = c.ttl("rc:room:{lobby}:seq").await.unwrap();
     assert!(ttl > 0, "the seq of an empty room expires, got ttl {ttl}");
     // Re-joining continues the numbering and clears the expiry.
-    let j = s.join("lobby", "carol", "e1", None).await.unwrap();
+    let j = s.join("lobby", "carol", "e1", Some(("onAdd", b"{}"))).await.unwrap();
     assert_eq!(j.seq, 5);
     let ttl: i64 = c.ttl("rc:room:{lobby}:seq").await.unwrap();
     assert_eq!(ttl, -1);
@@ -191,7 +191,7 @@ async fn publish_checks_membership_and_deduplicates_retries() {
 #[tokio::test]
 async fn hostile_ids_stay_in_their_own_keys() {
     let (_r, s, mut c) = setup().await;
-    s.join("lobby", "alice", "e1", None).await.unwrap();
+    s.join("lobby", "alice", "e1", Some(("onAdd", b"{}"))).await.unwrap();
     let evil_room = "lobby}:members {x";
     let evil_user = "bob' .. redis.call('FLUSHALL') .. '\"*";
     s.join(evil_room, evil_user, "e1", None).await.unwrap();
@@ -215,7 +215,7 @@ async fn hostile_ids_stay_in_their_own_keys() {
 
 #[tokio::test]
 async fn session_claims_are_global_and_owned() {
-    let (_r, s, _c) = setup().await;
+    let (_r, s, mut c) = setup().await;
     let edge = |id: &str| EdgeInfo {
         id: id.into(),
         addr: "127.0.0.1:1".into(),
@@ -226,33 +226,38 @@ async fn session_claims_are_global_and_owned() {
     s.register_edge(&edge("e1"), Duration::from_secs(30))
         .await
         .unwrap();
+    let granted = Claim::Granted { replaced: None };
+    assert_eq!(s.claim_session("alice", "e1", "s1", None).await.unwrap(), granted);
+    assert_eq!(s.claim_session("alice", "e1", "s1", None).await.unwrap(), granted);
     assert_eq!(
-        s.claim_session("alice", "e1", "s1").await.unwrap(),
-        Claim::Granted
-    );
-    assert_eq!(
-        s.claim_session("alice", "e1", "s1").await.unwrap(),
-        Claim::Granted
-    );
-    assert_eq!(
-        s.claim_session("alice", "e2", "s2").await.unwrap(),
+        s.claim_session("alice", "e2", "s2", None).await.unwrap(),
         Claim::Taken { edge: "e1".into() }
     );
     assert_eq!(
-        s.claim_session("alice", "e1", "s3").await.unwrap(),
+        s.claim_session("alice", "e1", "s3", None).await.unwrap(),
         Claim::Taken { edge: "e1".into() }
     );
     assert!(!s.release_session("alice", "s2").await.unwrap());
+    assert_eq!(s.session_edge("alice").await.unwrap().as_deref(), Some("e1"));
+    // A resume names the session it continues: it may take over a live claim.
     assert_eq!(
-        s.session_edge("alice").await.unwrap().as_deref(),
-        Some("e1")
+        s.claim_session("alice", "e1", "s4", Some("s1")).await.unwrap(),
+        Claim::Granted {
+            replaced: Some(("e1".into(), "s1".into()))
+        }
     );
+    let holders: HashSet<String> = c.smembers("rc:edge:e1:sessions").await.unwrap();
+    assert_eq!(holders, set(&["alice"]));
     // A claim held by an edge that is no longer registered is taken over.
     s.unregister_edge("e1").await.unwrap();
     assert_eq!(
-        s.claim_session("alice", "e2", "s2").await.unwrap(),
-        Claim::Granted
+        s.claim_session("alice", "e2", "s2", None).await.unwrap(),
+        Claim::Granted {
+            replaced: Some(("e1".into(), "s4".into()))
+        }
     );
+    let holders: HashSet<String> = c.smembers("rc:edge:e1:sessions").await.unwrap();
+    assert!(holders.is_empty(), "the old edge's session index is updated");
     assert!(s.release_session("alice", "s2").await.unwrap());
     assert_eq!(s.session_edge("alice").await.unwrap(), None);
 }
@@ -287,7 +292,11 @@ async fn registry_entries_expire_and_are_pruned() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(s.list_edges().await.unwrap().is_empty());
     let ids: HashSet<String> = c.smembers("rc:edges").await.unwrap();
-    assert!(ids.is_empty(), "expired ids are pruned from the index");
+    assert_eq!(
+        ids,
+        set(&["e1"]),
+        "a dead edge stays in the index until it is reaped"
+    );
 }
 
 #[tokio::test]
@@ -301,6 +310,7 @@ async fn destroy_removes_everything_and_tells_edges() {
     pubsub.subscribe("rc:room:{lobby}:push").await.unwrap();
     s.join("lobby", "alice", "e1", None).await.unwrap();
     s.join("lobby", "bob", "e2", None).await.unwrap();
+    assert_eq!(s.room_seq("lobby").await.unwrap(), 0, "a join without a push takes no seq");
     assert_eq!(s.destroy("lobby").await.unwrap(), 2);
     for key in [
         "rc:room:{lobby}:members",
@@ -318,7 +328,7 @@ async fn destroy_removes_everything_and_tells_edges() {
     assert_eq!(
         bus::decode(msg.get_payload_bytes()).unwrap(),
         (
-            3,
+            1,
             BusMessage::RoomDestroyed {
                 rid: "lobby".into()
             }
@@ -347,8 +357,8 @@ async fn push_to_uids_groups_by_edge_and_reports_missing() {
     )
     .await
     .unwrap();
-    s.claim_session("alice", "e1", "s1").await.unwrap();
-    s.claim_session("bob", "e1", "s2").await.unwrap();
+    s.claim_session("alice", "e1", "s1", None).await.unwrap();
+    s.claim_session("bob", "e1", "s2", None).await.unwrap();
     let missing = s
         .push_to_uids(&["alice".into(), "bob".into(), "ghost".into()], "onX", b"1")
         .await
@@ -368,4 +378,52 @@ async fn push_to_uids_groups_by_edge_and_reports_missing() {
         vec!["alice", "bob"],
         "one publish for both uids on e1"
     );
+}
+
+#[tokio::test]
+async fn history_keeps_the_last_pushes_and_resume_moves_members_silently() {
+    let r = RedisServer::start().expect("redis-server");
+    let s = Store::connect(&r.url(), Keys::default())
+        .await
+        .unwrap()
+        .with_history(roomcast_common::store::HistoryConfig {
+            max_len: 5,
+            max_age: Duration::from_secs(60),
+        });
+    s.join("lobby", "alice", "e1", Some(("onAdd", b"a"))).await.unwrap();
+    for i in 0..9 {
+        s.publish_room("lobby", "onChat", format!("m{i}").as_bytes(), None, None)
+            .await
+            .unwrap();
+    }
+    // seqs 1..=10 were pushed; the last 5 are kept.
+    let h = s.history("lobby", 0, 10).await.unwrap();
+    let seqs: Vec<u64> = h.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![6, 7, 8, 9, 10]);
+    assert_eq!(
+        h[4].message,
+        BusMessage::Room {
+            rid: "lobby".into(),
+            route: "onChat".into(),
+            body: b"m8".to_vec()
+        }
+    );
+    let h = s.history("lobby", 8, 9).await.unwrap();
+    assert_eq!(h.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![9]);
+
+    // A resume through another edge moves the member without a push.
+    let j = s
+        .join_with("lobby", "alice", "e2", Some(("onAdd", b"a")), true, 0)
+        .await
+        .unwrap();
+    assert_eq!((j.added, j.seq), (false, 10));
+    assert_eq!(s.member("lobby", "alice").await.unwrap().as_deref(), Some("e2"));
+    assert_eq!(s.edge_room_ids("e1").await.unwrap(), Vec::<String>::new());
+    assert_eq!(s.edge_room_ids("e2").await.unwrap(), vec!["lobby"]);
+    // A seq floor keeps numbering monotonic after Redis lost its data.
+    let j = s
+        .join_with("lobby", "bob", "e2", None, true, 42)
+        .await
+        .unwrap();
+    assert_eq!(j.seq, 42);
 }

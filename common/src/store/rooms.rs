@@ -1,0 +1,358 @@
+//! Room membership, room pushes and room history.
+
+use std::collections::HashMap;
+
+use redis::{AsyncCommands, Script, ScriptInvocation};
+
+use super::{scripts, Result, Store, StoreError, EMPTY_ROOM_SEQ_TTL_SECS, REQUEST_DEDUPE_TTL_SECS};
+use crate::bus::{self, BusMessage};
+use crate::keys::{EDGE_CHANNEL_SUFFIX, EDGE_ROOMS_SUFFIX};
+
+/// Result of [`Store::join`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// The room's seq right after the join (the onAdd push, if any, carries it).
+    pub seq: u64,
+    /// Every member's uid, the joiner included, sorted.
+    pub users: Vec<String>,
+    /// False when nothing was pushed: the uid was already a member through this edge, or the
+    /// join was a resume that moved an existing member.
+    pub added: bool,
+}
+
+/// One recorded room push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub seq: u64,
+    pub message: BusMessage,
+}
+
+impl Store {
+    /// An invocation of a room script with the shared keys and arguments filled in.
+    fn room_call<'a>(&self, script: &'a Script, rid: &str) -> ScriptInvocation<'a> {
+        let k = &self.keys;
+        let mut inv = script.prepare_invoke();
+        inv.key(k.room_members(rid))
+            .key(k.room_edges(rid))
+            .key(k.room_seq(rid))
+            .key(k.rooms())
+            .key(k.room_history(rid))
+            .arg(rid)
+            .arg(k.room_edge_members_prefix(rid))
+            .arg(k.room_channel(rid))
+            .arg(k.edge_prefix())
+            .arg(EDGE_ROOMS_SUFFIX)
+            .arg(self.history.max_len)
+            .arg(self.history.max_age.as_millis() as u64)
+            .arg(EMPTY_ROOM_SEQ_TTL_SECS);
+        inv
+    }
+
+    /// Adds `uid` (on `edge`) to `rid` and pushes `route`/`body` (onAdd) to the members that
+    /// were there before. Idempotent: joining again through the same edge changes nothing and
+    /// pushes nothing.
+    pub async fn join(
+        &self,
+        rid: &str,
+        uid: &str,
+        edge: &str,
+        push: Option<(&str, &[u8])>,
+    ) -> Result<Joined> {
+        self.join_with(rid, uid, edge, push, false, 0).await
+    }
+
+    /// [`Store::join`] with the resume options: `resume` moves an existing member to `edge`
+    /// without pushing onAdd; `seq_floor` raises the room's seq to at least that value first
+    /// (an edge re-registering its rooms after Redis lost its data keeps numbering monotonic).
+    pub async fn join_with(
+        &self,
+        rid: &str,
+        uid: &str,
+        edge: &str,
+        push: Option<(&str, &[u8])>,
+        resume: bool,
+        seq_floor: u64,
+    ) -> Result<Joined> {
+        let k = &self.keys;
+        let payload = push.map(|(route, body)| room_body(rid, route, body));
+        let (status, seq, mut users): (i64, u64, Vec<String>) = self
+            .room_call(&scripts::JOIN, rid)
+            .key(k.room_edge_members(rid, edge))
+            .key(k.edge_rooms(edge))
+            .arg(uid)
+            .arg(edge)
+            .arg(payload.unwrap_or_default())
+            .arg(if resume { "1" } else { "0" })
+            .arg(seq_floor)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        users.sort();
+        Ok(Joined {
+            seq,
+            users,
+            added: status == 1,
+        })
+    }
+
+    /// Removes `uid` from `rid` and pushes `route`/`body` (onLeave) to the remaining members.
+    /// With `edge`, only removes the member if it is still registered through that edge (an
+    /// edge never removes a user who has since moved elsewhere). Returns the seq of the
+    /// leave, or `None` if the uid was not a member.
+    pub async fn leave(
+        &self,
+        rid: &str,
+        uid: &str,
+        edge: Option<&str>,
+        push: Option<(&str, &[u8])>,
+    ) -> Result<Option<u64>> {
+        let payload = push.map(|(route, body)| room_body(rid, route, body));
+        let seq: u64 = self
+            .room_call(&scripts::LEAVE, rid)
+            .arg(uid)
+            .arg(edge.unwrap_or(""))
+            .arg(payload.unwrap_or_default())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok((seq > 0).then_some(seq))
+    }
+
+    /// Uids of the room's members, sorted.
+    pub async fn members(&self, rid: &str) -> Result<Vec<String>> {
+        let mut users: Vec<String> = self.conn.clone().hkeys(self.keys.room_members(rid)).await?;
+        users.sort();
+        Ok(users)
+    }
+
+    /// The edge a member is connected through, or `None` if `uid` is not a member.
+    pub async fn member(&self, rid: &str, uid: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .clone()
+            .hget(self.keys.room_members(rid), uid)
+            .await?)
+    }
+
+    /// Members grouped by edge (Pomelo's groups), from the uid → edge hash.
+    pub async fn members_by_edge(&self, rid: &str) -> Result<HashMap<String, Vec<String>>> {
+        let all: HashMap<String, String> =
+            self.conn.clone().hgetall(self.keys.room_members(rid)).await?;
+        let mut groups: HashMap<String, Vec<String>> = HashMap::new();
+        for (uid, edge) in all {
+            groups.entry(edge).or_default().push(uid);
+        }
+        for v in groups.values_mut() {
+            v.sort();
+        }
+        Ok(groups)
+    }
+
+    /// Uids of the room's members on one edge.
+    pub async fn group(&self, rid: &str, edge: &str) -> Result<Vec<String>> {
+        Ok(self
+            .conn
+            .clone()
+            .smembers(self.keys.room_edge_members(rid, edge))
+            .await?)
+    }
+
+    /// Ids of rooms that have members.
+    pub async fn rooms(&self) -> Result<Vec<String>> {
+        let mut r: Vec<String> = self.conn.clone().smembers(self.keys.rooms()).await?;
+        r.sort();
+        Ok(r)
+    }
+
+    /// The room's current seq (0 if nothing was ever pushed).
+    pub async fn room_seq(&self, rid: &str) -> Result<u64> {
+        let v: Option<u64> = self.conn.clone().get(self.keys.room_seq(rid)).await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Pushes to every member of the room with the next seq, in one round trip.
+    /// `sender`: refuse unless this uid is a member. `request_key`: publish at most once per key
+    /// (a retry returns the seq of the first publish).
+    pub async fn publish_room(
+        &self,
+        rid: &str,
+        route: &str,
+        body: &[u8],
+        sender: Option<&str>,
+        request_key: Option<&str>,
+    ) -> Result<u64> {
+        let (status, seq): (i64, u64) = self
+            .room_call(&scripts::PUBLISH_ROOM, rid)
+            .key(self.keys.room_request(rid, request_key.unwrap_or("")))
+            .arg(sender.unwrap_or(""))
+            .arg(room_body(rid, route, body))
+            .arg(if request_key.is_some() {
+                REQUEST_DEDUPE_TTL_SECS
+            } else {
+                0
+            })
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        match status {
+            0 | 2 => Ok(seq),
+            1 => Err(StoreError::NotMember {
+                rid: rid.into(),
+                uid: sender.unwrap_or_default().into(),
+            }),
+            s => Err(StoreError::Reply(format!("publish_room status {s}"))),
+        }
+    }
+
+    /// Pushes to one member of the room (through that member's edge), in one round trip.
+    pub async fn publish_to_member(
+        &self,
+        rid: &str,
+        sender: Option<&str>,
+        target: &str,
+        route: &str,
+        body: &[u8],
+    ) -> Result<()> {
+        let k = &self.keys;
+        let payload = bus::encode(
+            0,
+            &BusMessage::Users {
+                uids: vec![target.to_string()],
+                route: route.into(),
+                body: body.to_vec(),
+            },
+        );
+        let status: i64 = scripts::PUBLISH_MEMBER
+            .key(k.room_members(rid))
+            .arg(sender.unwrap_or(""))
+            .arg(target)
+            .arg(payload)
+            .arg(k.edge_prefix())
+            .arg(EDGE_CHANNEL_SUFFIX)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        match status {
+            0 => Ok(()),
+            1 => Err(StoreError::NotMember {
+                rid: rid.into(),
+                uid: sender.unwrap_or_default().into(),
+            }),
+            2 => Err(StoreError::TargetNotInRoom {
+                rid: rid.into(),
+                uid: target.into(),
+            }),
+            s => Err(StoreError::Reply(format!("publish_to_member status {s}"))),
+        }
+    }
+
+    /// Pushes to the given uids wherever they are connected: one publish per edge that hosts
+    /// any of them. Returns the uids that have no live session (Pomelo's "failed ids").
+    pub async fn push_to_uids(
+        &self,
+        uids: &[String],
+        route: &str,
+        body: &[u8],
+    ) -> Result<Vec<String>> {
+        if uids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for uid in uids {
+            pipe.hget(self.keys.session(uid), "edge");
+        }
+        let edges: Vec<Option<String>> = pipe.query_async(&mut self.conn.clone()).await?;
+        let mut by_edge: HashMap<String, Vec<String>> = HashMap::new();
+        let mut missing = Vec::new();
+        for (uid, edge) in uids.iter().zip(edges) {
+            match edge {
+                Some(e) => by_edge.entry(e).or_default().push(uid.clone()),
+                None => missing.push(uid.clone()),
+            }
+        }
+        if !by_edge.is_empty() {
+            let mut pipe = redis::pipe();
+            for (edge, uids) in by_edge {
+                let msg = BusMessage::Users {
+                    uids,
+                    route: route.into(),
+                    body: body.to_vec(),
+                };
+                pipe.publish(self.keys.edge_channel(&edge), bus::encode(0, &msg))
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        }
+        Ok(missing)
+    }
+
+    /// Publishes an edge-addressed message (kicks, for instance) on that edge's channel.
+    pub async fn publish_to_edge(&self, edge: &str, msg: &BusMessage) -> Result<()> {
+        let _: i64 = self
+            .conn
+            .clone()
+            .publish(self.keys.edge_channel(edge), bus::encode(0, msg))
+            .await?;
+        Ok(())
+    }
+
+    /// Pushes to every session on every edge.
+    pub async fn broadcast(&self, route: &str, body: &[u8]) -> Result<()> {
+        let msg = BusMessage::Broadcast {
+            route: route.into(),
+            body: body.to_vec(),
+        };
+        let _: i64 = self
+            .conn
+            .clone()
+            .publish(self.keys.broadcast_channel(), bus::encode(0, &msg))
+            .await?;
+        Ok(())
+    }
+
+    /// Removes every member of the room and tells edges to drop it. Returns how many members
+    /// were removed.
+    pub async fn destroy(&self, rid: &str) -> Result<u64> {
+        let body = bus::encode_body(&BusMessage::RoomDestroyed { rid: rid.into() });
+        let n: u64 = self
+            .room_call(&scripts::DESTROY, rid)
+            .arg(body)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(n)
+    }
+
+    /// Recorded pushes of the room with `after < seq <= upto`, oldest first. Entries older than
+    /// the history's age bound are left out, so a caller can tell a gap from the seqs.
+    pub async fn history(&self, rid: &str, after: u64, upto: u64) -> Result<Vec<HistoryEntry>> {
+        if upto <= after {
+            return Ok(Vec::new());
+        }
+        let raw: Vec<Vec<u8>> = self
+            .conn
+            .clone()
+            .zrangebyscore(self.keys.room_history(rid), format!("({after}"), upto)
+            .await?;
+        let oldest = super::now_ms().saturating_sub(self.history.max_age.as_millis() as u64);
+        let mut out = Vec::with_capacity(raw.len());
+        for entry in raw {
+            if entry.len() < 8 {
+                continue;
+            }
+            let at = u64::from_be_bytes(entry[..8].try_into().expect("8 bytes"));
+            if at < oldest {
+                continue;
+            }
+            match bus::decode(&entry[8..]) {
+                Ok((seq, message)) => out.push(HistoryEntry { seq, message }),
+                Err(e) => tracing::warn!("skipping undecodable history entry of {rid}: {e}"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The bincode body of a room push (the seq header is added by the script).
+fn room_body(rid: &str, route: &str, body: &[u8]) -> Vec<u8> {
+    bus::encode_body(&BusMessage::Room {
+        rid: rid.into(),
+        route: route.into(),
+        body: body.to_vec(),
+    })
+}

@@ -1,0 +1,196 @@
+//! Every Lua script roomcast runs in Redis. Each one is a whole state change: it runs atomically
+//! and costs one round trip.
+//!
+//! Room scripts share one argument layout so they stay readable:
+//!
+//! ```text
+//! KEYS[1] members  KEYS[2] edges  KEYS[3] seq  KEYS[4] rooms index  KEYS[5] history
+//! ARGV[1] rid  ARGV[2] group-key prefix  ARGV[3] room channel  ARGV[4] edge-key prefix
+//! ARGV[5] edge rooms-index suffix  ARGV[6] history length  ARGV[7] history age (ms)
+//! ARGV[8] seq TTL of an empty room (s)
+//! ```
+//!
+//! followed by each script's own keys (`KEYS[6]…`) and arguments (`ARGV[9]…`). Keys the scripts
+//! derive (a group or an edge index from an edge id) are built from prefixes passed in by
+//! [`crate::keys`], so key names are still defined in one place; edge ids are validated node ids.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Helpers prepended to every room script.
+const LIB: &str = r#"
+local function be64(n)
+  local t = {}
+  for i = 8, 1, -1 do t[i] = string.char(n % 256); n = math.floor(n / 256) end
+  return table.concat(t)
+end
+local function header(seq) return 'R\1' .. be64(seq) end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- Publishes a room push numbered seq and records it in the room's bounded history.
+local function push(seq, body)
+  local p = header(seq) .. body
+  redis.call('PUBLISH', ARGV[3], p)
+  redis.call('ZADD', KEYS[5], seq, be64(now_ms()) .. p)
+  redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -(tonumber(ARGV[6]) + 1))
+  redis.call('PEXPIRE', KEYS[5], ARGV[7])
+end
+-- Removes uid from edge's group; forgets the edge in the room when its group empties.
+local function ungroup(edge, uid)
+  local g = ARGV[2] .. edge
+  redis.call('SREM', g, uid)
+  if redis.call('SCARD', g) == 0 then
+    redis.call('SREM', KEYS[2], edge)
+    redis.call('SREM', ARGV[4] .. edge .. ARGV[5], ARGV[1])
+  end
+end
+local function seq_now() return tonumber(redis.call('GET', KEYS[3]) or '0') end
+"#;
+
+fn room_script(body: &str) -> Script {
+    Script::new(&format!("{LIB}\n{body}"))
+}
+
+/// KEYS[6] group of the new edge, KEYS[7] rooms index of the new edge.
+/// ARGV[9] uid, ARGV[10] edge, ARGV[11] onAdd body ('' = none), ARGV[12] '1' for a resume,
+/// ARGV[13] seq floor ('0' = none: used when re-registering after Redis lost its data).
+/// Returns {status, seq, users}: 0 already a member through this edge, 1 added (onAdd pushed),
+/// 2 added or moved silently (a resume, or no body).
+pub static JOIN: LazyLock<Script> = LazyLock::new(|| {
+    room_script(
+        r#"
+local uid, edge = ARGV[9], ARGV[10]
+local floor = tonumber(ARGV[13])
+if floor > seq_now() then redis.call('SET', KEYS[3], floor) end
+local old = redis.call('HGET', KEYS[1], uid)
+if old == edge then return {0, seq_now(), redis.call('HKEYS', KEYS[1])} end
+if old then ungroup(old, uid) end
+redis.call('HSET', KEYS[1], uid, edge)
+redis.call('SADD', KEYS[6], uid)
+redis.call('SADD', KEYS[2], edge)
+redis.call('SADD', KEYS[7], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('PERSIST', KEYS[3])
+if (old and ARGV[12] == '1') or ARGV[11] == '' then
+  return {2, seq_now(), redis.call('HKEYS', KEYS[1])}
+end
+local seq = redis.call('INCR', KEYS[3])
+push(seq, ARGV[11])
+return {1, seq, redis.call('HKEYS', KEYS[1])}
+"#,
+    )
+});
+
+/// ARGV[9] uid, ARGV[10] edge ('' = whichever), ARGV[11] onLeave body ('' = none).
+/// Returns the seq of the leave, or 0 if uid was not a member (through that edge).
+pub static LEAVE: LazyLock<Script> = LazyLock::new(|| {
+    room_script(
+        r#"
+local uid = ARGV[9]
+local old = redis.call('HGET', KEYS[1], uid)
+if not old then return 0 end
+if ARGV[10] ~= '' and old ~= ARGV[10] then return 0 end
+redis.call('HDEL', KEYS[1], uid)
+ungroup(old, uid)
+local seq = redis.call('INCR', KEYS[3])
+if ARGV[11] ~= '' then push(seq, ARGV[11]) end
+if redis.call('HLEN', KEYS[1]) == 0 then
+  redis.call('SREM', KEYS[4], ARGV[1])
+  redis.call('EXPIRE', KEYS[3], ARGV[8])
+end
+return seq
+"#,
+    )
+});
+
+/// KEYS[6] dedupe key. ARGV[9] sender ('' = no membership check), ARGV[10] body,
+/// ARGV[11] dedupe TTL ('0' = no dedupe).
+/// Returns {0, seq} published, {1, 0} sender not a member, {2, seq} already published as seq.
+pub static PUBLISH_ROOM: LazyLock<Script> = LazyLock::new(|| {
+    room_script(
+        r#"
+if ARGV[9] ~= '' and redis.call('HEXISTS', KEYS[1], ARGV[9]) == 0 then return {1, 0} end
+if ARGV[11] ~= '0' then
+  local prev = redis.call('GET', KEYS[6])
+  if prev then return {2, tonumber(prev)} end
+end
+local seq = redis.call('INCR', KEYS[3])
+if ARGV[11] ~= '0' then redis.call('SET', KEYS[6], seq, 'EX', ARGV[11]) end
+push(seq, ARGV[10])
+return {0, seq}
+"#,
+    )
+});
+
+/// ARGV[9] destroyed body. Returns how many members were removed.
+pub static DESTROY: LazyLock<Script> = LazyLock::new(|| {
+    room_script(
+        r#"
+for _, e in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  redis.call('DEL', ARGV[2] .. e)
+  redis.call('SREM', ARGV[4] .. e .. ARGV[5], ARGV[1])
+end
+local n = redis.call('HLEN', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('SREM', KEYS[4], ARGV[1])
+local seq = redis.call('INCR', KEYS[3])
+push(seq, ARGV[9])
+redis.call('EXPIRE', KEYS[3], ARGV[8])
+return n
+"#,
+    )
+});
+
+/// KEYS: members. ARGV: sender ('' = no check), target, payload, edge channel prefix, suffix.
+/// Returns 0 sent, 1 sender not a member, 2 target not in the room.
+pub static PUBLISH_MEMBER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if ARGV[1] ~= '' and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 1 end
+local e = redis.call('HGET', KEYS[1], ARGV[2])
+if not e then return 2 end
+redis.call('PUBLISH', ARGV[4] .. e .. ARGV[5], ARGV[3])
+return 0
+"#,
+    )
+});
+
+/// KEYS: session. ARGV: edge, session, since (ms), edge-key prefix, sessions-index suffix,
+/// resume token ('' = none), uid.
+/// Returns {0, old edge, old session} granted (old ones empty unless a session was replaced),
+/// {1, edge, ''} taken by a live session.
+pub static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local cur = redis.call('HMGET', KEYS[1], 'edge', 'session')
+if cur[1] then
+  if cur[1] == ARGV[1] and cur[2] == ARGV[2] then return {0, '', ''} end
+  local alive = redis.call('EXISTS', ARGV[4] .. cur[1]) == 1
+  if alive and (ARGV[6] == '' or cur[2] ~= ARGV[6]) then return {1, cur[1], ''} end
+  redis.call('SREM', ARGV[4] .. cur[1] .. ARGV[5], ARGV[7])
+end
+redis.call('HSET', KEYS[1], 'edge', ARGV[1], 'session', ARGV[2], 'since', ARGV[3])
+redis.call('SADD', ARGV[4] .. ARGV[1] .. ARGV[5], ARGV[7])
+return {0, cur[1] or '', cur[2] or ''}
+"#,
+    )
+});
+
+/// KEYS: session. ARGV: field ('session' or 'edge'), expected value, edge-key prefix,
+/// sessions-index suffix, uid. Deletes the claim only if that field still has that value.
+pub static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local cur = redis.call('HMGET', KEYS[1], 'edge', 'session')
+local v = cur[2]
+if ARGV[1] == 'edge' then v = cur[1] end
+if v ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', ARGV[3] .. cur[1] .. ARGV[4], ARGV[5])
+return 1
+"#,
+    )
+});
