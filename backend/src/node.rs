@@ -57,6 +57,14 @@ pub struct BackendConfig {
         default_value = "certs/backend.key"
     )]
     pub key: PathBuf,
+
+    /// Pushes kept per room for resume and gap filling (must match the edges').
+    #[arg(long, env = "ROOMCAST_HISTORY_LEN", default_value_t = 1000)]
+    pub history_len: u64,
+
+    /// Seconds a push stays in a room's history (must match the edges').
+    #[arg(long, env = "ROOMCAST_HISTORY_AGE_SECS", default_value_t = 300)]
+    pub history_age_secs: u64,
 }
 
 pub struct RunningBackend {
@@ -83,7 +91,11 @@ pub async fn start(
     check_node_id(&cfg.prefix).map_err(|e| anyhow!("bad --prefix: {e}"))?;
     let store = Store::connect_retrying(&cfg.redis_url, Keys::new(&cfg.prefix), REDIS_STARTUP_WAIT)
         .await
-        .with_context(|| format!("cannot connect to redis at {}", cfg.redis_url))?;
+        .with_context(|| format!("cannot connect to redis at {}", cfg.redis_url))?
+        .with_history(roomcast_common::store::HistoryConfig {
+            max_len: cfg.history_len,
+            max_age: Duration::from_secs(cfg.history_age_secs),
+        });
     let limits = TransportLimits {
         max_bidi_streams: 1024,
         max_uni_streams: 0,

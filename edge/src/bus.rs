@@ -223,7 +223,11 @@ pub fn deliver(state: &Arc<EdgeState>, payload: &[u8]) {
             };
             let local = state.local.lock().expect("local lock");
             for uid in uids {
-                if let Some(s) = local.by_uid.get(&uid).and_then(|sid| local.sessions.get(sid)) {
+                if let Some(s) = local
+                    .by_uid
+                    .get(&uid)
+                    .and_then(|sid| local.sessions.get(sid))
+                {
                     s.outbound.push(StreamKey::Session, frame.clone());
                 }
             }

@@ -65,7 +65,9 @@ pub fn apply(state: &Arc<EdgeState>, local: &Local, rid: &str, actions: Vec<Acti
             }
             Action::Gap { sid, rid, from, to } => {
                 tracing::info!("session {sid} misses {rid} seqs {from}..={to} (not in history)");
-                if let (Some(s), Some(frame)) = (local.sessions.get(&sid), gap_frame(&rid, from, to)) {
+                if let (Some(s), Some(frame)) =
+                    (local.sessions.get(&sid), gap_frame(&rid, from, to))
+                {
                     s.outbound.push(StreamKey::Room(rid.clone()), frame);
                 }
             }
@@ -104,7 +106,10 @@ async fn history_frames(state: &EdgeState, rid: &str, after: u64, upto: u64) -> 
                     .collect()
             }
             Err(e) => {
-                tracing::warn!("history of {rid} unavailable (attempt {}): {e}", attempt + 1);
+                tracing::warn!(
+                    "history of {rid} unavailable (attempt {}): {e}",
+                    attempt + 1
+                );
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
         }
@@ -133,7 +138,9 @@ pub async fn catch_up(
     let local = &mut *state.local.lock().expect("local lock");
     let actions = local.rooms.caught_up(&rid, sid, upto, entries);
     let gap = actions.iter().find_map(|a| match a {
-        Action::Gap { sid: s, from, to, .. } if *s == sid => Some((*from, *to)),
+        Action::Gap {
+            sid: s, from, to, ..
+        } if *s == sid => Some((*from, *to)),
         _ => None,
     });
     apply(&state, local, &rid, actions);

@@ -170,6 +170,10 @@ impl RunningEdge {
             );
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(state.cfg.drain_secs);
+        // Closed sessions detach (keeping their rooms) once their tasks notice the close.
+        while state.session_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         loop {
             let waiting = session::unresumed(state).await;
             if waiting.is_empty() || tokio::time::Instant::now() >= deadline {

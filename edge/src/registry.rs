@@ -47,7 +47,9 @@ pub async fn run(state: Arc<EdgeState>) {
         tick.tick().await;
         match refresh_once(&state).await {
             Ok(true) if !recovering.swap(true, Ordering::SeqCst) => {
-                tracing::warn!("the edge's lease was gone from redis; registering everything again");
+                tracing::warn!(
+                    "the edge's lease was gone from redis; registering everything again"
+                );
                 let state = state.clone();
                 let recovering = recovering.clone();
                 tokio::spawn(async move {
@@ -113,9 +115,6 @@ pub async fn reregister(state: &Arc<EdgeState>) -> roomcast_common::store::Resul
         }
         rooms += 1;
     }
-    tracing::info!(
-        "re-registered {} sessions and {rooms} rooms",
-        uids.len()
-    );
+    tracing::info!("re-registered {} sessions and {rooms} rooms", uids.len());
     Ok(())
 }

@@ -134,7 +134,10 @@ impl LocalRooms {
 
     /// Rooms with local members and their `last` seq.
     pub fn feeds(&self) -> Vec<(String, u64)> {
-        self.feeds.iter().map(|(r, f)| (r.clone(), f.last)).collect()
+        self.feeds
+            .iter()
+            .map(|(r, f)| (r.clone(), f.last))
+            .collect()
     }
 
     /// Local members of the room.
@@ -452,7 +455,14 @@ mod tests {
     fn a_resume_older_than_history_is_told_explicitly() {
         let mut r = LocalRooms::default();
         let (_, acts) = r.join("a", 1, 50, Some(10));
-        assert!(matches!(acts[0], Action::CatchUp { after: 10, upto: 50, .. }));
+        assert!(matches!(
+            acts[0],
+            Action::CatchUp {
+                after: 10,
+                upto: 50,
+                ..
+            }
+        ));
         let history: Vec<(u64, Bytes)> = (40..=50).map(|s| (s, f(s))).collect();
         let acts = r.caught_up("a", 1, 50, history);
         assert_eq!(

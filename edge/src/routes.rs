@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use roomcast_common::bus::BusMessage;
 use roomcast_common::codec::Frame;
 use roomcast_common::ids::check_user_id;
-use roomcast_common::bus::BusMessage;
 use roomcast_common::protocol::{
     code, route, Enter, Entered, EntryAnswer, Leave, OnUser, QueryEntry, Resume, ResumeAnswer,
     Resumed,
@@ -284,7 +284,14 @@ async fn resume(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8
         let on_add = serde_json::to_vec(&OnUser { user: uid.clone() }).unwrap_or_default();
         let joined = match state
             .store
-            .join_with(&rid, &uid, &state.id, Some((route::ON_ADD, &on_add)), true, 0)
+            .join_with(
+                &rid,
+                &uid,
+                &state.id,
+                Some((route::ON_ADD, &on_add)),
+                true,
+                0,
+            )
             .await
         {
             Ok(j) => j,

@@ -77,7 +77,10 @@ pub async fn serve(state: Arc<EdgeState>, incoming: quinn::Incoming) {
     };
     // A client that closes on purpose leaves at once; a lost connection gets a grace period
     // in which the client can resume without its rooms seeing it leave and re-join.
-    let on_purpose = matches!(ended, quinn::ConnectionError::ApplicationClosed(_));
+    let on_purpose = matches!(
+        &ended,
+        quinn::ConnectionError::ApplicationClosed(c) if c.error_code.into_inner() == u64::from(close::NORMAL)
+    );
     cleanup(&state, &session, on_purpose).await;
     tracing::debug!("session {} closed", session.token);
 }
@@ -296,7 +299,12 @@ pub async fn unresumed(state: &Arc<EdgeState>) -> Vec<(String, Detached)> {
     for (uid, d) in detached {
         match state.store.session_name(&uid).await {
             Ok(Some(current)) if current != d.token => {
-                state.local.lock().expect("local lock").detached.remove(&uid);
+                state
+                    .local
+                    .lock()
+                    .expect("local lock")
+                    .detached
+                    .remove(&uid);
             }
             _ => waiting.push((uid, d)),
         }

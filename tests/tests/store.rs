@@ -90,7 +90,10 @@ async fn join_and_leave_keep_records_and_groups_consistent() {
     let ttl: i64 = c.ttl("rc:room:{lobby}:seq").await.unwrap();
     assert!(ttl > 0, "the seq of an empty room expires, got ttl {ttl}");
     // Re-joining continues the numbering and clears the expiry.
-    let j = s.join("lobby", "carol", "e1", Some(("onAdd", b"{}"))).await.unwrap();
+    let j = s
+        .join("lobby", "carol", "e1", Some(("onAdd", b"{}")))
+        .await
+        .unwrap();
     assert_eq!(j.seq, 5);
     let ttl: i64 = c.ttl("rc:room:{lobby}:seq").await.unwrap();
     assert_eq!(ttl, -1);
@@ -191,7 +194,9 @@ async fn publish_checks_membership_and_deduplicates_retries() {
 #[tokio::test]
 async fn hostile_ids_stay_in_their_own_keys() {
     let (_r, s, mut c) = setup().await;
-    s.join("lobby", "alice", "e1", Some(("onAdd", b"{}"))).await.unwrap();
+    s.join("lobby", "alice", "e1", Some(("onAdd", b"{}")))
+        .await
+        .unwrap();
     let evil_room = "lobby}:members {x";
     let evil_user = "bob' .. redis.call('FLUSHALL') .. '\"*";
     s.join(evil_room, evil_user, "e1", None).await.unwrap();
@@ -227,8 +232,14 @@ async fn session_claims_are_global_and_owned() {
         .await
         .unwrap();
     let granted = Claim::Granted { replaced: None };
-    assert_eq!(s.claim_session("alice", "e1", "s1", None).await.unwrap(), granted);
-    assert_eq!(s.claim_session("alice", "e1", "s1", None).await.unwrap(), granted);
+    assert_eq!(
+        s.claim_session("alice", "e1", "s1", None).await.unwrap(),
+        granted
+    );
+    assert_eq!(
+        s.claim_session("alice", "e1", "s1", None).await.unwrap(),
+        granted
+    );
     assert_eq!(
         s.claim_session("alice", "e2", "s2", None).await.unwrap(),
         Claim::Taken { edge: "e1".into() }
@@ -238,10 +249,15 @@ async fn session_claims_are_global_and_owned() {
         Claim::Taken { edge: "e1".into() }
     );
     assert!(!s.release_session("alice", "s2").await.unwrap());
-    assert_eq!(s.session_edge("alice").await.unwrap().as_deref(), Some("e1"));
+    assert_eq!(
+        s.session_edge("alice").await.unwrap().as_deref(),
+        Some("e1")
+    );
     // A resume names the session it continues: it may take over a live claim.
     assert_eq!(
-        s.claim_session("alice", "e1", "s4", Some("s1")).await.unwrap(),
+        s.claim_session("alice", "e1", "s4", Some("s1"))
+            .await
+            .unwrap(),
         Claim::Granted {
             replaced: Some(("e1".into(), "s1".into()))
         }
@@ -257,7 +273,10 @@ async fn session_claims_are_global_and_owned() {
         }
     );
     let holders: HashSet<String> = c.smembers("rc:edge:e1:sessions").await.unwrap();
-    assert!(holders.is_empty(), "the old edge's session index is updated");
+    assert!(
+        holders.is_empty(),
+        "the old edge's session index is updated"
+    );
     assert!(s.release_session("alice", "s2").await.unwrap());
     assert_eq!(s.session_edge("alice").await.unwrap(), None);
 }
@@ -310,7 +329,11 @@ async fn destroy_removes_everything_and_tells_edges() {
     pubsub.subscribe("rc:room:{lobby}:push").await.unwrap();
     s.join("lobby", "alice", "e1", None).await.unwrap();
     s.join("lobby", "bob", "e2", None).await.unwrap();
-    assert_eq!(s.room_seq("lobby").await.unwrap(), 0, "a join without a push takes no seq");
+    assert_eq!(
+        s.room_seq("lobby").await.unwrap(),
+        0,
+        "a join without a push takes no seq"
+    );
     assert_eq!(s.destroy("lobby").await.unwrap(), 2);
     for key in [
         "rc:room:{lobby}:members",
@@ -390,7 +413,9 @@ async fn history_keeps_the_last_pushes_and_resume_moves_members_silently() {
             max_len: 5,
             max_age: Duration::from_secs(60),
         });
-    s.join("lobby", "alice", "e1", Some(("onAdd", b"a"))).await.unwrap();
+    s.join("lobby", "alice", "e1", Some(("onAdd", b"a")))
+        .await
+        .unwrap();
     for i in 0..9 {
         s.publish_room("lobby", "onChat", format!("m{i}").as_bytes(), None, None)
             .await
@@ -417,7 +442,10 @@ async fn history_keeps_the_last_pushes_and_resume_moves_members_silently() {
         .await
         .unwrap();
     assert_eq!((j.added, j.seq), (false, 10));
-    assert_eq!(s.member("lobby", "alice").await.unwrap().as_deref(), Some("e2"));
+    assert_eq!(
+        s.member("lobby", "alice").await.unwrap().as_deref(),
+        Some("e2")
+    );
     assert_eq!(s.edge_room_ids("e1").await.unwrap(), Vec::<String>::new());
     assert_eq!(s.edge_room_ids("e2").await.unwrap(), vec!["lobby"]);
     // A seq floor keeps numbering monotonic after Redis lost its data.

@@ -191,12 +191,20 @@ impl Store {
 
     /// Rooms in which `edge` has members, from its index.
     pub async fn edge_room_ids(&self, edge: &str) -> Result<Vec<String>> {
-        Ok(self.conn.clone().smembers(self.keys.edge_rooms(edge)).await?)
+        Ok(self
+            .conn
+            .clone()
+            .smembers(self.keys.edge_rooms(edge))
+            .await?)
     }
 
     /// Uids whose claims `edge` holds, from its index.
     pub async fn edge_session_uids(&self, edge: &str) -> Result<Vec<String>> {
-        Ok(self.conn.clone().smembers(self.keys.edge_sessions(edge)).await?)
+        Ok(self
+            .conn
+            .clone()
+            .smembers(self.keys.edge_sessions(edge))
+            .await?)
     }
 
     /// Takes the lock to clean up after `edge` (one process does it); `ttl` bounds how long a

@@ -134,8 +134,11 @@ impl Store {
 
     /// Members grouped by edge (Pomelo's groups), from the uid → edge hash.
     pub async fn members_by_edge(&self, rid: &str) -> Result<HashMap<String, Vec<String>>> {
-        let all: HashMap<String, String> =
-            self.conn.clone().hgetall(self.keys.room_members(rid)).await?;
+        let all: HashMap<String, String> = self
+            .conn
+            .clone()
+            .hgetall(self.keys.room_members(rid))
+            .await?;
         let mut groups: HashMap<String, Vec<String>> = HashMap::new();
         for (uid, edge) in all {
             groups.entry(edge).or_default().push(uid);

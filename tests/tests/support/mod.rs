@@ -22,6 +22,16 @@ pub struct Env {
 
 impl Env {
     pub fn start(edges: &[&str], backends: &[&str]) -> Env {
+        Env::start_with(edges, backends, &[], &[])
+    }
+
+    /// Like [`Env::start`], with extra flags for every edge and every backend.
+    pub fn start_with(
+        edges: &[&str],
+        backends: &[&str],
+        edge_args: &[&str],
+        backend_args: &[&str],
+    ) -> Env {
         let redis = RedisServer::start().expect("start redis-server");
         let cluster = ClusterConfig {
             bin: env!("CARGO_BIN_EXE_roomcast-dev").into(),
@@ -31,11 +41,11 @@ impl Env {
         };
         let backends = backends
             .iter()
-            .map(|id| cluster.chat(id, &[]).expect("start backend"))
+            .map(|id| cluster.chat(id, backend_args).expect("start backend"))
             .collect();
         let edges = edges
             .iter()
-            .map(|id| cluster.edge(id, &[]).expect("start edge"))
+            .map(|id| cluster.edge(id, edge_args).expect("start edge"))
             .collect();
         let env = Env {
             redis,
@@ -81,6 +91,14 @@ impl Env {
         let mut o = ClientOptions::new(self.edges[i].addr, self.cluster.certs.ca.clone());
         o.request_timeout = WAIT;
         o
+    }
+
+    /// Connects `uid` to edge `i` directly, with `gate` as the gate for reconnects.
+    pub async fn connect_via(&self, i: usize, gate: usize, uid: &str) -> Client {
+        let opts = self.options(gate);
+        Client::connect_direct(opts, self.edges[i].addr, uid)
+            .await
+            .unwrap_or_else(|e| panic!("connect {uid} to edge {i}: {e}"))
     }
 
     /// Connects `uid` through the gate on edge 0.

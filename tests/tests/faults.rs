@@ -1,0 +1,493 @@
+//! Failures the system survives, each injected into real processes: an edge killed, a backend
+//! killed under load, Redis restarted empty, a client connection lost, pub/sub messages lost, an
+//! edge drained, a client changing address. Each test checks what members actually received
+//! (seqs, counts) and what Redis holds afterwards.
+
+mod support;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use redis::AsyncCommands;
+use roomcast_client::{Client, ClientError, Push};
+use roomcast_common::protocol::{Resume, ResumeAnswer};
+use support::{body, collect_route, next_push, Env, WAIT};
+use tokio::sync::mpsc::Receiver;
+
+/// Simulates a lost connection (as opposed to a close on purpose, code 0).
+fn drop_connection(c: &Client) {
+    c.connection()
+        .quic()
+        .close(quinn::VarInt::from_u32(99), b"simulated network loss");
+}
+
+/// Collects `onChat` pushes of `rid` until `n` arrived; returns (seq, msg) in arrival order.
+async fn chats(rx: &mut Receiver<Push>, n: usize, wait: Duration) -> Vec<(u64, String)> {
+    let deadline = Instant::now() + wait;
+    let mut out = Vec::new();
+    while out.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match next_push(rx, left).await {
+            Some(p) if p.route == "onChat" => {
+                out.push((p.seq, body(&p)["msg"].as_str().unwrap().to_string()))
+            }
+            Some(p) if p.route == "onGap" => panic!("unexpected gap: {p:?}"),
+            Some(_) => {}
+            None => panic!("only {} of {n} messages arrived: {out:?}", out.len()),
+        }
+    }
+    out
+}
+
+fn assert_consecutive(seqs: &[u64], who: &str) {
+    for w in seqs.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "{who} saw a gap or a duplicate: {seqs:?}");
+    }
+}
+
+async fn wait_until<F, Fut>(what: &str, wait: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + wait;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_edge_is_reaped_and_its_members_leave() {
+    let mut env = Env::start(&["edge-a", "edge-b"], &["chat-a"]);
+    let alice = env.connect_to(0, "alice").await;
+    let mut opts = env.options(1);
+    opts.reconnect = false;
+    let bob = Client::connect_direct(opts, env.edges[1].addr, "bob")
+        .await
+        .unwrap();
+    let mut arx = alice.pushes().unwrap();
+    alice.enter("lobby").await.unwrap();
+    bob.enter("lobby").await.unwrap();
+    bob.enter("hall").await.unwrap();
+    collect_route(&mut arx, "onAdd", 1).await;
+
+    let killed = Instant::now();
+    env.edges[1].kill();
+    // Lease TTL (5 s) + one sweep (1 s) + slack.
+    let got = collect_route(&mut arx, "onLeave", 1).await;
+    assert_eq!(body(got.last().unwrap())["user"], "bob");
+    println!("onLeave after the kill: {:?}", killed.elapsed());
+    assert!(
+        killed.elapsed() < Duration::from_secs(9),
+        "reaping took {:?}",
+        killed.elapsed()
+    );
+
+    let mut r = env.redis().await;
+    let members: HashMap<String, String> = r.hgetall("rc:room:{lobby}:members").await.unwrap();
+    assert_eq!(
+        members.keys().collect::<Vec<_>>(),
+        vec!["alice"],
+        "live members stay"
+    );
+    for key in [
+        "rc:room:{hall}:members",
+        "rc:session:bob",
+        "rc:edge:edge-b:rooms",
+        "rc:edge:edge-b:sessions",
+        "rc:room:{lobby}:edge:edge-b",
+    ] {
+        let exists: bool = r.exists(key).await.unwrap();
+        assert!(!exists, "{key} survived the reaper");
+    }
+    let edges: HashSet<String> = r.smembers("rc:edges").await.unwrap();
+    assert_eq!(edges, HashSet::from(["edge-a".to_string()]));
+    let session: bool = r.exists("rc:session:alice").await.unwrap();
+    assert!(session);
+    // Exactly one onLeave for bob.
+    assert!(next_push(&mut arx, Duration::from_millis(500))
+        .await
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_killed_under_load_loses_and_duplicates_nothing() {
+    let mut env = Env::start(&["edge-a", "edge-b"], &["chat-a", "chat-b"]);
+    let alice = Arc::new(env.connect_to(0, "alice").await);
+    let bob = Arc::new(env.connect_to(1, "bob").await);
+    let carol = env.connect_to(1, "carol").await;
+    let mut crx = carol.pushes().unwrap();
+    for c in [&*alice, &*bob, &carol] {
+        c.enter("lobby").await.unwrap();
+    }
+    const PER_SENDER: usize = 120;
+    let mut senders = Vec::new();
+    for (name, c) in [("a", alice.clone()), ("b", bob.clone())] {
+        senders.push(tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            for i in 0..PER_SENDER {
+                let msg = format!("{name}{i}");
+                match c.send("lobby", &msg).await {
+                    Ok(s) => accepted.push((s.seq.unwrap(), msg)),
+                    Err(e) => println!("not accepted: {msg}: {e}"),
+                }
+            }
+            accepted
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.backends[0].kill();
+    let mut accepted = Vec::new();
+    for s in senders {
+        accepted.extend(s.await.unwrap());
+    }
+    accepted.sort();
+    println!("accepted {} of {}", accepted.len(), 2 * PER_SENDER);
+    assert!(accepted.len() >= 2 * PER_SENDER - 2, "too many refusals");
+    let got = chats(&mut crx, accepted.len(), WAIT * 2).await;
+    let seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
+    assert_consecutive(&seqs, "carol");
+    let unique: BTreeSet<&String> = got.iter().map(|(_, m)| m).collect();
+    assert_eq!(unique.len(), got.len(), "a message was published twice");
+    assert_eq!(
+        got, accepted,
+        "every accepted message exactly once, with its seq"
+    );
+    assert!(next_push(&mut crx, Duration::from_millis(500))
+        .await
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarting_empty_is_survived() {
+    let mut env = Env::start(&["edge-a", "edge-b"], &["chat-a"]);
+    let alice = env.connect_to(0, "alice").await;
+    let bob = env.connect_to(1, "bob").await;
+    let mut brx = bob.pushes().unwrap();
+    alice.enter("lobby").await.unwrap();
+    bob.enter("lobby").await.unwrap();
+    let before = alice.send("lobby", "before").await.unwrap().seq.unwrap();
+    chats(&mut brx, 1, WAIT).await;
+
+    env.redis.kill();
+    // While Redis is down, requests fail fast with a clear error; nothing hangs.
+    let started = Instant::now();
+    let err = alice.send("lobby", "during").await.unwrap_err();
+    println!("during the outage: {err} after {:?}", started.elapsed());
+    assert!(matches!(err.code(), Some(503) | Some(504)), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(7));
+
+    env.redis.restart().unwrap();
+    let back = Instant::now();
+    let mut r = redis::Client::open(env.redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    wait_until("rooms re-registered", Duration::from_secs(8), || {
+        let mut r = r.clone();
+        async move {
+            let m: HashMap<String, String> = r
+                .hgetall("rc:room:{lobby}:members")
+                .await
+                .unwrap_or_default();
+            let s: bool = r.exists("rc:session:alice").await.unwrap_or(false);
+            m.len() == 2 && s
+        }
+    })
+    .await;
+    println!(
+        "rooms complete again {:?} after redis came back",
+        back.elapsed()
+    );
+    assert!(back.elapsed() < Duration::from_secs(6));
+    let members: HashMap<String, String> = r.hgetall("rc:room:{lobby}:members").await.unwrap();
+    assert_eq!(members["alice"], "edge-a");
+    assert_eq!(members["bob"], "edge-b");
+
+    // The conversation continues, numbered after what members already saw.
+    let mut sent = None;
+    for _ in 0..50 {
+        match alice.send("lobby", "after").await {
+            Ok(s) => {
+                sent = s.seq;
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let sent = sent.expect("sending works again");
+    assert!(sent > before);
+    let got = chats(&mut brx, 1, WAIT).await;
+    assert_eq!(got, vec![(sent, "after".to_string())]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_resumes_without_gap_duplicate_or_leave() {
+    let env = Env::start(&["edge-a", "edge-b"], &["chat-a"]);
+    let alice = Arc::new(env.connect_to(0, "alice").await);
+    let bob = env.connect_via(1, 0, "bob").await;
+    let mut arx = alice.pushes().unwrap();
+    let mut brx = bob.pushes().unwrap();
+    alice.enter("lobby").await.unwrap();
+    bob.enter("lobby").await.unwrap();
+    collect_route(&mut arx, "onAdd", 1).await;
+
+    let sender = {
+        let alice = alice.clone();
+        tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..60 {
+                seqs.push(
+                    alice
+                        .send("lobby", &format!("m{i}"))
+                        .await
+                        .unwrap()
+                        .seq
+                        .unwrap(),
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            seqs
+        })
+    };
+    chats(&mut brx, 5, WAIT).await;
+    drop_connection(&bob);
+    let reconnects = bob.reconnected(0, WAIT).await.expect("bob reconnects");
+    assert_eq!(reconnects, 1);
+    let sent = sender.await.unwrap();
+    // Bob sees every message after the ones he already had, once, in order.
+    let mut got: Vec<u64> = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while got.last() != sent.last() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let p = next_push(&mut brx, left)
+            .await
+            .expect("bob's messages arrive");
+        assert_ne!(p.route, "onGap", "{p:?}");
+        if p.route == "onChat" {
+            got.push(p.seq);
+        }
+    }
+    let mut all = sent[..5].to_vec();
+    all.extend(got);
+    assert_eq!(
+        all, sent,
+        "bob missed or repeated messages across the resume"
+    );
+    // Alice never saw bob leave and come back.
+    let others: Vec<Push> = std::iter::from_fn(|| arx.try_recv().ok())
+        .filter(|p| p.route != "onChat")
+        .collect();
+    assert!(
+        others.is_empty(),
+        "resume was visible to the room: {others:?}"
+    );
+    let mut r = env.redis().await;
+    let session: String = r.hget("rc:session:bob", "session").await.unwrap();
+    assert_eq!(session, bob.connection().welcome().session);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_older_than_history_is_told_explicitly() {
+    let env = Env::start_with(
+        &["edge-a"],
+        &["chat-a"],
+        &["--history-len", "5"],
+        &["--history-len", "5"],
+    );
+    let alice = env.connect_to(0, "alice").await;
+    let mut opts = env.options(0);
+    opts.reconnect = false;
+    let bob = Client::connect_direct(opts.clone(), env.edges[0].addr, "bob")
+        .await
+        .unwrap();
+    alice.enter("lobby").await.unwrap();
+    let joined = bob.enter("lobby").await.unwrap();
+    let old_session = bob.connection().welcome().session.clone();
+    drop_connection(&bob);
+    let mut last = 0;
+    for i in 0..20 {
+        last = alice
+            .send("lobby", &format!("m{i}"))
+            .await
+            .unwrap()
+            .seq
+            .unwrap();
+    }
+    let again = Client::connect_direct(opts, env.edges[0].addr, "bob")
+        .await
+        .unwrap();
+    let mut rx = again.pushes().unwrap();
+    let answer: ResumeAnswer = again
+        .connection()
+        .request_json(
+            "connector.resume",
+            &Resume {
+                username: "bob".into(),
+                session: old_session,
+                rooms: [("lobby".to_string(), joined.seq)].into(),
+            },
+        )
+        .await
+        .unwrap();
+    let lobby = &answer.rooms["lobby"];
+    assert_eq!(
+        lobby.users,
+        vec!["alice", "bob"],
+        "the current member list comes along"
+    );
+    assert_eq!(lobby.gap, Some((joined.seq + 1, last - 5)));
+    let gap = next_push(&mut rx, WAIT).await.unwrap();
+    assert_eq!(gap.route, "onGap");
+    assert_eq!(gap.seq, last - 5);
+    let rest = chats(&mut rx, 5, WAIT).await;
+    let seqs: Vec<u64> = rest.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, (last - 4..=last).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_pubsub_messages_are_filled_from_history() {
+    let env = Env::start(&["edge-a", "edge-b"], &["chat-a"]);
+    let alice = Arc::new(env.connect_to(0, "alice").await);
+    let bob = env.connect_to(1, "bob").await;
+    let mut brx = bob.pushes().unwrap();
+    alice.enter("lobby").await.unwrap();
+    bob.enter("lobby").await.unwrap();
+    let sender = {
+        let alice = alice.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            for i in 0..150 {
+                if alice.send("lobby", &format!("m{i}")).await.is_ok() {
+                    n += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            n
+        })
+    };
+    let mut r = env.redis().await;
+    let store = roomcast_common::store::Store::connect(&env.redis.url(), Default::default())
+        .await
+        .unwrap();
+    let mut in_gap = 0;
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Kill every pub/sub connection (both edges'), while traffic flows...
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        // (In later rounds an edge may still be reconnecting from the previous kill.)
+        assert!(killed >= if round == 0 { 2 } else { 1 }, "killed {killed}");
+        // ...and publish while no edge can hear it (edges wait 100 ms before reconnecting).
+        for k in 0..3 {
+            let body =
+                serde_json::json!({"msg": format!("gap{round}-{k}"), "from": "x", "target": "*"});
+            store
+                .publish_room("lobby", "onChat", body.to_string().as_bytes(), None, None)
+                .await
+                .unwrap();
+            in_gap += 1;
+        }
+    }
+    let accepted = sender.await.unwrap();
+    assert!(accepted >= 140, "only {accepted} messages accepted");
+    let got = chats(&mut brx, accepted + in_gap, WAIT).await;
+    let seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
+    assert_consecutive(&seqs, "bob");
+    let gap_msgs = got.iter().filter(|(_, m)| m.starts_with("gap")).count();
+    assert_eq!(
+        gap_msgs, in_gap,
+        "messages published while the edge was deaf were filled in"
+    );
+    assert!(next_push(&mut brx, Duration::from_millis(300))
+        .await
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_edge_moves_its_clients_without_loss() {
+    let mut env = Env::start_with(
+        &["edge-a", "edge-b"],
+        &["chat-a"],
+        &["--drain-secs", "5"],
+        &[],
+    );
+    let alice = Arc::new(env.connect_to(0, "alice").await);
+    let bob = env.connect_via(1, 0, "bob").await;
+    let mut arx = alice.pushes().unwrap();
+    let mut brx = bob.pushes().unwrap();
+    alice.enter("lobby").await.unwrap();
+    bob.enter("lobby").await.unwrap();
+    collect_route(&mut arx, "onAdd", 1).await;
+    let sender = {
+        let alice = alice.clone();
+        tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..80 {
+                if let Ok(s) = alice.send("lobby", &format!("m{i}")).await {
+                    seqs.push(s.seq.unwrap());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            seqs
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let edge_b = &mut env.edges[1];
+    tokio::task::block_in_place(|| edge_b.terminate(Duration::from_secs(15)));
+    println!("edge-b exited {:?} after SIGTERM", started.elapsed());
+    assert_eq!(bob.reconnected(0, WAIT).await.unwrap(), 1);
+    assert_eq!(bob.edge(), "edge-a", "bob moved to the other edge");
+    let sent = sender.await.unwrap();
+    let got = chats(&mut brx, sent.len(), WAIT).await;
+    assert_eq!(got.iter().map(|(s, _)| *s).collect::<Vec<_>>(), sent);
+    let others: Vec<Push> = std::iter::from_fn(|| arx.try_recv().ok())
+        .filter(|p| p.route != "onChat")
+        .collect();
+    assert!(
+        others.is_empty(),
+        "the move was visible to the room: {others:?}"
+    );
+    let mut r = env.redis().await;
+    let members: HashMap<String, String> = r.hgetall("rc:room:{lobby}:members").await.unwrap();
+    assert_eq!(members["bob"], "edge-a");
+    let edges: HashSet<String> = r.smembers("rc:edges").await.unwrap();
+    assert!(!edges.contains("edge-b"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_changing_address_keeps_its_session() {
+    let env = Env::start(&["edge-a"], &["chat-a"]);
+    let alice = env.connect_to(0, "alice").await;
+    let bob = env.connect_to(0, "bob").await;
+    let mut brx = bob.pushes().unwrap();
+    alice.enter("lobby").await.unwrap();
+    bob.enter("lobby").await.unwrap();
+    let session = bob.connection().welcome().session.clone();
+    let before = bob.connection().quic().local_ip();
+    let new_addr = bob.connection().rebind().unwrap();
+    println!("bob moved from {before:?} to {new_addr}");
+    // Bob's own request goes out from the new address; pushes follow him there.
+    bob.send("lobby", "from my new address").await.unwrap();
+    let s = alice.send("lobby", "hi bob").await.unwrap().seq.unwrap();
+    let got = chats(&mut brx, 2, WAIT).await;
+    assert_eq!(got.last().unwrap(), &(s, "hi bob".to_string()));
+    assert_eq!(bob.reconnects(), 0, "migration must not need a reconnect");
+    assert_eq!(bob.connection().welcome().session, session);
+    let err: Result<Bytes, ClientError> = bob.request("nope.route", Bytes::new()).await;
+    assert_eq!(
+        err.unwrap_err().code(),
+        Some(404),
+        "the session still answers"
+    );
+}
