@@ -75,8 +75,7 @@ impl Connection {
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
         };
-        let config = tls::client_config(&opts.ca, CLIENT_ALPN, &limits)
-            .map_err(|e| ClientError::Config(format!("{e:#}")))?;
+        let config = client_config(&opts.ca, &limits)?;
         let bind: SocketAddr = if addr.is_ipv6() {
             "[::]:0".parse().expect("literal")
         } else {
@@ -287,6 +286,28 @@ impl Connection {
             None => e.into(),
         }
     }
+}
+
+/// One TLS configuration per CA file for the whole process, so reconnects share its session
+/// cache and resume TLS sessions with edges they have spoken to (cheaper handshakes).
+fn client_config(
+    ca: &std::path::Path,
+    limits: &TransportLimits,
+) -> Result<quinn::ClientConfig, ClientError> {
+    static CONFIGS: std::sync::OnceLock<
+        Mutex<std::collections::HashMap<std::path::PathBuf, quinn::ClientConfig>>,
+    > = std::sync::OnceLock::new();
+    let configs = CONFIGS.get_or_init(Default::default);
+    if let Some(c) = configs.lock().expect("configs lock").get(ca) {
+        return Ok(c.clone());
+    }
+    let config = tls::client_config(ca, CLIENT_ALPN, limits)
+        .map_err(|e| ClientError::Config(format!("{e:#}")))?;
+    configs
+        .lock()
+        .expect("configs lock")
+        .insert(ca.to_path_buf(), config.clone());
+    Ok(config)
 }
 
 fn close_reason(conn: &quinn::Connection) -> Option<ClientError> {

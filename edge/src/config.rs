@@ -55,8 +55,9 @@ pub struct EdgeConfig {
     #[arg(long, default_value_t = 64)]
     pub max_rooms_per_session: usize,
 
-    /// Frames queued per push stream before the session is closed as a slow consumer.
-    #[arg(long, default_value_t = 1024)]
+    /// Frames queued per push stream before the session is closed as a slow consumer. Larger
+    /// than the history length, so a full replay after a resume fits.
+    #[arg(long, default_value_t = 4096)]
     pub push_queue: usize,
 
     /// Milliseconds a backend has to answer one attempt before the edge tries another.
