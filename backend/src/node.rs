@@ -101,6 +101,7 @@ pub async fn start(
         max_uni_streams: 0,
         idle_timeout: Duration::from_secs(10),
         keep_alive: Duration::from_secs(2),
+        early_data: false,
     };
     let server_config = tls::server_config(&cfg.cert, &cfg.key, BACKEND_ALPN, &limits)?;
     let endpoint = Endpoint::server(server_config, cfg.listen)

@@ -234,18 +234,33 @@ async fn gate_addr(opts: &ClientOptions, uid: &str) -> Result<SocketAddr, Client
 
 /// Asks the gate at `opts.gate` which edge `uid` should use.
 pub async fn query_entry(opts: &ClientOptions, uid: &str) -> Result<EntryAnswer, ClientError> {
+    query_entry_early(opts, uid).await.map(|(answer, _)| answer)
+}
+
+/// [`query_entry`], also saying whether the query travelled as 0-RTT data. The gate query is
+/// idempotent, so it is sent in 0-RTT whenever a TLS session with the gate can be resumed (a
+/// reconnect then reaches the gate's answer one round trip sooner); if the gate rejects the
+/// early data, the query is simply asked again on a normal connection.
+pub async fn query_entry_early(
+    opts: &ClientOptions,
+    uid: &str,
+) -> Result<(EntryAnswer, bool), ClientError> {
+    let query = QueryEntry {
+        uid: uid.to_string(),
+        region: opts.region.clone(),
+    };
+    if let Ok(gate) = Connection::connect_early(opts, opts.gate).await {
+        let answer = gate.request_json(route::QUERY_ENTRY, &query).await;
+        let early = gate.handshake_done().await;
+        gate.close().await;
+        if let Ok(answer) = answer {
+            return Ok((answer, early));
+        }
+    }
     let gate = Connection::connect(opts, opts.gate).await?;
-    let answer = gate
-        .request_json(
-            route::QUERY_ENTRY,
-            &QueryEntry {
-                uid: uid.to_string(),
-                region: opts.region.clone(),
-            },
-        )
-        .await;
+    let answer = gate.request_json(route::QUERY_ENTRY, &query).await;
     gate.close().await;
-    answer
+    Ok((answer?, false))
 }
 
 /// Forwards the current connection's pushes to the application; when the connection is lost,

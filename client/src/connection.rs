@@ -55,6 +55,8 @@ pub struct Connection {
     pushes: Mutex<Option<mpsc::Receiver<Push>>>,
     /// The reason the edge gave on the control stream before closing, if any.
     error: Arc<Mutex<Option<String>>>,
+    /// Resolves when the handshake of a 0-RTT connection completes (true: early data accepted).
+    zero_rtt: Mutex<Option<quinn::ZeroRttAccepted>>,
 }
 
 impl Connection {
@@ -62,6 +64,37 @@ impl Connection {
     pub async fn connect(
         opts: &ClientOptions,
         addr: SocketAddr,
+    ) -> Result<Connection, ClientError> {
+        Connection::open(opts, addr, false).await
+    }
+
+    /// Like [`Connection::connect`], but when a TLS session with this edge can be resumed, sends
+    /// `Hello` — and lets the caller send idempotent requests such as `gate.queryEntry` — as
+    /// 0-RTT data, before the handshake completes. Never send a state-changing request on such
+    /// a connection before [`Connection::handshake_done`]: the edge refuses them (425) because
+    /// early data can be replayed. If the edge rejects the early data, requests fail; retry them
+    /// on a normal connection.
+    pub async fn connect_early(
+        opts: &ClientOptions,
+        addr: SocketAddr,
+    ) -> Result<Connection, ClientError> {
+        Connection::open(opts, addr, true).await
+    }
+
+    /// Whether this connection sent 0-RTT data that the edge accepted; waits for the end of the
+    /// handshake.
+    pub async fn handshake_done(&self) -> bool {
+        let accepted = self.zero_rtt.lock().expect("0rtt lock").take();
+        match accepted {
+            Some(a) => a.await,
+            None => false,
+        }
+    }
+
+    async fn open(
+        opts: &ClientOptions,
+        addr: SocketAddr,
+        early: bool,
     ) -> Result<Connection, ClientError> {
         tls::install_crypto_provider();
         let fail = |reason: String| ClientError::Connect {
@@ -74,6 +107,7 @@ impl Connection {
             max_uni_streams: 1024,
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
+            early_data: true,
         };
         let config = client_config(&opts.ca, &limits)?;
         let bind: SocketAddr = if addr.is_ipv6() {
@@ -85,10 +119,20 @@ impl Connection {
         let connecting = endpoint
             .connect_with(config, addr, &opts.server_name)
             .map_err(|e| fail(e.to_string()))?;
-        let conn = tokio::time::timeout(opts.request_timeout, connecting)
-            .await
-            .map_err(|_| ClientError::Timeout(opts.request_timeout))?
-            .map_err(|e| fail(e.to_string()))?;
+        let wait = |connecting: quinn::Connecting| async move {
+            tokio::time::timeout(opts.request_timeout, connecting)
+                .await
+                .map_err(|_| ClientError::Timeout(opts.request_timeout))?
+                .map_err(|e| fail(e.to_string()))
+        };
+        let (conn, zero_rtt) = if early {
+            match connecting.into_0rtt() {
+                Ok((conn, accepted)) => (conn, Some(accepted)),
+                Err(connecting) => (wait(connecting).await?, None),
+            }
+        } else {
+            (wait(connecting).await?, None)
+        };
 
         let (mut send, mut recv) = conn.open_bi().await?;
         let hello = Frame::Hello {
@@ -144,6 +188,7 @@ impl Connection {
             request_timeout: opts.request_timeout,
             pushes: Mutex::new(Some(rx)),
             error,
+            zero_rtt: Mutex::new(zero_rtt),
         })
     }
 

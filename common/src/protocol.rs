@@ -33,6 +33,8 @@ pub mod code {
     pub const FRAME_TOO_LARGE: u16 = 413;
     /// Bytes that are not a valid frame (unknown type, truncated field, invalid UTF-8).
     pub const MALFORMED_FRAME: u16 = 422;
+    /// A request that must not be served from replayable 0-RTT data arrived in it.
+    pub const TOO_EARLY: u16 = 425;
     /// The client's protocol version is not supported, or the handshake was wrong.
     pub const BAD_HANDSHAKE: u16 = 426;
     /// A configured limit (rooms per session, in-flight requests) was hit.

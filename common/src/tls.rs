@@ -46,6 +46,10 @@ pub struct TransportLimits {
     pub idle_timeout: Duration,
     /// Keep-alive probes so that NATs and idle timers stay open.
     pub keep_alive: Duration,
+    /// 0-RTT: a server accepts early data, a client may send it on resumed sessions. Early data
+    /// can be replayed by an attacker, so whoever enables it must refuse non-idempotent requests
+    /// that arrive in it (see PROTOCOL.md).
+    pub early_data: bool,
 }
 
 impl TransportLimits {
@@ -76,6 +80,10 @@ pub fn server_config(
         .with_single_cert(load_certs(cert)?, load_key(key)?)
         .context("certificate and key do not match")?;
     tls.alpn_protocols = vec![alpn.to_vec()];
+    if limits.early_data {
+        // QUIC allows exactly 0 or u32::MAX here.
+        tls.max_early_data_size = u32::MAX;
+    }
     let crypto = QuicServerConfig::try_from(tls)?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     cfg.transport_config(Arc::new(limits.transport()?));
@@ -99,6 +107,7 @@ pub fn client_config(
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![alpn.to_vec()];
+    tls.enable_early_data = limits.early_data;
     let crypto = QuicClientConfig::try_from(tls)?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     cfg.transport_config(Arc::new(limits.transport()?));

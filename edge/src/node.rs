@@ -53,6 +53,8 @@ pub async fn start(cfg: EdgeConfig) -> anyhow::Result<RunningEdge> {
         max_uni_streams: 0,
         idle_timeout: Duration::from_secs(cfg.idle_timeout_secs),
         keep_alive: Duration::from_secs(5),
+        // Only `Hello` and `gate.queryEntry` are served from early data (session.rs).
+        early_data: true,
     };
     let server_config = tls::server_config(&cfg.cert, &cfg.key, CLIENT_ALPN, &client_limits)?;
     let endpoint = Endpoint::server(server_config, cfg.listen)
@@ -74,6 +76,7 @@ pub async fn start(cfg: EdgeConfig) -> anyhow::Result<RunningEdge> {
         max_uni_streams: 0,
         idle_timeout: Duration::from_secs(10),
         keep_alive: Duration::from_secs(2),
+        early_data: false,
     };
     let backend_config = tls::client_config(&cfg.ca, BACKEND_ALPN, &backend_limits)?;
     let backend_endpoint = Endpoint::client(if addr.is_ipv6() {

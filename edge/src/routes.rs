@@ -48,6 +48,11 @@ impl From<StoreError> for RouteError {
 
 type RouteResult = Result<Bytes, RouteError>;
 
+/// Routes served from 0-RTT data: only those a replay cannot harm (idempotent, no state change).
+pub fn allowed_in_0rtt(r: &str) -> bool {
+    r == route::QUERY_ENTRY
+}
+
 fn is_backend_route(r: &str) -> bool {
     route::BACKEND_PREFIXES.iter().any(|p| r.starts_with(p))
 }

@@ -19,10 +19,21 @@ use crate::state::{Detached, EdgeState, SessionHandle};
 
 /// Serves one incoming connection until it closes.
 pub async fn serve(state: Arc<EdgeState>, incoming: quinn::Incoming) {
-    let conn = match incoming.await {
-        Ok(c) => c,
+    // 0.5-RTT: answer a resumed client's early `Hello` and gate query without waiting for the
+    // end of the handshake. Requests that arrive as 0-RTT data are screened in `request_stream`.
+    let conn = match incoming.accept() {
+        Ok(connecting) => match connecting.into_0rtt() {
+            Ok((c, _)) => c,
+            Err(connecting) => match connecting.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!("connection failed during TLS handshake: {e}");
+                    return;
+                }
+            },
+        },
         Err(e) => {
-            tracing::debug!("connection failed during TLS handshake: {e}");
+            tracing::debug!("connection refused: {e}");
             return;
         }
     };
@@ -193,8 +204,23 @@ async fn request_stream(
             Some(Frame::error_response(0, e.status(), e.to_string()))
         }
         Ok(Ok(None)) => None,
+        Ok(Ok(Some(Frame::Request { id, route, .. })))
+            if recv.is_0rtt() && !routes::allowed_in_0rtt(&route) =>
+        {
+            Some(Frame::error_response(
+                id,
+                code::TOO_EARLY,
+                format!(
+                    "route `{route}` is not accepted in 0-RTT data (it could be replayed); send it after the handshake"
+                ),
+            ))
+        }
         Ok(Ok(Some(Frame::Request { id, route, body }))) => {
             Some(routes::dispatch(&state, &session, id, route, body).await)
+        }
+        Ok(Ok(Some(Frame::Notify { route, .. }))) if recv.is_0rtt() => {
+            tracing::debug!("ignoring notify `{route}` sent in 0-RTT data");
+            None
         }
         Ok(Ok(Some(Frame::Notify { route, body }))) => {
             routes::notify(&state, &session, route, body).await;

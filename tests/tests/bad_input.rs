@@ -164,6 +164,7 @@ async fn unsupported_protocol_version_is_refused_with_a_reason() {
         max_uni_streams: 16,
         idle_timeout: Duration::from_secs(10),
         keep_alive: Duration::from_secs(5),
+        early_data: false,
     };
     let config = tls::client_config(&env.cluster.certs.ca, protocol::CLIENT_ALPN, &limits).unwrap();
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();

@@ -490,3 +490,115 @@ async fn a_client_changing_address_keeps_its_session() {
         "the session still answers"
     );
 }
+
+// One thread: the QUIC driver cannot send anything before the test has queued both the Hello and
+// the request, so both surely travel in the first flight, as 0-RTT data.
+#[tokio::test(flavor = "current_thread")]
+async fn zero_rtt_carries_only_replay_safe_requests() {
+    let env = Env::start(&["edge-a"], &["chat-a"]);
+    let opts = env.options(0);
+    // A first contact cannot use 0-RTT; it leaves a TLS session to resume.
+    let (first, _) = roomcast_client::client::query_entry_early(&opts, "alice")
+        .await
+        .unwrap();
+    // The next gate query travels as 0-RTT data and is answered.
+    let (again, early) = roomcast_client::client::query_entry_early(&opts, "alice")
+        .await
+        .unwrap();
+    assert_eq!(again, first);
+    assert!(early, "the gate query was not sent as accepted 0-RTT data");
+
+    // A state-changing request sent as early data is refused, never executed. (The SDK never
+    // sends one; a raw QUIC client does, to prove the edge checks.)
+    use roomcast_common::codec::Frame;
+    use roomcast_common::stream::{read_frame, write_frame};
+    let limits = roomcast_common::tls::TransportLimits {
+        max_bidi_streams: 0,
+        max_uni_streams: 16,
+        idle_timeout: Duration::from_secs(10),
+        keep_alive: Duration::from_secs(5),
+        early_data: true,
+    };
+    let config = roomcast_common::tls::client_config(
+        &env.cluster.certs.ca,
+        roomcast_common::protocol::CLIENT_ALPN,
+        &limits,
+    )
+    .unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let first = endpoint
+        .connect_with(config.clone(), env.edges[0].addr, "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut hello, _welcome) = first.open_bi().await.unwrap();
+    write_frame(
+        &mut hello,
+        &Frame::Hello {
+            version: 1,
+            client: "raw".into(),
+        },
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await; // session tickets arrive
+    first.close(0u32.into(), b"");
+    let (conn, accepted) = endpoint
+        .connect_with(config, env.edges[0].addr, "localhost")
+        .unwrap()
+        .into_0rtt()
+        .unwrap_or_else(|_| panic!("no resumable session for 0-RTT"));
+    let (mut ctrl, _ctrl_recv) = conn.open_bi().await.unwrap();
+    write_frame(
+        &mut ctrl,
+        &Frame::Hello {
+            version: 1,
+            client: "raw".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    write_frame(
+        &mut send,
+        &Frame::Request {
+            id: 1,
+            route: "connector.enter".into(),
+            body: Bytes::from_static(br#"{"username":"mallory","rid":"lobby"}"#),
+        },
+    )
+    .await
+    .unwrap();
+    send.finish().unwrap();
+    assert!(accepted.await, "early data was not accepted");
+    let mut buf = bytes::BytesMut::new();
+    match read_frame(&mut recv, &mut buf, 1 << 16).await.unwrap() {
+        Some(Frame::Response { code, message, .. }) => {
+            assert_eq!(code, 425, "{message}");
+            assert!(message.contains("0-RTT"), "{message}");
+        }
+        other => panic!("unexpected answer {other:?}"),
+    }
+    let mut r = env.redis().await;
+    let members: HashMap<String, String> = r.hgetall("rc:room:{lobby}:members").await.unwrap();
+    assert!(members.is_empty(), "a 0-RTT enter changed room state");
+    // After the handshake the same connection may do it.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    write_frame(
+        &mut send,
+        &Frame::Request {
+            id: 2,
+            route: "connector.enter".into(),
+            body: Bytes::from_static(br#"{"username":"mallory","rid":"lobby"}"#),
+        },
+    )
+    .await
+    .unwrap();
+    send.finish().unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let answer = read_frame(&mut recv, &mut buf, 1 << 16).await.unwrap();
+    assert!(
+        matches!(answer, Some(Frame::Response { code: 200, .. })),
+        "{answer:?}"
+    );
+}
