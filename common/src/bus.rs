@@ -40,6 +40,8 @@ pub enum BusMessage {
     Broadcast { route: String, body: Vec<u8> },
     /// The room was destroyed by a backend: edges drop their local members of it.
     RoomDestroyed { rid: String },
+    /// Drain the receiving edge (the admin command `roomcast-edge drain`).
+    Drain { reason: String },
     /// Close the local session `session` of `uid`: another connection resumed it.
     Kick {
         uid: String,

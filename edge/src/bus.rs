@@ -266,6 +266,10 @@ pub fn deliver(state: &Arc<EdgeState>, payload: &[u8]) {
                 }
             });
         }
+        BusMessage::Drain { reason } => {
+            tracing::info!("drain requested: {reason}");
+            state.drain_requested.notify_one();
+        }
         BusMessage::Kick {
             uid,
             session,

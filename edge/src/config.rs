@@ -85,6 +85,12 @@ pub struct EdgeConfig {
     #[arg(long, env = "ROOMCAST_HISTORY_AGE_SECS", default_value_t = 300)]
     pub history_age_secs: u64,
 
+    /// Milliseconds the edge's lease lives after its last refresh (refreshes come every second):
+    /// a killed edge's members are removed about this long after its death. Must exceed the
+    /// refresh period comfortably; values below 2000 are raised to 2000.
+    #[arg(long, env = "ROOMCAST_LEASE_TTL_MS", default_value_t = 5000)]
+    pub lease_ttl_ms: u64,
+
     /// Seconds a draining edge waits for its clients to move before it exits.
     #[arg(long, default_value_t = 10)]
     pub drain_secs: u64,
@@ -93,6 +99,10 @@ pub struct EdgeConfig {
 impl EdgeConfig {
     pub fn backend_attempt(&self) -> Duration {
         Duration::from_millis(self.backend_attempt_ms)
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms.max(2000))
     }
 
     pub fn resume_grace(&self) -> Duration {
@@ -117,5 +127,3 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the edge refreshes its registry entry and its caches of edges and backends.
 pub const REGISTRY_REFRESH: Duration = Duration::from_secs(1);
-/// An edge entry disappears this long after the edge's last refresh.
-pub const REGISTRY_TTL: Duration = Duration::from_secs(5);

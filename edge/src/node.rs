@@ -140,6 +140,11 @@ pub async fn start(cfg: EdgeConfig) -> anyhow::Result<RunningEdge> {
 }
 
 impl RunningEdge {
+    /// Resolves when an admin asked this edge to drain (`roomcast-edge drain --id <id>`).
+    pub async fn drain_requested(&self) {
+        self.state.drain_requested.notified().await;
+    }
+
     /// Number of open client sessions.
     pub fn sessions(&self) -> usize {
         self.state.session_count()
@@ -215,12 +220,56 @@ struct Cli {
 /// Parses `args` (the first is the program name), runs until Ctrl-C or SIGTERM, shuts down.
 /// Prints `roomcast-edge <id> listening on <addr>` on stdout once ready.
 pub async fn run_cli(args: impl IntoIterator<Item = String>) -> anyhow::Result<()> {
+    let args: Vec<String> = args.into_iter().collect();
+    if args.get(1).map(String::as_str) == Some("drain") {
+        return drain_cli(&args[1..]).await;
+    }
     let cli = Cli::try_parse_from(args).unwrap_or_else(|e| e.exit());
     let edge = start(cli.cfg).await?;
     println!("roomcast-edge {} listening on {}", edge.id, edge.addr);
-    wait_for_signal().await;
+    tokio::select! {
+        _ = wait_for_signal() => {}
+        _ = edge.drain_requested() => {}
+    }
     tracing::info!("edge {} shutting down", edge.id);
     edge.shutdown().await;
+    Ok(())
+}
+
+#[derive(Parser)]
+#[command(
+    name = "roomcast-edge drain",
+    about = "Ask a running edge to drain: its clients move to other edges, then it exits"
+)]
+struct DrainCli {
+    /// The edge to drain.
+    #[arg(long)]
+    id: String,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    redis_url: String,
+    #[arg(long, env = "ROOMCAST_PREFIX", default_value = "rc")]
+    prefix: String,
+    /// Logged by the edge.
+    #[arg(long, default_value = "admin request")]
+    reason: String,
+}
+
+/// `roomcast-edge drain --id <edge>`: publishes a drain request on the edge's channel.
+async fn drain_cli(args: &[String]) -> anyhow::Result<()> {
+    let cli = DrainCli::try_parse_from(args).unwrap_or_else(|e| e.exit());
+    check_node_id(&cli.id).map_err(|e| anyhow!(e))?;
+    let store = Store::connect(&cli.redis_url, Keys::new(&cli.prefix))
+        .await
+        .with_context(|| format!("cannot connect to redis at {}", cli.redis_url))?;
+    let msg = roomcast_common::bus::BusMessage::Drain { reason: cli.reason };
+    let receivers = store.publish_to_edge(&cli.id, &msg).await?;
+    if receivers == 0 {
+        anyhow::bail!(
+            "edge {} is not running (nothing listens on its channel)",
+            cli.id
+        );
+    }
+    println!("asked edge {} to drain", cli.id);
     Ok(())
 }
 

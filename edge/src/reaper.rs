@@ -1,7 +1,7 @@
 //! Cleaning up after dead edges.
 //!
 //! An edge's registry entry is its lease: refreshed every second, it expires
-//! [`crate::config::REGISTRY_TTL`] after the edge's last refresh. Every edge sweeps the edge
+//! `--lease-ttl-ms` (5 s) after the edge's last refresh. Every edge sweeps the edge
 //! index every second; for an id whose lease is gone, exactly one edge takes the reaper lock
 //! and removes that edge's members from each of its rooms (pushing onLeave), found through the
 //! edge's own room index — never a scan of the keyspace — then releases the uids it held.

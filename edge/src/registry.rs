@@ -11,7 +11,7 @@ use quinn::VarInt;
 use roomcast_common::protocol::close;
 use roomcast_common::store::{Claim, EdgeInfo};
 
-use crate::config::{REGISTRY_REFRESH, REGISTRY_TTL};
+use crate::config::REGISTRY_REFRESH;
 use crate::state::EdgeState;
 
 /// This edge's registry entry as of now.
@@ -29,7 +29,7 @@ pub fn own_entry(state: &EdgeState) -> EdgeInfo {
 pub async fn refresh_once(state: &EdgeState) -> roomcast_common::store::Result<bool> {
     let existed = state
         .store
-        .register_edge(&own_entry(state), REGISTRY_TTL)
+        .register_edge(&own_entry(state), state.cfg.lease_ttl())
         .await?;
     let edges = state.store.list_edges().await?;
     *state.edges.write().expect("edges lock") = edges;

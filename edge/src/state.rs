@@ -31,6 +31,8 @@ pub struct EdgeState {
     pub edges: RwLock<Vec<EdgeInfo>>,
     next_sid: AtomicU64,
     draining: AtomicBool,
+    /// Signalled by an admin drain request arriving on the edge's channel.
+    pub drain_requested: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -99,6 +101,7 @@ impl EdgeState {
             edges: RwLock::new(Vec::new()),
             next_sid: AtomicU64::new(1),
             draining: AtomicBool::new(false),
+            drain_requested: tokio::sync::Notify::new(),
         }
     }
 

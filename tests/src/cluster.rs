@@ -144,6 +144,18 @@ impl Node {
         let _ = self.child.wait();
     }
 
+    /// Waits up to `limit` for the process to exit by itself; its status if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// SIGTERM, then wait up to `grace` for a clean exit (SIGKILL after that).
     pub fn terminate(&mut self, grace: Duration) {
         #[cfg(unix)]

@@ -466,6 +466,64 @@ async fn a_drained_edge_moves_its_clients_without_loss() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_command_drains_an_edge() {
+    let mut env = Env::start(&["edge-a", "edge-b"], &["chat-a"]);
+    let alice = env.connect_to(0, "alice").await;
+    let bob = env.connect_via(1, 0, "bob").await;
+    let mut brx = bob.pushes().unwrap();
+    alice.enter("lobby").await.unwrap();
+    bob.enter("lobby").await.unwrap();
+    let out = std::process::Command::new(&env.cluster.bin)
+        .args([
+            "edge",
+            "drain",
+            "--id",
+            "edge-b",
+            "--redis-url",
+            &env.redis.url(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(bob.reconnected(0, WAIT).await.unwrap(), 1);
+    assert_eq!(bob.edge(), "edge-a");
+    let edge_b = &mut env.edges[1];
+    let status = tokio::task::block_in_place(|| edge_b.wait_exit(WAIT));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "edge-b did not exit cleanly: {status:?}"
+    );
+    let s = alice
+        .send("lobby", "still with us?")
+        .await
+        .unwrap()
+        .seq
+        .unwrap();
+    assert_eq!(
+        chats(&mut brx, 1, WAIT).await,
+        vec![(s, "still with us?".to_string())]
+    );
+    // Draining an edge that is not running is an error that says so.
+    let out = std::process::Command::new(&env.cluster.bin)
+        .args([
+            "edge",
+            "drain",
+            "--id",
+            "edge-b",
+            "--redis-url",
+            &env.redis.url(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_changing_address_keeps_its_session() {
     let env = Env::start(&["edge-a"], &["chat-a"]);
     let alice = env.connect_to(0, "alice").await;

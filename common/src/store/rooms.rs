@@ -285,14 +285,14 @@ impl Store {
         Ok(missing)
     }
 
-    /// Publishes an edge-addressed message (kicks, for instance) on that edge's channel.
-    pub async fn publish_to_edge(&self, edge: &str, msg: &BusMessage) -> Result<()> {
-        let _: i64 = self
+    /// Publishes an edge-addressed message (kicks, drains) on that edge's channel; returns how
+    /// many subscribers received it (0: the edge is not running).
+    pub async fn publish_to_edge(&self, edge: &str, msg: &BusMessage) -> Result<i64> {
+        Ok(self
             .conn
             .clone()
             .publish(self.keys.edge_channel(edge), bus::encode(0, msg))
-            .await?;
-        Ok(())
+            .await?)
     }
 
     /// Pushes to every session on every edge.
