@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use roomcast_common::protocol::{
-    close, route, ChatSend, Enter, Entered, EntryAnswer, Leave, QueryEntry, Resume, ResumeAnswer,
-    Sent,
+    close, route, ChatSend, DevToken, DevTokenRequest, Enter, Entered, EntryAnswer, Leave,
+    QueryEntry, Resume, ResumeAnswer, Sent,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -39,6 +39,9 @@ pub struct ClientOptions {
     pub reconnect: bool,
     /// Give up reconnecting after this long.
     pub reconnect_for: Duration,
+    /// The JWT presented at login. `None`: ask the gate for a development token (only edges
+    /// started with `--dev-tokens` mint them).
+    pub token: Option<String>,
 }
 
 impl ClientOptions {
@@ -52,6 +55,7 @@ impl ClientOptions {
             push_capacity: 4096,
             reconnect: true,
             reconnect_for: Duration::from_secs(60),
+            token: None,
         }
     }
 }
@@ -66,6 +70,8 @@ struct Shared {
     rooms: Mutex<BTreeMap<String, u64>>,
     /// Set by `close()`: the connection ending is then not a loss.
     closing: AtomicBool,
+    /// The token presented at login and resume.
+    token: String,
     /// Connection generation: bumped after every successful reconnect.
     generation: watch::Sender<u64>,
 }
@@ -90,8 +96,23 @@ impl Client {
         uid: &str,
     ) -> Result<Client, ClientError> {
         let conn = Arc::new(Connection::connect(&opts, addr).await?);
+        let token = match &opts.token {
+            Some(t) => t.clone(),
+            // Development deployments mint tokens; elsewhere login fails with a clear 401.
+            None => conn
+                .request_json::<_, DevToken>(
+                    route::DEV_TOKEN,
+                    &DevTokenRequest {
+                        uid: uid.to_string(),
+                    },
+                )
+                .await
+                .map(|t| t.token)
+                .unwrap_or_default(),
+        };
         let (tx, rx) = mpsc::channel(opts.push_capacity.max(1));
         let shared = Arc::new(Shared {
+            token,
             uid: uid.to_string(),
             opts,
             conn: Mutex::new(conn.clone()),
@@ -151,6 +172,7 @@ impl Client {
                 &Enter {
                     username: self.shared.uid.clone(),
                     rid: rid.to_string(),
+                    token: self.shared.token.clone(),
                 },
             )
             .await?;
@@ -355,6 +377,7 @@ async fn resume_once(
                 username: shared.uid.clone(),
                 session: old_session.to_string(),
                 rooms,
+                token: shared.token.clone(),
             },
         )
         .await;

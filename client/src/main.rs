@@ -53,6 +53,9 @@ struct ConnArgs {
     /// Preferred region.
     #[arg(long)]
     region: Option<String>,
+    /// Login token (JWT). Without one, a development deployment's gate mints one.
+    #[arg(long, env = "ROOMCAST_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 impl ConnArgs {
@@ -60,6 +63,7 @@ impl ConnArgs {
         let mut o = ClientOptions::new(self.gate, self.ca.clone());
         o.server_name = self.server_name.clone();
         o.region = self.region.clone();
+        o.token = self.token.clone();
         o
     }
 }

@@ -1,6 +1,7 @@
 //! Code shared by every roomcast process: the edge, the backends, the client SDK and the tests.
 //!
 //! Layout, one concern per module:
+//! - [`auth`]: JWT verification (HS256/RS256/ES256) and the room patterns a token allows.
 //! - [`codec`]: the client/edge/backend frame format, plain code without IO (encode, incremental
 //!   decode, limits). `PROTOCOL.md` is its specification.
 //! - [`protocol`]: protocol constants: version, ALPN names, status codes, route names, limits and
@@ -13,6 +14,7 @@
 //! - [`tls`]: rustls/quinn configuration with one explicitly chosen crypto provider (ring).
 //! - [`telemetry`]: logging set-up shared by the binaries.
 
+pub mod auth;
 pub mod bus;
 pub mod codec;
 pub mod ids;

@@ -21,6 +21,10 @@ pub mod code {
     pub const BAD_REQUEST: u16 = 400;
     /// The route needs a session bound to a user (`connector.enter` first).
     pub const NOT_ENTERED: u16 = 401;
+    /// The token is missing, malformed, forged, expired or signed with the wrong algorithm.
+    pub const UNAUTHENTICATED: u16 = 401;
+    /// The token does not allow this (a room outside its claims, or another uid).
+    pub const FORBIDDEN: u16 = 403;
     /// The sender is not a member of the room it addresses.
     pub const NOT_MEMBER: u16 = 403;
     /// No handler for this route.
@@ -68,6 +72,8 @@ pub mod close {
 /// Route names. Pomelo's names are kept so that its users recognise the flow.
 pub mod route {
     pub const QUERY_ENTRY: &str = "gate.queryEntry";
+    /// Development mode only: mints a token for any uid.
+    pub const DEV_TOKEN: &str = "gate.devToken";
     pub const ENTER: &str = "connector.enter";
     pub const LEAVE: &str = "connector.leave";
     pub const RESUME: &str = "connector.resume";
@@ -103,11 +109,27 @@ pub struct EntryAnswer {
     pub region: String,
 }
 
-/// `connector.enter` request body.
+/// `connector.enter` request body. The uid comes from the token; `username`, if given, must
+/// equal it (Pomelo clients send one).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Enter {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub username: String,
     pub rid: String,
+    #[serde(default)]
+    pub token: String,
+}
+
+/// `gate.devToken` request body (development mode only).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DevTokenRequest {
+    pub uid: String,
+}
+
+/// `gate.devToken` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DevToken {
+    pub token: String,
 }
 
 /// `connector.enter` response body: the room's users, and the room sequence number as of the
@@ -123,9 +145,12 @@ pub struct Entered {
 /// the client received).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Resume {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub username: String,
     pub session: String,
     pub rooms: std::collections::BTreeMap<String, u64>,
+    #[serde(default)]
+    pub token: String,
 }
 
 /// One room of a `connector.resume` answer.

@@ -85,6 +85,23 @@ pub struct EdgeConfig {
     #[arg(long, env = "ROOMCAST_HISTORY_AGE_SECS", default_value_t = 300)]
     pub history_age_secs: u64,
 
+    /// Secret for HS256 client tokens (shared by every edge, and whoever issues tokens).
+    #[arg(long, env = "ROOMCAST_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key for RS256/ES256 client tokens (instead of --jwt-secret).
+    #[arg(long, env = "ROOMCAST_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Algorithm of --jwt-public-key: RS256 or ES256.
+    #[arg(long, env = "ROOMCAST_JWT_ALG", default_value = "RS256")]
+    pub jwt_alg: String,
+
+    /// DEVELOPMENT ONLY: the gate mints a token for any username (`gate.devToken`), signed with
+    /// --jwt-secret. Anyone can then log in as anyone. Off by default.
+    #[arg(long, env = "ROOMCAST_DEV_TOKENS")]
+    pub dev_tokens: bool,
+
     /// Milliseconds the edge's lease lives after its last refresh (refreshes come every second):
     /// a killed edge's members are removed about this long after its death. Must exceed the
     /// refresh period comfortably; values below 2000 are raised to 2000.

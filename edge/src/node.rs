@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use clap::Parser;
 use quinn::{Endpoint, VarInt};
+use roomcast_common::auth::{Minter, Verifier};
 use roomcast_common::ids::check_node_id;
 use roomcast_common::keys::Keys;
 use roomcast_common::protocol::{close, BACKEND_ALPN, CLIENT_ALPN};
@@ -21,6 +22,41 @@ use crate::{bus, reaper, registry, session};
 
 /// How long start-up waits for Redis before giving up.
 const REDIS_STARTUP_WAIT: Duration = Duration::from_secs(30);
+
+/// The token verifier (and, in development mode, the minter) from the configuration.
+fn auth_config(cfg: &EdgeConfig) -> anyhow::Result<(Verifier, Option<Minter>)> {
+    let verifier = match (&cfg.jwt_public_key, &cfg.jwt_secret) {
+        (Some(path), _) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read --jwt-public-key {}", path.display()))?;
+            Verifier::public_key(&cfg.jwt_alg, &pem).map_err(|e| anyhow!(e))?
+        }
+        (None, Some(secret)) if !secret.is_empty() => Verifier::hs256(secret.as_bytes()),
+        _ => anyhow::bail!(
+            "no client token verification configured: pass --jwt-secret (HS256) or \
+             --jwt-public-key with --jwt-alg (RS256/ES256); for development add --dev-tokens"
+        ),
+    };
+    let minter = if cfg.dev_tokens {
+        let secret = cfg
+            .jwt_secret
+            .as_deref()
+            .filter(|s| !s.is_empty() && cfg.jwt_public_key.is_none())
+            .ok_or_else(|| {
+                anyhow!(
+                    "--dev-tokens needs --jwt-secret (the same on every edge) and no public key"
+                )
+            })?;
+        tracing::warn!(
+            "DEVELOPMENT MODE: --dev-tokens is on; the gate mints tokens for any username. \
+             Never enable this in production."
+        );
+        Some(Minter::hs256(secret.as_bytes()))
+    } else {
+        None
+    };
+    Ok((verifier, minter))
+}
 
 pub struct RunningEdge {
     pub id: String,
@@ -90,12 +126,14 @@ pub async fn start(cfg: EdgeConfig) -> anyhow::Result<RunningEdge> {
         cfg.backend_attempt(),
         cfg.backend_deadline(),
     );
+    let auth = auth_config(&cfg)?;
     let state = Arc::new(EdgeState::new(
         id.clone(),
         cfg,
         advertise.clone(),
         store,
         pool,
+        auth,
     ));
 
     let mut tasks = Vec::new();

@@ -7,8 +7,8 @@ use roomcast_common::bus::BusMessage;
 use roomcast_common::codec::Frame;
 use roomcast_common::ids::check_user_id;
 use roomcast_common::protocol::{
-    code, route, Enter, Entered, EntryAnswer, Leave, OnUser, QueryEntry, Resume, ResumeAnswer,
-    Resumed,
+    code, route, DevToken, DevTokenRequest, Enter, Entered, EntryAnswer, Leave, OnUser, QueryEntry,
+    Resume, ResumeAnswer, Resumed,
 };
 use roomcast_common::store::{Claim, StoreError};
 use serde::de::DeserializeOwned;
@@ -67,6 +67,7 @@ pub async fn dispatch(
 ) -> Frame {
     let result = match route_name.as_str() {
         route::QUERY_ENTRY => query_entry(state, &body),
+        route::DEV_TOKEN => dev_token(state, &body),
         route::ENTER => enter(state, session, &body).await,
         route::LEAVE => leave(state, session, &body).await,
         route::RESUME => resume(state, session, &body).await,
@@ -152,15 +153,63 @@ fn query_entry(state: &EdgeState, body: &[u8]) -> RouteResult {
     })
 }
 
-/// `connector.enter {username, rid}`: binds the session to the uid (once, globally unique),
-/// joins the room and pushes onAdd to the members already there.
+/// Verifies the token: the uid is its `sub` (a `username`, if sent, must match), and every room
+/// in `rooms` must be allowed by it.
+fn authenticate<'a>(
+    state: &EdgeState,
+    token: &str,
+    username: &str,
+    rooms: impl IntoIterator<Item = &'a String>,
+) -> Result<String, RouteError> {
+    let claims = state
+        .verifier
+        .verify(token)
+        .map_err(|e| RouteError::new(code::UNAUTHENTICATED, e.to_string()))?;
+    check("uid (token `sub`)", &claims.sub)?;
+    if !username.is_empty() && username != claims.sub {
+        return Err(RouteError::new(
+            code::FORBIDDEN,
+            format!("the token is for `{}`, not `{username}`", claims.sub),
+        ));
+    }
+    for rid in rooms {
+        if !claims.allows_room(rid) {
+            return Err(RouteError::new(
+                code::FORBIDDEN,
+                roomcast_common::auth::AuthError::RoomNotAllowed(rid.clone()).to_string(),
+            ));
+        }
+    }
+    Ok(claims.sub)
+}
+
+/// `gate.devToken {uid}` (development mode only): a token for any uid, valid one hour, for
+/// every room.
+fn dev_token(state: &EdgeState, body: &[u8]) -> RouteResult {
+    let Some(minter) = &state.minter else {
+        return Err(RouteError::new(
+            code::FORBIDDEN,
+            "development tokens are disabled on this edge (it was started without --dev-tokens)",
+        ));
+    };
+    let req: DevTokenRequest = parse(route::DEV_TOKEN, body)?;
+    check("uid", &req.uid)?;
+    let token = minter.mint(
+        &req.uid,
+        &["*".to_string()],
+        std::time::Duration::from_secs(3600),
+    );
+    json(&DevToken { token })
+}
+
+/// `connector.enter {token, rid, username?}`: binds the session to the token's uid (once,
+/// globally unique), joins the room and pushes onAdd to the members already there.
 async fn enter(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8]) -> RouteResult {
     let req: Enter = parse(route::ENTER, body)?;
-    check("username", &req.username)?;
     check("rid", &req.rid)?;
+    let uid = authenticate(state, &req.token, &req.username, [&req.rid])?;
     let _ops = session.ops.lock().await;
-    bind(state, session, &req.username, None).await?;
-    let uid = req.username;
+    bind(state, session, &uid, None).await?;
 
     let already = session.rooms.lock().expect("rooms lock").contains(&req.rid);
     if already {
@@ -246,7 +295,6 @@ async fn join_local(
 /// onLeave/onAdd, and each room replays what the client missed before live pushes continue.
 async fn resume(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8]) -> RouteResult {
     let req: Resume = parse(route::RESUME, body)?;
-    check("username", &req.username)?;
     check("session", &req.session)?;
     if req.rooms.len() > state.cfg.max_rooms_per_session {
         return Err(RouteError::new(
@@ -260,6 +308,7 @@ async fn resume(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8
     for rid in req.rooms.keys() {
         check("rid", rid)?;
     }
+    let uid = authenticate(state, &req.token, &req.username, req.rooms.keys())?;
     let _ops = session.ops.lock().await;
     if session.uid().is_some() {
         return Err(RouteError::new(
@@ -267,8 +316,7 @@ async fn resume(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8
             "connector.resume must be the first login of a connection",
         ));
     }
-    bind(state, session, &req.username, Some(&req.session)).await?;
-    let uid = req.username;
+    bind(state, session, &uid, Some(&req.session)).await?;
     // A detached session of this uid on this edge is superseded: its grace timer must not
     // make the member leave.
     state

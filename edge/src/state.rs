@@ -31,6 +31,10 @@ pub struct EdgeState {
     pub edges: RwLock<Vec<EdgeInfo>>,
     next_sid: AtomicU64,
     draining: AtomicBool,
+    /// Verifies client tokens.
+    pub verifier: roomcast_common::auth::Verifier,
+    /// Set in development mode only: mints tokens for `gate.devToken`.
+    pub minter: Option<roomcast_common::auth::Minter>,
     /// Signalled by an admin drain request arriving on the edge's channel.
     pub drain_requested: tokio::sync::Notify,
 }
@@ -87,6 +91,10 @@ impl EdgeState {
         advertise: String,
         store: Store,
         backends: BackendPool,
+        auth: (
+            roomcast_common::auth::Verifier,
+            Option<roomcast_common::auth::Minter>,
+        ),
     ) -> EdgeState {
         let keys = store.keys().clone();
         EdgeState {
@@ -102,6 +110,8 @@ impl EdgeState {
             next_sid: AtomicU64::new(1),
             draining: AtomicBool::new(false),
             drain_requested: tokio::sync::Notify::new(),
+            verifier: auth.0,
+            minter: auth.1,
         }
     }
 

@@ -190,6 +190,10 @@ pub struct ClusterConfig {
     pub redis_url: String,
     pub prefix: String,
     pub certs: Certs,
+    /// HS256 secret every edge verifies client tokens with.
+    pub jwt_secret: String,
+    /// Development mode: the gate mints tokens for any username.
+    pub dev_tokens: bool,
 }
 
 impl ClusterConfig {
@@ -213,7 +217,12 @@ impl ClusterConfig {
             self.certs.edge_key.display().to_string(),
             "--ca".into(),
             self.certs.ca.display().to_string(),
+            "--jwt-secret".into(),
+            self.jwt_secret.clone(),
         ];
+        if self.dev_tokens {
+            args.push("--dev-tokens".into());
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         Node::spawn(&self.bin, Role::Edge, id, &args)
     }

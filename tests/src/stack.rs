@@ -45,6 +45,9 @@ pub fn run(bin: &Path, args: StackArgs) -> Result<()> {
         redis_url: redis_url.clone(),
         prefix: args.prefix.clone(),
         certs: certs.clone(),
+        // A fresh secret per run; the gate mints tokens so the CLI works without one.
+        jwt_secret: format!("dev-{:016x}", random_u64()),
+        dev_tokens: true,
     };
     let mut nodes: Vec<Node> = Vec::new();
     let chat = cluster.chat("chat-1", &[])?;
@@ -89,6 +92,8 @@ pub fn run(bin: &Path, args: StackArgs) -> Result<()> {
         );
     }
     println!();
+    println!("Development mode: the gate hands out a token for any username (--dev-tokens).");
+    println!();
     println!("Inspect the room:");
     println!("  redis-cli -p {redis_port} HGETALL 'rc:room:{{lobby}}:members'");
     println!();
@@ -106,4 +111,16 @@ pub fn run(bin: &Path, args: StackArgs) -> Result<()> {
     }
     drop(own_redis);
     Ok(())
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
 }

@@ -330,6 +330,7 @@ async fn a_resume_older_than_history_is_told_explicitly() {
                 username: "bob".into(),
                 session: old_session,
                 rooms: [("lobby".to_string(), joined.seq)].into(),
+                token: support::token("bob", &["lobby"]),
             },
         )
         .await
@@ -642,12 +643,13 @@ async fn zero_rtt_carries_only_replay_safe_requests() {
     assert!(members.is_empty(), "a 0-RTT enter changed room state");
     // After the handshake the same connection may do it.
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let body = serde_json::json!({"rid": "lobby", "token": support::token("mallory", &["*"])});
     write_frame(
         &mut send,
         &Frame::Request {
             id: 2,
             route: "connector.enter".into(),
-            body: Bytes::from_static(br#"{"username":"mallory","rid":"lobby"}"#),
+            body: Bytes::from(body.to_string()),
         },
     )
     .await

@@ -10,6 +10,19 @@ use roomcast_e2e::cluster::{Certs, ClusterConfig, Node};
 use roomcast_e2e::redis_server::RedisServer;
 use tokio::sync::mpsc::Receiver;
 
+/// The HS256 secret test edges verify tokens with.
+pub const TEST_JWT_SECRET: &str = "roomcast-test-secret";
+
+/// A token for `uid` allowing `rooms`, signed with the test secret.
+pub fn token(uid: &str, rooms: &[&str]) -> String {
+    let rooms: Vec<String> = rooms.iter().map(|r| r.to_string()).collect();
+    roomcast_common::auth::Minter::hs256(TEST_JWT_SECRET.as_bytes()).mint(
+        uid,
+        &rooms,
+        Duration::from_secs(600),
+    )
+}
+
 /// Upper bound for anything a test waits for.
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -38,7 +51,15 @@ impl Env {
             redis_url: redis.url(),
             prefix: "rc".into(),
             certs: Certs::for_tests().expect("certificates"),
+            jwt_secret: TEST_JWT_SECRET.into(),
+            dev_tokens: !edge_args.contains(&"--no-dev-tokens"),
         };
+        let edge_args: Vec<&str> = edge_args
+            .iter()
+            .copied()
+            .filter(|a| *a != "--no-dev-tokens")
+            .collect();
+        let edge_args = &edge_args[..];
         let backends = backends
             .iter()
             .map(|id| cluster.chat(id, backend_args).expect("start backend"))
