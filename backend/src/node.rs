@@ -58,6 +58,10 @@ pub struct BackendConfig {
     )]
     pub key: PathBuf,
 
+    /// The cluster CA: edges must present a certificate it signed (mutual TLS).
+    #[arg(long, env = "ROOMCAST_CA", default_value = "certs/ca.pem")]
+    pub ca: PathBuf,
+
     /// Pushes kept per room for resume and gap filling (must match the edges').
     #[arg(long, env = "ROOMCAST_HISTORY_LEN", default_value_t = 1000)]
     pub history_len: u64,
@@ -103,7 +107,14 @@ pub async fn start(
         keep_alive: Duration::from_secs(2),
         early_data: false,
     };
-    let server_config = tls::server_config(&cfg.cert, &cfg.key, BACKEND_ALPN, &limits)?;
+    let server_config = tls::server_config(
+        &cfg.cert,
+        &cfg.key,
+        BACKEND_ALPN,
+        &limits,
+        // Mutual TLS: only edges (certificates from the cluster CA) may connect.
+        Some(&cfg.ca),
+    )?;
     let endpoint = Endpoint::server(server_config, cfg.listen)
         .with_context(|| format!("cannot bind {}", cfg.listen))?;
     let addr = endpoint.local_addr()?;

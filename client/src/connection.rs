@@ -346,7 +346,7 @@ fn client_config(
     if let Some(c) = configs.lock().expect("configs lock").get(ca) {
         return Ok(c.clone());
     }
-    let config = tls::client_config(ca, CLIENT_ALPN, limits)
+    let config = tls::client_config(ca, CLIENT_ALPN, limits, None)
         .map_err(|e| ClientError::Config(format!("{e:#}")))?;
     configs
         .lock()

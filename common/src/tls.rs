@@ -67,16 +67,40 @@ impl TransportLimits {
     }
 }
 
-/// A quinn server config presenting `cert`/`key` for `alpn`.
+fn roots(ca: &Path) -> Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in load_certs(ca)? {
+        roots
+            .add(cert)
+            .with_context(|| format!("bad CA certificate in {}", ca.display()))?;
+    }
+    Ok(roots)
+}
+
+/// A quinn server config presenting `cert`/`key` for `alpn`. With `client_ca`, peers must
+/// present a certificate signed by that CA (mutual TLS); others fail the handshake.
 pub fn server_config(
     cert: &Path,
     key: &Path,
     alpn: &[u8],
     limits: &TransportLimits,
+    client_ca: Option<&Path>,
 ) -> Result<quinn::ServerConfig> {
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots(ca)?),
+                provider(),
+            )
+            .build()
+            .context("cannot build the client certificate verifier")?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut tls = builder
         .with_single_cert(load_certs(cert)?, load_key(key)?)
         .context("certificate and key do not match")?;
     tls.alpn_protocols = vec![alpn.to_vec()];
@@ -91,21 +115,22 @@ pub fn server_config(
 }
 
 /// A quinn client config trusting only the CA in `ca` (the cluster's or the deployment's).
+/// With `identity` (certificate, key), the client presents it (mutual TLS).
 pub fn client_config(
     ca: &Path,
     alpn: &[u8],
     limits: &TransportLimits,
+    identity: Option<(&Path, &Path)>,
 ) -> Result<quinn::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in load_certs(ca)? {
-        roots
-            .add(cert)
-            .with_context(|| format!("bad CA certificate in {}", ca.display()))?;
-    }
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots(ca)?);
+    let mut tls = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
+            .context("client certificate and key do not match")?,
+        None => builder.with_no_client_auth(),
+    };
     tls.alpn_protocols = vec![alpn.to_vec()];
     tls.enable_early_data = limits.early_data;
     let crypto = QuicClientConfig::try_from(tls)?;

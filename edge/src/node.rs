@@ -92,7 +92,7 @@ pub async fn start(cfg: EdgeConfig) -> anyhow::Result<RunningEdge> {
         // Only `Hello` and `gate.queryEntry` are served from early data (session.rs).
         early_data: true,
     };
-    let server_config = tls::server_config(&cfg.cert, &cfg.key, CLIENT_ALPN, &client_limits)?;
+    let server_config = tls::server_config(&cfg.cert, &cfg.key, CLIENT_ALPN, &client_limits, None)?;
     let endpoint = Endpoint::server(server_config, cfg.listen)
         .with_context(|| format!("cannot bind {}", cfg.listen))?;
     let addr = endpoint.local_addr()?;
@@ -114,7 +114,13 @@ pub async fn start(cfg: EdgeConfig) -> anyhow::Result<RunningEdge> {
         keep_alive: Duration::from_secs(2),
         early_data: false,
     };
-    let backend_config = tls::client_config(&cfg.ca, BACKEND_ALPN, &backend_limits)?;
+    let backend_config = tls::client_config(
+        &cfg.ca,
+        BACKEND_ALPN,
+        &backend_limits,
+        // Mutual TLS: backends accept only peers with a certificate from the cluster CA.
+        Some((&cfg.cert, &cfg.key)),
+    )?;
     let backend_endpoint = Endpoint::client(if addr.is_ipv6() {
         "[::]:0".parse()?
     } else {

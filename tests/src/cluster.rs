@@ -240,6 +240,8 @@ impl ClusterConfig {
             self.certs.backend_cert.display().to_string(),
             "--key".into(),
             self.certs.backend_key.display().to_string(),
+            "--ca".into(),
+            self.certs.ca.display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         Node::spawn(&self.bin, Role::Chat, id, &args)

@@ -166,7 +166,8 @@ async fn unsupported_protocol_version_is_refused_with_a_reason() {
         keep_alive: Duration::from_secs(5),
         early_data: false,
     };
-    let config = tls::client_config(&env.cluster.certs.ca, protocol::CLIENT_ALPN, &limits).unwrap();
+    let config =
+        tls::client_config(&env.cluster.certs.ca, protocol::CLIENT_ALPN, &limits, None).unwrap();
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let conn = endpoint
         .connect_with(config, env.edges[0].addr, "localhost")

@@ -582,6 +582,7 @@ async fn zero_rtt_carries_only_replay_safe_requests() {
         &env.cluster.certs.ca,
         roomcast_common::protocol::CLIENT_ALPN,
         &limits,
+        None,
     )
     .unwrap();
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();

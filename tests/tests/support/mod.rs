@@ -26,11 +26,12 @@ pub fn token(uid: &str, rooms: &[&str]) -> String {
 /// Upper bound for anything a test waits for.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// Fields drop in order: nodes before the Redis they use.
 pub struct Env {
-    pub redis: RedisServer,
-    pub cluster: ClusterConfig,
     pub edges: Vec<Node>,
     pub backends: Vec<Node>,
+    pub cluster: ClusterConfig,
+    pub redis: RedisServer,
 }
 
 impl Env {

@@ -1,0 +1,300 @@
+//! Refusals: client tokens (missing, forged, expired, wrong room, wrong algorithm), mutual TLS
+//! between edges and backends, and an edge that will not start without token verification.
+
+mod support;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use roomcast_client::{Client, ClientError};
+use roomcast_common::auth::{Claims, Minter};
+use roomcast_common::codec::Frame;
+use roomcast_common::protocol::{self, code};
+use roomcast_common::stream::{read_frame, write_frame};
+use roomcast_common::tls;
+use support::{token, Env, TEST_JWT_SECRET, WAIT};
+
+fn expect_error(r: Result<impl std::fmt::Debug, ClientError>, want: u16, mentions: &str) {
+    match r {
+        Err(ClientError::Request { code, message }) => {
+            assert_eq!(code, want, "{message}");
+            assert!(
+                message.contains(mentions),
+                "`{message}` does not mention `{mentions}`"
+            );
+        }
+        other => panic!("expected error {want} ({mentions}), got {other:?}"),
+    }
+}
+
+async fn enter(c: &Client, body: serde_json::Value) -> Result<Bytes, ClientError> {
+    c.request("connector.enter", Bytes::from(body.to_string()))
+        .await
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_required_and_verified() {
+    let env = Env::start_with(&["edge-a"], &["chat-a"], &["--no-dev-tokens"], &[]);
+    let mut opts = env.options(0);
+    opts.token = Some(String::new());
+    let c = Client::connect_direct(opts, env.edges[0].addr, "alice")
+        .await
+        .unwrap();
+    let dev = c
+        .request("gate.devToken", Bytes::from_static(br#"{"uid":"alice"}"#))
+        .await;
+    expect_error(dev, code::FORBIDDEN, "development tokens are disabled");
+
+    expect_error(
+        enter(&c, serde_json::json!({"rid": "lobby"})).await,
+        code::UNAUTHENTICATED,
+        "a token is required",
+    );
+    let forged =
+        Minter::hs256(b"not the secret").mint("alice", &["*".into()], Duration::from_secs(60));
+    expect_error(
+        enter(&c, serde_json::json!({"rid": "lobby", "token": forged})).await,
+        code::UNAUTHENTICATED,
+        "signature is not valid",
+    );
+    let expired = Minter::hs256(TEST_JWT_SECRET.as_bytes()).mint_claims(&Claims {
+        sub: "alice".into(),
+        exp: now() - 600,
+        rooms: vec!["*".into()],
+    });
+    expect_error(
+        enter(&c, serde_json::json!({"rid": "lobby", "token": expired})).await,
+        code::UNAUTHENTICATED,
+        "expired",
+    );
+    let hs384 = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS384),
+        &Claims {
+            sub: "alice".into(),
+            exp: now() + 60,
+            rooms: vec!["*".into()],
+        },
+        &jsonwebtoken::EncodingKey::from_secret(TEST_JWT_SECRET.as_bytes()),
+    )
+    .unwrap();
+    expect_error(
+        enter(&c, serde_json::json!({"rid": "lobby", "token": hs384})).await,
+        code::UNAUTHENTICATED,
+        "signed with HS384",
+    );
+    expect_error(
+        enter(&c, serde_json::json!({"rid": "lobby", "token": "a.b.c"})).await,
+        code::UNAUTHENTICATED,
+        "not a well-formed JWT",
+    );
+    expect_error(
+        enter(
+            &c,
+            serde_json::json!({"rid": "lobby", "token": token("alice", &["game-*"])}),
+        )
+        .await,
+        code::FORBIDDEN,
+        "does not allow room `lobby`",
+    );
+    expect_error(
+        enter(
+            &c,
+            serde_json::json!({"rid": "lobby", "username": "bob", "token": token("alice", &["*"])}),
+        )
+        .await,
+        code::FORBIDDEN,
+        "the token is for `alice`, not `bob`",
+    );
+    // A valid token: the uid comes from it, not from the body.
+    let ok = enter(
+        &c,
+        serde_json::json!({"rid": "game-7", "token": token("alice", &["game-*"])}),
+    )
+    .await
+    .unwrap();
+    let entered: protocol::Entered = serde_json::from_slice(&ok).unwrap();
+    assert_eq!(entered.users, vec!["alice"]);
+    // The SDK with a token works end to end.
+    let mut opts = env.options(0);
+    opts.token = Some(token("bob", &["game-7"]));
+    let bob = Client::connect_direct(opts, env.edges[0].addr, "bob")
+        .await
+        .unwrap();
+    assert_eq!(
+        bob.enter("game-7").await.unwrap().users,
+        vec!["alice", "bob"]
+    );
+    expect_error(
+        bob.enter("lobby").await,
+        code::FORBIDDEN,
+        "does not allow room `lobby`",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn es256_tokens_verified_with_a_public_key() {
+    let key = rcgen::KeyPair::generate().unwrap(); // ECDSA P-256
+    let dir = std::env::temp_dir().join(format!("roomcast-es256-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let public = dir.join("jwt-public.pem");
+    std::fs::write(&public, key.public_key_pem()).unwrap();
+    let public_arg = public.display().to_string();
+    let env = Env::start_with(
+        &["edge-a"],
+        &[],
+        &[
+            "--no-dev-tokens",
+            "--jwt-public-key",
+            &public_arg,
+            "--jwt-alg",
+            "ES256",
+        ],
+        &[],
+    );
+    let claims = Claims {
+        sub: "alice".into(),
+        exp: now() + 60,
+        rooms: vec!["lobby".into()],
+    };
+    let es256 = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let mut opts = env.options(0);
+    opts.token = Some(es256);
+    let alice = Client::connect_direct(opts.clone(), env.edges[0].addr, "alice")
+        .await
+        .unwrap();
+    assert_eq!(alice.enter("lobby").await.unwrap().users, vec!["alice"]);
+    // An HS256 token (even signed with the public key's bytes, the classic confusion) is refused.
+    let confused = Minter::hs256(key.public_key_pem().as_bytes()).mint_claims(&claims);
+    opts.token = Some(confused);
+    let mallory = Client::connect_direct(opts, env.edges[0].addr, "alice")
+        .await
+        .unwrap();
+    expect_error(
+        mallory.enter("lobby").await,
+        code::UNAUTHENTICATED,
+        "accepts only ES256",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_without_token_verification_refuses_to_start() {
+    let env = Env::start(&[], &[]);
+    let out = std::process::Command::new(&env.cluster.bin)
+        .args([
+            "edge",
+            "--listen",
+            "127.0.0.1:0",
+            "--redis-url",
+            &env.redis.url(),
+        ])
+        .args(["--cert", &env.cluster.certs.edge_cert.display().to_string()])
+        .args(["--key", &env.cluster.certs.edge_key.display().to_string()])
+        .args(["--ca", &env.cluster.certs.ca.display().to_string()])
+        .env_remove("ROOMCAST_JWT_SECRET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--jwt-secret"), "{err}");
+}
+
+/// Tries one request against a backend with the given client TLS identity.
+async fn talk_to_backend(
+    env: &Env,
+    alpn: &[u8],
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<Frame, String> {
+    let limits = tls::TransportLimits {
+        max_bidi_streams: 0,
+        max_uni_streams: 0,
+        idle_timeout: Duration::from_secs(5),
+        keep_alive: Duration::from_secs(1),
+        early_data: false,
+    };
+    let config = tls::client_config(&env.cluster.certs.ca, alpn, &limits, identity)
+        .map_err(|e| e.to_string())?;
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let attempt = async {
+        let conn = endpoint
+            .connect_with(config, env.backends[0].addr, "localhost")
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let req = Frame::BackendRequest {
+            id: 1,
+            route: "chat.send".into(),
+            uid: "mallory".into(),
+            edge: "fake".into(),
+            session: "s".into(),
+            request_key: "k".into(),
+            body: Bytes::from_static(b"{}"),
+        };
+        write_frame(&mut send, &req)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        let mut buf = BytesMut::new();
+        read_frame(&mut recv, &mut buf, 1 << 16)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "no answer".to_string())
+    };
+    tokio::time::timeout(WAIT, attempt)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_accept_only_peers_with_a_cluster_certificate() {
+    let env = Env::start(&["edge-a"], &["chat-a"]);
+    let certs = &env.cluster.certs;
+    // An edge's certificate (the cluster CA) is accepted.
+    let ok = talk_to_backend(
+        &env,
+        protocol::BACKEND_ALPN,
+        Some((&certs.edge_cert, &certs.edge_key)),
+    )
+    .await
+    .expect("a cluster certificate is accepted");
+    assert!(matches!(ok, Frame::Response { .. }), "{ok:?}");
+    // No certificate: refused.
+    let err = talk_to_backend(&env, protocol::BACKEND_ALPN, None)
+        .await
+        .unwrap_err();
+    println!("without a certificate: {err}");
+    // A certificate from another CA: refused.
+    let other = std::env::temp_dir().join(format!("roomcast-other-ca-{}", std::process::id()));
+    let g = roomcast_certs::generate(&other, &roomcast_certs::default_hosts()).unwrap();
+    let err = talk_to_backend(
+        &env,
+        protocol::BACKEND_ALPN,
+        Some((&g.edge_cert, &g.edge_key)),
+    )
+    .await
+    .unwrap_err();
+    println!("with another CA's certificate: {err}");
+    let _ = std::fs::remove_dir_all(&other);
+    // The client protocol is not spoken on a backend port at all.
+    let err = talk_to_backend(
+        &env,
+        protocol::CLIENT_ALPN,
+        Some((&certs.edge_cert, &certs.edge_key)),
+    )
+    .await
+    .unwrap_err();
+    println!("with the client ALPN: {err}");
+}
