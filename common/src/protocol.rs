@@ -67,6 +67,8 @@ pub mod close {
     pub const PROTOCOL_ERROR: u32 = 4;
     /// Another connection resumed this session.
     pub const REPLACED: u32 = 5;
+    /// The client kept exceeding its request rate limit.
+    pub const ABUSE: u32 = 6;
 }
 
 /// Route names. Pomelo's names are kept so that its users recognise the flow.

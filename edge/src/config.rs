@@ -60,6 +60,18 @@ pub struct EdgeConfig {
     #[arg(long, default_value_t = 4096)]
     pub push_queue: usize,
 
+    /// Sessions (client connections) one edge accepts; further connections are refused.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_sessions: usize,
+
+    /// Requests per second one session may make (token bucket refill rate); excess gets 429.
+    #[arg(long, default_value_t = 100)]
+    pub rate_limit: u32,
+
+    /// Requests one session may make in a burst; sustained excess closes the connection.
+    #[arg(long, default_value_t = 200)]
+    pub rate_burst: u32,
+
     /// Milliseconds a backend has to answer one attempt before the edge tries another.
     #[arg(long, default_value_t = 2000)]
     pub backend_attempt_ms: u64,

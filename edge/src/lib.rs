@@ -8,6 +8,7 @@
 //! Layout, one concern per module:
 //! - [`config`]: command-line / environment configuration and its documented defaults.
 //! - [`gate`]: rendezvous hashing of uids onto live edges (plain code).
+//! - [`limits`]: the per-session request rate limit (token bucket), plain code.
 //! - [`rooms`]: which local sessions are in which room, from which seq on (plain code).
 //! - [`outbound`]: per-session push streams, each with a bounded queue and its own writer.
 //! - [`session`]: one client connection: handshake, request streams, cleanup on close.
@@ -25,6 +26,7 @@ pub mod bus;
 pub mod config;
 pub mod fanout;
 pub mod gate;
+pub mod limits;
 pub mod node;
 pub mod outbound;
 pub mod reaper;

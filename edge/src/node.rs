@@ -165,7 +165,10 @@ pub async fn start(cfg: EdgeConfig) -> anyhow::Result<RunningEdge> {
     let accept_endpoint = endpoint.clone();
     tasks.push(tokio::spawn(async move {
         while let Some(incoming) = accept_endpoint.accept().await {
-            if accept_state.draining() {
+            if accept_state.draining()
+                || accept_state.session_count() >= accept_state.cfg.max_sessions
+            {
+                // Cheap for a full or draining edge: no handshake; the client tries elsewhere.
                 incoming.refuse();
                 continue;
             }

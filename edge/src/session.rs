@@ -13,6 +13,7 @@ use roomcast_common::stream::{read_frame, write_frame};
 use tokio::time::timeout;
 
 use crate::config::{HANDSHAKE_TIMEOUT, REQUEST_READ_TIMEOUT};
+use crate::limits::Verdict;
 use crate::outbound::Outbound;
 use crate::routes;
 use crate::state::{Detached, EdgeState, SessionHandle};
@@ -50,6 +51,11 @@ pub async fn serve(state: Arc<EdgeState>, incoming: quinn::Incoming) {
         rooms: Mutex::new(BTreeSet::new()),
         ops: tokio::sync::Mutex::new(()),
         replaced: AtomicBool::new(false),
+        limiter: Mutex::new(crate::limits::TokenBucket::new(
+            state.cfg.rate_limit,
+            state.cfg.rate_burst,
+            std::time::Instant::now(),
+        )),
         control: tokio::sync::Mutex::new(None),
     });
     state
@@ -216,7 +222,30 @@ async fn request_stream(
             ))
         }
         Ok(Ok(Some(Frame::Request { id, route, body }))) => {
-            Some(routes::dispatch(&state, &session, id, route, body).await)
+            let verdict = session
+                .limiter
+                .lock()
+                .expect("limiter lock")
+                .check(std::time::Instant::now());
+            match verdict {
+                Verdict::Allow => Some(routes::dispatch(&state, &session, id, route, body).await),
+                Verdict::Refuse => Some(Frame::error_response(
+                    id,
+                    code::LIMIT_EXCEEDED,
+                    format!(
+                        "rate limit: at most {} requests per second (bursts of {}); slow down",
+                        state.cfg.rate_limit, state.cfg.rate_burst
+                    ),
+                )),
+                Verdict::Disconnect => {
+                    tracing::warn!("closing session {}: sustained request flood", session.token);
+                    session.conn.close(
+                        VarInt::from_u32(close::ABUSE),
+                        b"request rate limit exceeded again and again",
+                    );
+                    None
+                }
+            }
         }
         Ok(Ok(Some(Frame::Notify { route, .. }))) if recv.is_0rtt() => {
             tracing::debug!("ignoring notify `{route}` sent in 0-RTT data");

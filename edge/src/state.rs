@@ -74,6 +74,8 @@ pub struct SessionHandle {
     pub ops: tokio::sync::Mutex<()>,
     /// Set when another connection resumed this session: cleanup then leaves nothing.
     pub replaced: AtomicBool,
+    /// The session's request rate limit.
+    pub limiter: Mutex<crate::limits::TokenBucket>,
     /// The control stream's send side, for notices to the client (drain).
     pub control: tokio::sync::Mutex<Option<quinn::SendStream>>,
 }

@@ -298,3 +298,80 @@ async fn backends_accept_only_peers_with_a_cluster_certificate() {
     .unwrap_err();
     println!("with the client ALPN: {err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_refuse_with_clear_errors_and_floods_are_cut_off() {
+    let env = Env::start_with(
+        &["edge-a"],
+        &[],
+        &[
+            "--rate-limit",
+            "5",
+            "--rate-burst",
+            "5",
+            "--max-sessions",
+            "2",
+            "--max-rooms-per-session",
+            "2",
+        ],
+        &[],
+    );
+    let mut opts = env.options(0);
+    opts.reconnect = false;
+    let query = || Bytes::from_static(br#"{"uid":"x"}"#);
+    let alice = Client::connect_direct(opts.clone(), env.edges[0].addr, "alice")
+        .await
+        .unwrap();
+    let mut limited = None;
+    for _ in 0..10 {
+        if let Err(e) = alice.request("gate.queryEntry", query()).await {
+            limited = Some(e);
+            break;
+        }
+    }
+    expect_error(
+        limited.map_or(Ok(()), Err),
+        code::LIMIT_EXCEEDED,
+        "rate limit",
+    );
+    // A client that keeps flooding is disconnected.
+    let mut closed = false;
+    for _ in 0..500 {
+        match alice.request("gate.queryEntry", query()).await {
+            Err(ClientError::Closed(reason)) => {
+                assert!(reason.contains("rate limit"), "{reason}");
+                closed = true;
+                break;
+            }
+            _ => continue,
+        }
+    }
+    assert!(closed, "a flooding client was not disconnected");
+    assert_eq!(
+        alice.connection().close_code(),
+        Some(protocol::close::ABUSE)
+    );
+
+    // Sessions per edge.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let bob = Client::connect_direct(opts.clone(), env.edges[0].addr, "bob")
+        .await
+        .unwrap();
+    let _carol = Client::connect_direct(opts.clone(), env.edges[0].addr, "carol")
+        .await
+        .unwrap();
+    let dave = Client::connect_direct(opts.clone(), env.edges[0].addr, "dave").await;
+    assert!(
+        matches!(dave, Err(ClientError::Connect { .. })),
+        "a third session was accepted: {:?}",
+        dave.map(|_| ())
+    );
+    // Rooms per session.
+    bob.enter("r1").await.unwrap();
+    bob.enter("r2").await.unwrap();
+    expect_error(
+        bob.enter("r3").await,
+        code::LIMIT_EXCEEDED,
+        "at most 2 rooms",
+    );
+}
