@@ -36,7 +36,7 @@ pub fn room_frame(seq: u64, msg: &BusMessage) -> Option<Bytes> {
         .ok()
 }
 
-fn gap_frame(rid: &str, from: u64, to: u64) -> Option<Bytes> {
+pub fn gap_frame(rid: &str, from: u64, to: u64) -> Option<Bytes> {
     let body = serde_json::to_vec(&OnGap {
         rid: rid.to_string(),
         from,
@@ -58,9 +58,10 @@ fn gap_frame(rid: &str, from: u64, to: u64) -> Option<Bytes> {
 pub fn apply(state: &Arc<EdgeState>, local: &Local, rid: &str, actions: Vec<Action>) {
     for action in actions {
         match action {
-            Action::Deliver { sid, frame } => {
+            Action::Deliver { sid, seq, frame } => {
                 if let Some(s) = local.sessions.get(&sid) {
-                    s.outbound.push(StreamKey::Room(rid.to_string()), frame);
+                    s.outbound
+                        .push(StreamKey::Room(rid.to_string()), seq, frame);
                 }
             }
             Action::Gap { sid, rid, from, to } => {
@@ -68,7 +69,7 @@ pub fn apply(state: &Arc<EdgeState>, local: &Local, rid: &str, actions: Vec<Acti
                 if let (Some(s), Some(frame)) =
                     (local.sessions.get(&sid), gap_frame(&rid, from, to))
                 {
-                    s.outbound.push(StreamKey::Room(rid.clone()), frame);
+                    s.outbound.push(StreamKey::Room(rid.clone()), to, frame);
                 }
             }
             Action::Fill { rid, after, upto } => {

@@ -1,21 +1,32 @@
-//! A session's push streams.
+//! A session's push streams, and the slow-consumer policy.
 //!
 //! Each room a session is in gets its own unidirectional QUIC stream (plus one for pushes that
 //! are not room messages), so one room's burst or loss never delays another room: QUIC orders
 //! bytes within a stream only. Each stream has a bounded queue drained by its own writer task;
-//! the edge encodes a push once and queues the same `Bytes` for every recipient.
+//! the edge encodes a push once and queues the same `Bytes` for every recipient, and queuing
+//! never waits, so a slow member never delays the fan-out to the others.
 //!
 //! Slow consumers: when a stream's queue is full (the client stopped reading and QUIC flow
-//! control stopped the writer), the connection is closed with `close::SLOW_CONSUMER`. Memory per
-//! session is therefore bounded by `queue` frames per stream.
+//! control stopped the writer), the *oldest* queued pushes are dropped — a quarter of the queue
+//! at a time — and replaced by one `onGap` push naming the seqs dropped, so the client knows
+//! exactly what it missed (and can resume past it). A session that keeps overflowing — more
+//! than [`OVERFLOWS_BEFORE_DISCONNECT`] overflows without its queue ever draining — is closed
+//! with `close::SLOW_CONSUMER`. Memory per session is therefore bounded by `queue` frames per
+//! stream.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use quinn::{Connection, VarInt};
 use roomcast_common::protocol::close;
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::Notify;
+
+use crate::fanout::gap_frame;
+
+/// Overflows (each dropping a quarter of a queue) tolerated before the session is closed.
+pub const OVERFLOWS_BEFORE_DISCONNECT: u32 = 8;
 
 /// Which push stream a frame goes on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -26,68 +37,214 @@ pub enum StreamKey {
     Room(String),
 }
 
+enum Item {
+    /// An encoded push and its room seq (0 on the session stream).
+    Frame { seq: u64, bytes: Bytes },
+    /// Seqs dropped because the client did not keep up.
+    Gap { from: u64, to: u64 },
+}
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Item>,
+    /// Set when the stream should be finished once drained.
+    finished: bool,
+}
+
+struct Stream {
+    queue: Mutex<Queue>,
+    wake: Notify,
+}
+
 pub struct Outbound {
     conn: Connection,
     /// Bound of each stream's queue, in frames.
-    queue: usize,
-    streams: Mutex<HashMap<StreamKey, mpsc::Sender<Bytes>>>,
+    cap: usize,
+    streams: Mutex<HashMap<StreamKey, Arc<Stream>>>,
+    /// Overflows since a queue last drained completely (writers reset it).
+    overflows: Arc<AtomicU32>,
 }
 
 impl Outbound {
-    pub fn new(conn: Connection, queue: usize) -> Outbound {
+    pub fn new(conn: Connection, cap: usize) -> Outbound {
         Outbound {
             conn,
-            queue: queue.max(1),
+            cap: cap.max(4),
             streams: Mutex::new(HashMap::new()),
+            overflows: Arc::new(AtomicU32::new(0)),
         }
     }
 
-    /// Queues an encoded frame; never waits. Closes the connection if the queue is full.
-    pub fn push(&self, key: StreamKey, frame: Bytes) {
-        let mut streams = self.streams.lock().expect("outbound lock");
-        let tx = streams
-            .entry(key.clone())
-            .or_insert_with(|| spawn_writer(self.conn.clone(), self.queue));
-        match tx.try_send(frame) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
+    /// Queues an encoded frame (the push numbered `seq`); never waits.
+    pub fn push(&self, key: StreamKey, seq: u64, bytes: Bytes) {
+        let stream = {
+            let mut streams = self.streams.lock().expect("streams lock");
+            streams
+                .entry(key.clone())
+                .or_insert_with(|| self.spawn_writer(key.clone()))
+                .clone()
+        };
+        let overflowed = {
+            let mut q = stream.queue.lock().expect("queue lock");
+            let overflowed = q.items.len() >= self.cap;
+            if overflowed {
+                drop_oldest(&mut q.items, self.cap / 4);
+            }
+            q.items.push_back(Item::Frame { seq, bytes });
+            overflowed
+        };
+        stream.wake.notify_one();
+        if overflowed {
+            let n = self.overflows.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::debug!(
+                "session {} overflowed {:?} ({n} times)",
+                self.conn.stable_id(),
+                key
+            );
+            if n > OVERFLOWS_BEFORE_DISCONNECT {
                 tracing::warn!(
-                    "session {} is a slow consumer ({:?} queue of {} full); closing",
+                    "session {} is a slow consumer (queue of {} overflowed {n} times); closing",
                     self.conn.stable_id(),
-                    key,
-                    self.queue
+                    self.cap,
                 );
                 self.conn.close(
                     VarInt::from_u32(close::SLOW_CONSUMER),
-                    b"slow consumer: push queue overflow",
+                    b"slow consumer: pushes kept overflowing",
                 );
-            }
-            Err(TrySendError::Closed(_)) => {
-                // The writer died (connection gone); forget it.
-                streams.remove(&key);
             }
         }
     }
 
     /// Finishes a room's stream after what is queued on it has been written.
     pub fn finish(&self, key: &StreamKey) {
-        self.streams.lock().expect("outbound lock").remove(key);
+        if let Some(stream) = self.streams.lock().expect("streams lock").remove(key) {
+            stream.queue.lock().expect("queue lock").finished = true;
+            stream.wake.notify_one();
+        }
+    }
+
+    /// Frames queued on all streams (for tests and metrics).
+    pub fn queued(&self) -> usize {
+        self.streams
+            .lock()
+            .expect("streams lock")
+            .values()
+            .map(|s| s.queue.lock().expect("queue lock").items.len())
+            .sum()
+    }
+
+    fn spawn_writer(&self, key: StreamKey) -> Arc<Stream> {
+        let stream = Arc::new(Stream {
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
+        });
+        let conn = self.conn.clone();
+        let s = stream.clone();
+        let overflows = self.overflows.clone();
+        let rid = match &key {
+            StreamKey::Room(rid) => rid.clone(),
+            StreamKey::Session => String::new(),
+        };
+        tokio::spawn(async move {
+            let Ok(mut send) = conn.open_uni().await else {
+                return;
+            };
+            loop {
+                let next = {
+                    let mut q = s.queue.lock().expect("queue lock");
+                    match q.items.pop_front() {
+                        Some(item) => Some(item),
+                        None if q.finished => break,
+                        None => None,
+                    }
+                };
+                let Some(item) = next else {
+                    // Drained: the client keeps up again.
+                    overflows.store(0, Ordering::Relaxed);
+                    s.wake.notified().await;
+                    continue;
+                };
+                let bytes = match item {
+                    Item::Frame { bytes, .. } => bytes,
+                    Item::Gap { from, to } => match gap_frame(&rid, from, to) {
+                        Some(b) => b,
+                        None => continue,
+                    },
+                };
+                if send.write_chunk(bytes).await.is_err() {
+                    return;
+                }
+            }
+            let _ = send.finish();
+        });
+        stream
     }
 }
 
-fn spawn_writer(conn: Connection, queue: usize) -> mpsc::Sender<Bytes> {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(queue);
-    tokio::spawn(async move {
-        let mut send = match conn.open_uni().await {
-            Ok(s) => s,
-            Err(_) => return,
-        };
-        while let Some(frame) = rx.recv().await {
-            if send.write_chunk(frame).await.is_err() {
-                return;
+/// Drops the `n` oldest frames, merging them (and a gap already at the front) into one gap.
+fn drop_oldest(items: &mut VecDeque<Item>, n: usize) {
+    let mut gap: Option<(u64, u64)> = None;
+    let mut dropped = 0;
+    while dropped < n.max(1) {
+        match items.pop_front() {
+            Some(Item::Gap { from, to }) => {
+                gap = Some(gap.map_or((from, to), |(f, _)| (f, to)));
             }
+            Some(Item::Frame { seq, .. }) => {
+                dropped += 1;
+                if seq > 0 {
+                    gap = Some(gap.map_or((seq, seq), |(f, _)| (f, seq)));
+                }
+            }
+            None => break,
         }
-        let _ = send.finish();
-    });
-    tx
+    }
+    if let Some((from, to)) = gap {
+        items.push_front(Item::Gap { from, to });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(seqs: std::ops::RangeInclusive<u64>) -> VecDeque<Item> {
+        seqs.map(|seq| Item::Frame {
+            seq,
+            bytes: Bytes::new(),
+        })
+        .collect()
+    }
+
+    fn shape(items: &VecDeque<Item>) -> Vec<String> {
+        items
+            .iter()
+            .map(|i| match i {
+                Item::Frame { seq, .. } => seq.to_string(),
+                Item::Gap { from, to } => format!("gap {from}-{to}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn oldest_frames_become_one_gap_marker() {
+        let mut q = frames(1..=8);
+        drop_oldest(&mut q, 3);
+        assert_eq!(shape(&q), vec!["gap 1-3", "4", "5", "6", "7", "8"]);
+        // A second overflow extends the same marker.
+        drop_oldest(&mut q, 2);
+        assert_eq!(shape(&q), vec!["gap 1-5", "6", "7", "8"]);
+    }
+
+    #[test]
+    fn session_stream_frames_drop_without_a_marker() {
+        let mut q: VecDeque<Item> = (0..4)
+            .map(|_| Item::Frame {
+                seq: 0,
+                bytes: Bytes::new(),
+            })
+            .collect();
+        drop_oldest(&mut q, 2);
+        assert_eq!(q.len(), 2);
+    }
 }

@@ -27,8 +27,12 @@ pub const MAX_BUFFERED: usize = 10_000;
 /// What the caller must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Queue `frame` on the session's stream for the room.
-    Deliver { sid: SessionId, frame: Bytes },
+    /// Queue `frame` (the push numbered `seq`) on the session's stream for the room.
+    Deliver {
+        sid: SessionId,
+        seq: u64,
+        frame: Bytes,
+    },
     /// Tell the session that the room's seqs `from..=to` are lost to it.
     Gap {
         sid: SessionId,
@@ -263,7 +267,7 @@ impl Member {
                 to: seq - 1,
             });
         }
-        out.push(Action::Deliver { sid, frame });
+        out.push(Action::Deliver { sid, seq, frame });
         self.next = seq + 1;
     }
 }
@@ -282,6 +286,7 @@ impl Feed {
                 None if seq >= m.next => {
                     out.push(Action::Deliver {
                         sid: *sid,
+                        seq,
                         frame: frame.clone(),
                     });
                     m.next = seq + 1;
@@ -347,7 +352,7 @@ mod tests {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::Deliver { sid, frame } => {
+                Action::Deliver { sid, frame, .. } => {
                     Some((*sid, String::from_utf8(frame.to_vec()).unwrap()))
                 }
                 _ => None,

@@ -375,3 +375,124 @@ async fn limits_refuse_with_clear_errors_and_floods_are_cut_off() {
         "at most 2 rooms",
     );
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_cannot_grow_the_edge_or_slow_others() {
+    let env = Env::start_with(&["edge-a"], &[], &["--push-queue", "64"], &[]);
+    let edge_pid = env.edges[0].pid();
+    // Bob reads normally.
+    let bob = env.connect_to(0, "bob").await;
+    let mut brx = bob.pushes().unwrap();
+    bob.enter("lobby").await.unwrap();
+    // Mallory enters and then never reads a push stream.
+    let limits = tls::TransportLimits {
+        max_bidi_streams: 0,
+        max_uni_streams: 16,
+        idle_timeout: Duration::from_secs(30),
+        keep_alive: Duration::from_secs(1),
+        early_data: false,
+    };
+    let config =
+        tls::client_config(&env.cluster.certs.ca, protocol::CLIENT_ALPN, &limits, None).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mallory = endpoint
+        .connect_with(config, env.edges[0].addr, "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut ctrl, _ctrl_recv) = mallory.open_bi().await.unwrap();
+    write_frame(
+        &mut ctrl,
+        &Frame::Hello {
+            version: 1,
+            client: "never-reads".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let (mut send, mut recv) = mallory.open_bi().await.unwrap();
+    let body = serde_json::json!({"rid": "lobby", "token": token("mallory", &["lobby"])});
+    write_frame(
+        &mut send,
+        &Frame::Request {
+            id: 1,
+            route: "connector.enter".into(),
+            body: Bytes::from(body.to_string()),
+        },
+    )
+    .await
+    .unwrap();
+    let _ = send.finish();
+    let mut buf = BytesMut::new();
+    let answer = read_frame(&mut recv, &mut buf, 1 << 16).await.unwrap();
+    assert!(
+        matches!(answer, Some(Frame::Response { code: 200, .. })),
+        "{answer:?}"
+    );
+
+    let before = rss_kib(edge_pid);
+    // 10 000 pushes of 4 KiB: 40 MiB that mallory never reads.
+    const N: usize = 10_000;
+    let store = roomcast_common::store::Store::connect(&env.redis.url(), Default::default())
+        .await
+        .unwrap();
+    let content = "x".repeat(4096);
+    let started = std::time::Instant::now();
+    // In batches that bob keeps up with: only mallory falls behind.
+    const BATCH: usize = 50;
+    let mut last_seq = 0;
+    let mut worst_batch = Duration::ZERO;
+    for b in 0..N / BATCH {
+        let t = std::time::Instant::now();
+        for i in 0..BATCH {
+            let body = serde_json::json!({"msg": content, "from": "load", "target": "*", "i": b * BATCH + i});
+            store
+                .publish_room("lobby", "onChat", body.to_string().as_bytes(), None, None)
+                .await
+                .unwrap();
+        }
+        let mut got = 0;
+        while got < BATCH {
+            let p = support::next_push(&mut brx, WAIT)
+                .await
+                .expect("bob keeps receiving");
+            if p.route == "onChat" {
+                assert_eq!(p.seq, last_seq + 1, "bob saw a gap or a duplicate");
+                got += 1;
+            }
+            last_seq = p.seq;
+        }
+        worst_batch = worst_batch.max(t.elapsed());
+    }
+    let after = rss_kib(edge_pid);
+    println!(
+        "bob received {N} pushes of 4 KiB in {:?} (slowest batch of {BATCH}: {worst_batch:?}); edge RSS {before} KiB -> {after} KiB",
+        started.elapsed()
+    );
+    assert!(
+        after < before + 30 * 1024,
+        "the edge grew by {} KiB for a client that never reads",
+        after - before
+    );
+    let reason = tokio::time::timeout(WAIT, mallory.closed())
+        .await
+        .expect("mallory is disconnected");
+    match reason {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(
+                c.error_code,
+                quinn::VarInt::from_u32(protocol::close::SLOW_CONSUMER)
+            );
+        }
+        other => panic!("mallory closed for another reason: {other}"),
+    }
+}
