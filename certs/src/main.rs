@@ -1,6 +1,8 @@
-//! `roomcast-certs`: writes a development CA and edge/backend certificates.
+//! `roomcast-certs`: writes a development CA and edge/backend certificates (see the crate docs
+//! and `certs/README.md`).
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::Parser;
 
@@ -10,23 +12,24 @@ use clap::Parser;
     about = "Generate roomcast's development CA and edge/backend certificates"
 )]
 struct Cli {
-    /// Directory to write into.
-    #[arg(long, default_value = "certs")]
+    /// Directory to write into (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "certs")]
     out: PathBuf,
-    /// Name or IP the certificates are valid for (repeatable); default localhost, 127.0.0.1, ::1.
-    #[arg(long = "host")]
+    /// DNS name or IP address the edge and backend certificates are valid for (repeatable).
+    /// Default: localhost, 127.0.0.1 and ::1.
+    #[arg(long = "host", value_name = "NAME")]
     hosts: Vec<String>,
-    /// Replace existing files.
+    /// Replace existing certificates and keys.
     #[arg(long)]
     force: bool,
 }
 
-fn main() {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let existing = roomcast_certs::existing(&cli.out);
     if !existing.is_empty() && !cli.force {
         eprintln!(
-            "roomcast-certs: {} already holds {}; pass --force to replace them",
+            "roomcast-certs: refusing to overwrite existing files in {}: {}",
             cli.out.display(),
             existing
                 .iter()
@@ -34,7 +37,8 @@ fn main() {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        std::process::exit(1);
+        eprintln!("roomcast-certs: pass --force to replace them (a new CA: re-distribute ca.pem)");
+        return ExitCode::FAILURE;
     }
     let hosts = if cli.hosts.is_empty() {
         roomcast_certs::default_hosts()
@@ -43,22 +47,16 @@ fn main() {
     };
     match roomcast_certs::generate(&cli.out, &hosts) {
         Ok(g) => {
-            for p in [
-                &g.ca_cert,
-                &g.ca_key,
-                &g.edge_cert,
-                &g.edge_key,
-                &g.backend_cert,
-                &g.backend_key,
-            ] {
+            for p in g.all() {
                 println!("wrote {}", p.display());
             }
-            println!("valid for: {}", hosts.join(", "));
-            println!("*.key files are private keys: keep them out of version control (git-ignored here).");
+            println!("edge and backend certificates valid for: {}", hosts.join(", "));
+            println!("*.key files are private keys: never share or commit them (they are git-ignored).");
+            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("roomcast-certs: {e:#}");
-            std::process::exit(1);
+            ExitCode::FAILURE
         }
     }
 }

@@ -87,6 +87,8 @@ pub enum CodecError {
     InvalidUtf8(&'static str),
     #[error("field `{0}` is longer than 65535 bytes")]
     FieldTooLong(&'static str),
+    #[error("{0} bytes after the last field of a {1} frame")]
+    TrailingBytes(usize, &'static str),
 }
 
 impl CodecError {
@@ -233,23 +235,23 @@ impl Frame {
             kind::REQUEST => Frame::Request {
                 id: get_u32(&mut p, "id")?,
                 route: get_str(&mut p, "route")?,
-                body: p,
+                body: p.split_off(0),
             },
             kind::RESPONSE => Frame::Response {
                 id: get_u32(&mut p, "id")?,
                 code: get_u16(&mut p, "code")?,
                 message: get_str(&mut p, "message")?,
-                body: p,
+                body: p.split_off(0),
             },
             kind::NOTIFY => Frame::Notify {
                 route: get_str(&mut p, "route")?,
-                body: p,
+                body: p.split_off(0),
             },
             kind::PUSH => Frame::Push {
                 route: get_str(&mut p, "route")?,
                 rid: get_str(&mut p, "rid")?,
                 seq: get_u64(&mut p, "seq")?,
-                body: p,
+                body: p.split_off(0),
             },
             kind::ERROR => Frame::Error {
                 code: get_u16(&mut p, "code")?,
@@ -262,10 +264,15 @@ impl Frame {
                 edge: get_str(&mut p, "edge")?,
                 session: get_str(&mut p, "session")?,
                 request_key: get_str(&mut p, "request_key")?,
-                body: p,
+                body: p.split_off(0),
             },
             other => return Err(CodecError::UnknownType(other)),
         };
+        // Frames without a body end with their last field: anything after it is an error, so
+        // that every accepted frame has exactly one encoding.
+        if !p.is_empty() {
+            return Err(CodecError::TrailingBytes(p.len(), frame.name()));
+        }
         Ok(frame)
     }
 
@@ -479,6 +486,16 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn trailing_bytes_after_a_fixed_frame_are_refused() {
+        // Found by fuzzing: a Hello with 5 extra bytes used to be accepted.
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 10, 1, 0, 0, 0, 0, 123, 200, 129, 34, 115][..]);
+        assert_eq!(
+            Frame::decode(&mut buf, DEFAULT_MAX),
+            Err(CodecError::TrailingBytes(5, "Hello"))
+        );
     }
 
     #[test]
