@@ -50,8 +50,13 @@ fn main() -> ExitCode {
             for p in g.all() {
                 println!("wrote {}", p.display());
             }
-            println!("edge and backend certificates valid for: {}", hosts.join(", "));
-            println!("*.key files are private keys: never share or commit them (they are git-ignored).");
+            println!(
+                "edge and backend certificates valid for: {}",
+                hosts.join(", ")
+            );
+            println!(
+                "*.key files are private keys: never share or commit them (they are git-ignored)."
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -18,19 +18,46 @@ fn body() -> impl Strategy<Value = Bytes> {
 fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         (any::<u16>(), text()).prop_map(|(version, client)| Frame::Hello { version, client }),
-        (any::<u16>(), text(), text(), any::<u32>()).prop_map(|(version, edge, session, max_frame)| {
-            Frame::Welcome { version, edge, session, max_frame }
+        (any::<u16>(), text(), text(), any::<u32>()).prop_map(
+            |(version, edge, session, max_frame)| {
+                Frame::Welcome {
+                    version,
+                    edge,
+                    session,
+                    max_frame,
+                }
+            }
+        ),
+        (any::<u32>(), text(), body()).prop_map(|(id, route, body)| Frame::Request {
+            id,
+            route,
+            body
         }),
-        (any::<u32>(), text(), body()).prop_map(|(id, route, body)| Frame::Request { id, route, body }),
-        (any::<u32>(), any::<u16>(), text(), body())
-            .prop_map(|(id, code, message, body)| Frame::Response { id, code, message, body }),
+        (any::<u32>(), any::<u16>(), text(), body()).prop_map(|(id, code, message, body)| {
+            Frame::Response {
+                id,
+                code,
+                message,
+                body,
+            }
+        }),
         (text(), body()).prop_map(|(route, body)| Frame::Notify { route, body }),
-        (text(), text(), any::<u64>(), body())
-            .prop_map(|(route, rid, seq, body)| Frame::Push { route, rid, seq, body }),
+        (text(), text(), any::<u64>(), body()).prop_map(|(route, rid, seq, body)| Frame::Push {
+            route,
+            rid,
+            seq,
+            body
+        }),
         (any::<u16>(), text()).prop_map(|(code, message)| Frame::Error { code, message }),
         (any::<u32>(), text(), text(), text(), text(), text(), body()).prop_map(
             |(id, route, uid, edge, session, request_key, body)| Frame::BackendRequest {
-                id, route, uid, edge, session, request_key, body
+                id,
+                route,
+                uid,
+                edge,
+                session,
+                request_key,
+                body
             }
         ),
     ]
@@ -39,13 +66,25 @@ fn frame() -> impl Strategy<Value = Frame> {
 fn bus_message() -> impl Strategy<Value = BusMessage> {
     let bytes = proptest::collection::vec(any::<u8>(), 0..100);
     prop_oneof![
-        (text(), text(), bytes.clone()).prop_map(|(rid, route, body)| BusMessage::Room { rid, route, body }),
-        (proptest::collection::vec(text(), 0..5), text(), bytes.clone())
+        (text(), text(), bytes.clone()).prop_map(|(rid, route, body)| BusMessage::Room {
+            rid,
+            route,
+            body
+        }),
+        (
+            proptest::collection::vec(text(), 0..5),
+            text(),
+            bytes.clone()
+        )
             .prop_map(|(uids, route, body)| BusMessage::Users { uids, route, body }),
         (text(), bytes).prop_map(|(route, body)| BusMessage::Broadcast { route, body }),
         text().prop_map(|rid| BusMessage::RoomDestroyed { rid }),
         text().prop_map(|reason| BusMessage::Drain { reason }),
-        (text(), text(), text()).prop_map(|(uid, session, reason)| BusMessage::Kick { uid, session, reason }),
+        (text(), text(), text()).prop_map(|(uid, session, reason)| BusMessage::Kick {
+            uid,
+            session,
+            reason
+        }),
     ]
 }
 

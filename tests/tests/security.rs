@@ -496,3 +496,100 @@ async fn a_client_that_never_reads_cannot_grow_the_edge_or_slow_others() {
         other => panic!("mallory closed for another reason: {other}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_ids_are_refused_or_contained() {
+    use redis::AsyncCommands;
+    let env = Env::start(&["edge-a"], &["chat-a"]);
+    let alice = env.connect_to(0, "alice").await;
+    alice.enter("lobby").await.unwrap();
+    let t = token("mallory", &["*"]);
+    let mallory = env.connect_to(0, "mallory").await;
+    for (rid, mentions) in [
+        ("a\nb".to_string(), "control characters"),
+        ("x".repeat(200), "maximum is 128"),
+        (String::new(), "must not be empty"),
+    ] {
+        expect_error(
+            enter(&mallory, serde_json::json!({"rid": rid, "token": t})).await,
+            code::BAD_REQUEST,
+            mentions,
+        );
+    }
+    // Invalid UTF-8 inside the JSON body.
+    let mut raw = br#"{"rid":"lob"#.to_vec();
+    raw.extend_from_slice(&[0xff, 0xfe]);
+    raw.extend_from_slice(format!(r#"by","token":"{t}"}}"#).as_bytes());
+    let err = mallory.request("connector.enter", Bytes::from(raw)).await;
+    expect_error(err, code::BAD_REQUEST, "connector.enter");
+    // Redis-significant characters are fine as ids, and stay in their own keys.
+    for rid in [
+        "lobby}:members",
+        "{lobby}",
+        "lobby*",
+        "lobby lobby",
+        "lobby:edge:edge-a",
+    ] {
+        let entered: protocol::Entered = serde_json::from_slice(
+            &enter(&mallory, serde_json::json!({"rid": rid, "token": t}))
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(entered.users, vec!["mallory"], "room {rid}");
+        mallory.send(rid, "hi").await.unwrap();
+    }
+    let mut r = env.redis().await;
+    let lobby: std::collections::HashMap<String, String> =
+        r.hgetall("rc:room:{lobby}:members").await.unwrap();
+    assert_eq!(
+        lobby.keys().collect::<Vec<_>>(),
+        vec!["alice"],
+        "the real lobby was touched"
+    );
+    let seq: u64 = r.get("rc:room:{lobby}:seq").await.unwrap();
+    assert_eq!(
+        seq, 1,
+        "only alice's join was ever pushed to the real lobby"
+    );
+    let escaped: bool = r
+        .exists("rc:room:{lobby%7D%3Amembers}:members")
+        .await
+        .unwrap();
+    assert!(escaped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_says_hello_is_dropped() {
+    let env = Env::start(&["edge-a"], &[]);
+    let limits = tls::TransportLimits {
+        max_bidi_streams: 0,
+        max_uni_streams: 0,
+        idle_timeout: Duration::from_secs(30),
+        keep_alive: Duration::from_secs(1),
+        early_data: false,
+    };
+    let config =
+        tls::client_config(&env.cluster.certs.ca, protocol::CLIENT_ALPN, &limits, None).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = endpoint
+        .connect_with(config, env.edges[0].addr, "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let reason = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .expect("the edge closes a silent connection");
+    println!("closed after {:?}: {reason}", started.elapsed());
+    match reason {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(
+                c.error_code,
+                quinn::VarInt::from_u32(protocol::close::BAD_HANDSHAKE)
+            );
+            assert!(String::from_utf8_lossy(&c.reason).contains("handshake timeout"));
+        }
+        other => panic!("closed for another reason: {other}"),
+    }
+}
