@@ -6,17 +6,38 @@
 //! Redis round trip, which checks membership, deduplicates retries and publishes once.
 
 use bytes::Bytes;
-use roomcast_common::ids::check_user_id;
+use roomcast_common::ids::IdRules;
 use roomcast_common::protocol::{route, ChatSend, OnChat, Sent};
 
 use crate::handler::{Context, HandlerError, HandlerResult, Router};
 
-/// Longest accepted `content`, in bytes.
+/// Default longest `content`, in bytes.
 pub const MAX_CONTENT_BYTES: usize = 4096;
 
-/// The chat service's routes.
+/// What the chat service accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChatLimits {
+    pub max_content_bytes: usize,
+    pub ids: IdRules,
+}
+
+impl Default for ChatLimits {
+    fn default() -> Self {
+        ChatLimits {
+            max_content_bytes: MAX_CONTENT_BYTES,
+            ids: IdRules::default(),
+        }
+    }
+}
+
+/// The chat service's routes, with the default limits.
 pub fn router() -> Router {
-    Router::new().route(route::CHAT_SEND, send)
+    router_with(ChatLimits::default())
+}
+
+/// The chat service's routes.
+pub fn router_with(limits: ChatLimits) -> Router {
+    Router::new().route(route::CHAT_SEND, move |ctx, body| send(ctx, body, limits))
 }
 
 /// Route prefixes the chat service registers for.
@@ -24,28 +45,40 @@ pub fn route_prefixes() -> Vec<String> {
     vec!["chat.".into()]
 }
 
-/// Parses and validates a `chat.send` body.
+/// Parses and validates a `chat.send` body with the default limits.
 pub fn parse_send(body: &[u8]) -> Result<ChatSend, HandlerError> {
+    parse_send_with(body, &ChatLimits::default())
+}
+
+/// Parses and validates a `chat.send` body.
+pub fn parse_send_with(body: &[u8], limits: &ChatLimits) -> Result<ChatSend, HandlerError> {
     let req: ChatSend = serde_json::from_slice(body).map_err(|e| {
         HandlerError::bad_request(format!("body is not valid JSON for chat.send: {e}"))
     })?;
-    check_user_id("rid", &req.rid).map_err(HandlerError::bad_request)?;
-    if req.content.len() > MAX_CONTENT_BYTES {
+    limits
+        .ids
+        .check("rid", &req.rid)
+        .map_err(HandlerError::bad_request)?;
+    if req.content.len() > limits.max_content_bytes {
         return Err(HandlerError::bad_request(format!(
-            "`content` is {} bytes; the maximum is {MAX_CONTENT_BYTES}",
-            req.content.len()
+            "`content` is {} bytes; the maximum is {}",
+            req.content.len(),
+            limits.max_content_bytes
         )));
     }
     if let Some(t) = &req.target {
         if t != "*" {
-            check_user_id("target", t).map_err(HandlerError::bad_request)?;
+            limits
+                .ids
+                .check("target", t)
+                .map_err(HandlerError::bad_request)?;
         }
     }
     Ok(req)
 }
 
-async fn send(ctx: Context, body: Bytes) -> HandlerResult {
-    let req = parse_send(&body)?;
+async fn send(ctx: Context, body: Bytes, limits: ChatLimits) -> HandlerResult {
+    let req = parse_send_with(&body, &limits)?;
     let target = req.target.filter(|t| t != "*");
     let push = OnChat {
         msg: req.content,

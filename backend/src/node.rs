@@ -62,6 +62,18 @@ pub struct BackendConfig {
     #[arg(long, env = "ROOMCAST_CA", default_value = "certs/ca.pem")]
     pub ca: PathBuf,
 
+    /// Longest chat message content, in bytes.
+    #[arg(long, default_value_t = chat::MAX_CONTENT_BYTES)]
+    pub max_content_bytes: usize,
+
+    /// Longest room id or target uid, in bytes (should match the edges').
+    #[arg(long, default_value_t = roomcast_common::ids::MAX_ID_BYTES)]
+    pub max_id_bytes: usize,
+
+    /// Accept only printable ASCII in ids (should match the edges').
+    #[arg(long)]
+    pub ascii_ids: bool,
+
     /// Pushes kept per room for resume and gap filling (must match the edges').
     #[arg(long, env = "ROOMCAST_HISTORY_LEN", default_value_t = 1000)]
     pub history_len: u64,
@@ -192,7 +204,14 @@ struct Cli {
 /// SIGTERM, then shuts down. Prints `roomcast-chat <id> listening on <addr>` once ready.
 pub async fn run_cli(args: impl IntoIterator<Item = String>) -> anyhow::Result<()> {
     let cli = Cli::try_parse_from(args).unwrap_or_else(|e| e.exit());
-    let backend = start(cli.cfg, chat::router(), chat::route_prefixes()).await?;
+    let limits = chat::ChatLimits {
+        max_content_bytes: cli.cfg.max_content_bytes,
+        ids: roomcast_common::ids::IdRules {
+            max_bytes: cli.cfg.max_id_bytes,
+            ascii_only: cli.cfg.ascii_ids,
+        },
+    };
+    let backend = start(cli.cfg, chat::router_with(limits), chat::route_prefixes()).await?;
     println!("roomcast-chat {} listening on {}", backend.id, backend.addr);
     wait_for_signal().await;
     tracing::info!("backend {} shutting down", backend.id);

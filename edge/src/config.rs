@@ -60,6 +60,19 @@ pub struct EdgeConfig {
     #[arg(long, default_value_t = 4096)]
     pub push_queue: usize,
 
+    /// Longest user id or room id, in bytes.
+    #[arg(long, default_value_t = roomcast_common::ids::MAX_ID_BYTES)]
+    pub max_id_bytes: usize,
+
+    /// Accept only printable ASCII in user ids and room ids (default: any UTF-8 without
+    /// control characters).
+    #[arg(long)]
+    pub ascii_ids: bool,
+
+    /// Milliseconds a client has to open its control stream and send `Hello`.
+    #[arg(long, default_value_t = 5000)]
+    pub handshake_timeout_ms: u64,
+
     /// Sessions (client connections) one edge accepts; further connections are refused.
     #[arg(long, default_value_t = 100_000)]
     pub max_sessions: usize,
@@ -130,6 +143,17 @@ impl EdgeConfig {
         Duration::from_millis(self.backend_attempt_ms)
     }
 
+    pub fn id_rules(&self) -> roomcast_common::ids::IdRules {
+        roomcast_common::ids::IdRules {
+            max_bytes: self.max_id_bytes,
+            ascii_only: self.ascii_ids,
+        }
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
     pub fn lease_ttl(&self) -> Duration {
         Duration::from_millis(self.lease_ttl_ms.max(2000))
     }
@@ -150,8 +174,6 @@ impl EdgeConfig {
     }
 }
 
-/// How long the client has to open the control stream and send `Hello`.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a client has to deliver a request frame once it opened its stream.
 pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the edge refreshes its registry entry and its caches of edges and backends.

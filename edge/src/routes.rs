@@ -5,7 +5,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use roomcast_common::bus::BusMessage;
 use roomcast_common::codec::Frame;
-use roomcast_common::ids::check_user_id;
 use roomcast_common::protocol::{
     code, route, DevToken, DevTokenRequest, Enter, Entered, EntryAnswer, Leave, OnUser, QueryEntry,
     Resume, ResumeAnswer, Resumed,
@@ -117,14 +116,18 @@ fn json(value: &impl Serialize) -> RouteResult {
         .map_err(|e| RouteError::new(code::INTERNAL, e.to_string()))
 }
 
-fn check(field: &str, value: &str) -> Result<(), RouteError> {
-    check_user_id(field, value).map_err(|m| RouteError::new(code::BAD_REQUEST, m))
+fn check(state: &EdgeState, field: &str, value: &str) -> Result<(), RouteError> {
+    state
+        .cfg
+        .id_rules()
+        .check(field, value)
+        .map_err(|m| RouteError::new(code::BAD_REQUEST, m))
 }
 
 /// `gate.queryEntry {uid, region?}` → the edge this uid should use.
 fn query_entry(state: &EdgeState, body: &[u8]) -> RouteResult {
     let q: QueryEntry = parse(route::QUERY_ENTRY, body)?;
-    check("uid", &q.uid)?;
+    check(state, "uid", &q.uid)?;
     let region = q.region.as_deref().unwrap_or(&state.cfg.region);
     let edges = state.edges.read().expect("edges lock");
     let edge = gate::choose(&q.uid, &edges, region)
@@ -165,7 +168,7 @@ fn authenticate<'a>(
         .verifier
         .verify(token)
         .map_err(|e| RouteError::new(code::UNAUTHENTICATED, e.to_string()))?;
-    check("uid (token `sub`)", &claims.sub)?;
+    check(state, "uid (token `sub`)", &claims.sub)?;
     if !username.is_empty() && username != claims.sub {
         return Err(RouteError::new(
             code::FORBIDDEN,
@@ -193,7 +196,7 @@ fn dev_token(state: &EdgeState, body: &[u8]) -> RouteResult {
         ));
     };
     let req: DevTokenRequest = parse(route::DEV_TOKEN, body)?;
-    check("uid", &req.uid)?;
+    check(state, "uid", &req.uid)?;
     let token = minter.mint(
         &req.uid,
         &["*".to_string()],
@@ -206,7 +209,7 @@ fn dev_token(state: &EdgeState, body: &[u8]) -> RouteResult {
 /// globally unique), joins the room and pushes onAdd to the members already there.
 async fn enter(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8]) -> RouteResult {
     let req: Enter = parse(route::ENTER, body)?;
-    check("rid", &req.rid)?;
+    check(state, "rid", &req.rid)?;
     let uid = authenticate(state, &req.token, &req.username, [&req.rid])?;
     let _ops = session.ops.lock().await;
     bind(state, session, &uid, None).await?;
@@ -295,7 +298,7 @@ async fn join_local(
 /// onLeave/onAdd, and each room replays what the client missed before live pushes continue.
 async fn resume(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8]) -> RouteResult {
     let req: Resume = parse(route::RESUME, body)?;
-    check("session", &req.session)?;
+    check(state, "session", &req.session)?;
     if req.rooms.len() > state.cfg.max_rooms_per_session {
         return Err(RouteError::new(
             code::LIMIT_EXCEEDED,
@@ -306,7 +309,7 @@ async fn resume(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8
         ));
     }
     for rid in req.rooms.keys() {
-        check("rid", rid)?;
+        check(state, "rid", rid)?;
     }
     let uid = authenticate(state, &req.token, &req.username, req.rooms.keys())?;
     let _ops = session.ops.lock().await;
@@ -425,7 +428,7 @@ async fn bind(
 /// `connector.leave {rid}`: leaves one room and pushes onLeave to the others.
 async fn leave(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8]) -> RouteResult {
     let req: Leave = parse(route::LEAVE, body)?;
-    check("rid", &req.rid)?;
+    check(state, "rid", &req.rid)?;
     let uid = session.uid().ok_or_else(not_entered(route::LEAVE))?;
     let _ops = session.ops.lock().await;
     if !session.rooms.lock().expect("rooms lock").contains(&req.rid) {

@@ -12,7 +12,7 @@ use roomcast_common::protocol::{close, code, route, OnUser, PROTOCOL_VERSION};
 use roomcast_common::stream::{read_frame, write_frame};
 use tokio::time::timeout;
 
-use crate::config::{HANDSHAKE_TIMEOUT, REQUEST_READ_TIMEOUT};
+use crate::config::REQUEST_READ_TIMEOUT;
 use crate::limits::Verdict;
 use crate::outbound::Outbound;
 use crate::routes;
@@ -105,7 +105,8 @@ pub async fn serve(state: Arc<EdgeState>, incoming: quinn::Incoming) {
 /// Waits for the control stream and a supported `Hello`. On failure the connection is closed
 /// with `close::BAD_HANDSHAKE` and a reason a person can read.
 async fn handshake(state: &EdgeState, conn: &Connection) -> Option<(SendStream, RecvStream)> {
-    let (mut send, mut recv) = match timeout(HANDSHAKE_TIMEOUT, conn.accept_bi()).await {
+    let (mut send, mut recv) = match timeout(state.cfg.handshake_timeout(), conn.accept_bi()).await
+    {
         Ok(Ok(s)) => s,
         Ok(Err(_)) => return None,
         Err(_) => {
@@ -120,7 +121,7 @@ async fn handshake(state: &EdgeState, conn: &Connection) -> Option<(SendStream, 
     };
     let mut buf = BytesMut::new();
     let first = timeout(
-        HANDSHAKE_TIMEOUT,
+        state.cfg.handshake_timeout(),
         read_frame(&mut recv, &mut buf, state.cfg.max_frame),
     )
     .await;

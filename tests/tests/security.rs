@@ -313,6 +313,9 @@ async fn limits_refuse_with_clear_errors_and_floods_are_cut_off() {
             "2",
             "--max-rooms-per-session",
             "2",
+            "--max-id-bytes",
+            "8",
+            "--ascii-ids",
         ],
         &[],
     );
@@ -366,7 +369,19 @@ async fn limits_refuse_with_clear_errors_and_floods_are_cut_off() {
         "a third session was accepted: {:?}",
         dave.map(|_| ())
     );
-    // Rooms per session.
+    // Id rules.
+    expect_error(
+        bob.enter("salón").await,
+        code::BAD_REQUEST,
+        "printable ASCII",
+    );
+    expect_error(
+        bob.enter("123456789").await,
+        code::BAD_REQUEST,
+        "maximum is 8",
+    );
+    // Rooms per session (after the rate limit's bucket refilled).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     bob.enter("r1").await.unwrap();
     bob.enter("r2").await.unwrap();
     expect_error(
