@@ -1,17 +1,28 @@
 //! `ChannelService`: Pomelo's channel service, with every channel in Redis.
 //!
-//! A thin facade over [`Store`]: each call is one atomic Redis script or pipeline, so any
-//! backend can serve any room and a backend keeps no state of its own.
+//! In Pomelo a channel is an object inside one chat-server process (groups
+//! `connectorId → [uid]`, records `uid → sid`); restart the process and its rooms are gone.
+//! Here a channel is a set of Redis keys, and this type is a thin facade over
+//! [`Store`]: each call is one atomic Redis script or pipeline, so any backend can serve any
+//! room and a backend keeps no state of its own. Edges fan room pushes out to their local
+//! sessions, so a room push costs the backend one Redis publish, whatever the room's size.
+//!
+//! Method names follow Pomelo (`add`, `leave`, `pushMessage` → [`ChannelService::push_to_room`],
+//! `pushMessageByUids` → [`ChannelService::push_to_uids`], `broadcast`, `destroyChannel` →
+//! [`ChannelService::destroy`]).
 
 use roomcast_common::protocol::{route, OnUser};
 use roomcast_common::store::{Joined, Result, Store};
 
+/// Room operations for handlers. Cheap to clone (it shares the store's connection).
 #[derive(Clone)]
 pub struct ChannelService {
     store: Store,
 }
 
+/// The `onAdd` / `onLeave` body `{"user": uid}`.
 fn on_user(uid: &str) -> Vec<u8> {
+    // Serializing a struct of one String cannot fail; the fallback is never taken.
     serde_json::to_vec(&OnUser {
         user: uid.to_string(),
     })
@@ -23,13 +34,16 @@ impl ChannelService {
         ChannelService { store }
     }
 
-    /// The underlying store, for operations this facade does not wrap.
+    /// The underlying store, for operations this facade does not wrap (idempotent or
+    /// membership-checked publishes, history, sessions).
     pub fn store(&self) -> &Store {
         &self.store
     }
 
-    /// Adds `uid`, connected through `edge`, to the room and pushes `onAdd` to the members that
-    /// were already there. Adding a member twice changes nothing (each message still arrives once).
+    /// Adds `uid`, connected through `edge`, to the room and pushes `onAdd {"user": uid}` to
+    /// the members that were already there (the recipient list is taken inside the same
+    /// script, so the joiner never receives its own onAdd, unlike Pomelo on a cold RPC link).
+    /// Adding a member twice through the same edge changes nothing and pushes nothing.
     pub async fn add(&self, rid: &str, uid: &str, edge: &str) -> Result<Joined> {
         let body = on_user(uid);
         self.store
@@ -37,7 +51,8 @@ impl ChannelService {
             .await
     }
 
-    /// Removes `uid` from the room and pushes `onLeave` to the others. `None` if not a member.
+    /// Removes `uid` from the room and pushes `onLeave {"user": uid}` to the remaining
+    /// members. Returns the seq of the onLeave push, or `None` if `uid` was not a member.
     pub async fn leave(&self, rid: &str, uid: &str) -> Result<Option<u64>> {
         let body = on_user(uid);
         self.store
@@ -50,17 +65,21 @@ impl ChannelService {
         self.store.members(rid).await
     }
 
-    /// The edge a member is connected through, or `None` if not a member.
+    /// The edge a member is connected through, or `None` if `uid` is not a member.
     pub async fn member(&self, rid: &str, uid: &str) -> Result<Option<String>> {
         self.store.member(rid, uid).await
     }
 
-    /// Pushes to every member of the room; returns the push's room sequence number.
+    /// Pushes `route`/`body` to every member of the room, with the room's next sequence
+    /// number, which it returns. No membership check and no deduplication: for a push on
+    /// behalf of a user, use [`Store::publish_room`] with the sender and the request key.
     pub async fn push_to_room(&self, rid: &str, route: &str, body: &[u8]) -> Result<u64> {
         self.store.publish_room(rid, route, body, None, None).await
     }
 
-    /// Pushes to the given uids wherever they are connected; returns the uids with no session.
+    /// Pushes to the given uids wherever they are connected (one publish per edge hosting any
+    /// of them). Returns the uids that have no live session, Pomelo's "failed ids"; they are
+    /// not an error.
     pub async fn push_to_uids(
         &self,
         uids: &[String],
@@ -75,9 +94,20 @@ impl ChannelService {
         self.store.broadcast(route, body).await
     }
 
-    /// Removes every member; edges push `onDestroy` to their local members. Returns how many
-    /// members were removed.
+    /// Removes every member of the room; edges push `onDestroy` to their local members.
+    /// Returns how many members were removed.
     pub async fn destroy(&self, rid: &str) -> Result<u64> {
         self.store.destroy(rid).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn on_user_body_is_pomelos() {
+        let v: serde_json::Value = serde_json::from_slice(&on_user("al\"ice")).expect("json");
+        assert_eq!(v, serde_json::json!({"user": "al\"ice"}));
     }
 }

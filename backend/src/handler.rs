@@ -1,5 +1,19 @@
-//! The API services are written in: a handler receives the session's identity and the request
-//! body, and returns a body or a [`HandlerError`] (a status code and a message for a person).
+//! The API services are written in: a handler receives the session's identity ([`Context`])
+//! and the request body, and returns a body or a [`HandlerError`] (a status code and a
+//! message for a person). A [`Router`] maps route names to handlers.
+//!
+//! Handlers are plain async functions or closures, so a service needs no trait impls:
+//!
+//! ```
+//! use bytes::Bytes;
+//! use roomcast_backend::handler::{Context, HandlerError, Router};
+//!
+//! async fn ping(_ctx: Context, _body: Bytes) -> Result<Bytes, HandlerError> {
+//!     Ok(Bytes::from_static(b"{}"))
+//! }
+//! let router = Router::new().route("chat.ping", ping);
+//! assert_eq!(router.routes(), ["chat.ping"]);
+//! ```
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,23 +26,32 @@ use roomcast_common::store::StoreError;
 
 use crate::channel::ChannelService;
 
-/// What a handler knows about the request.
+/// What a handler knows about the request. Everything except `channels` comes from the edge's
+/// `BackendRequest` frame; edges authenticate their clients and backends authenticate edges
+/// (mutual TLS), so these fields can be trusted, unlike anything in the body.
 #[derive(Clone)]
 pub struct Context {
-    /// The session's uid, set by the edge from the session's login; never from the body.
+    /// The authenticated uid of the session, set by the edge when the session entered (from
+    /// its token). Use it, never a uid from the body, as the acting user. Empty if the session
+    /// has not entered.
     pub uid: String,
-    /// The edge the session is connected through.
+    /// Id of the edge the session is connected through.
     pub edge: String,
-    /// The session's globally unique name.
+    /// The session's globally unique name (stable across a resume).
     pub session: String,
-    /// Unique per client request, identical across retries: pass it to idempotent publishes so
-    /// a retry on another backend cannot publish twice.
+    /// Unique per client request and identical across the edge's retries on other backends:
+    /// pass it to idempotent publishes (`Store::publish_room`) so that a retry after a backend
+    /// died mid-request cannot publish a message twice.
     pub request_key: String,
+    /// The route the client called, e.g. `chat.send`.
     pub route: String,
+    /// Room operations (Pomelo's channel service), backed by Redis.
     pub channels: ChannelService,
 }
 
-/// A failed request.
+/// A failed request: `code` is one of [`roomcast_common::protocol::code`], `message` says
+/// what went wrong in words a client developer can act on. It reaches the client as a
+/// `Response` with that code and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandlerError {
     pub code: u16,
@@ -43,12 +66,51 @@ impl HandlerError {
         }
     }
 
+    /// 400: the body is not valid JSON, misses a field or breaks a limit.
     pub fn bad_request(message: impl Into<String>) -> HandlerError {
         HandlerError::new(code::BAD_REQUEST, message)
     }
 
+    /// 401: the route needs a session bound to a user (`connector.enter` first).
+    pub fn not_entered(route: &str) -> HandlerError {
+        HandlerError::new(
+            code::NOT_ENTERED,
+            format!("route `{route}` needs a session that entered a room first"),
+        )
+    }
+
+    /// 403: the acting user is not a member of the room it addresses.
+    pub fn not_member(rid: &str, uid: &str) -> HandlerError {
+        HandlerError::new(
+            code::NOT_MEMBER,
+            format!("`{uid}` is not a member of room `{rid}`"),
+        )
+    }
+
+    /// 404: no handler for the route.
+    pub fn unknown_route(route: &str) -> HandlerError {
+        HandlerError::new(code::UNKNOWN_ROUTE, format!("unknown route `{route}`"))
+    }
+
+    /// 410: the target of a private message is not in the room.
+    pub fn target_not_in_room(rid: &str, target: &str) -> HandlerError {
+        HandlerError::new(
+            code::TARGET_NOT_IN_ROOM,
+            format!("user `{target}` is not in room `{rid}`"),
+        )
+    }
+
+    /// 500: a bug or an unexpected state on the backend.
     pub fn internal(message: impl Into<String>) -> HandlerError {
         HandlerError::new(code::INTERNAL, message)
+    }
+
+    /// 503: Redis cannot be reached; the client may retry later.
+    pub fn store_unavailable(message: impl std::fmt::Display) -> HandlerError {
+        HandlerError::new(
+            code::STORE_UNAVAILABLE,
+            format!("redis unavailable: {message}"),
+        )
     }
 }
 
@@ -60,26 +122,28 @@ impl std::fmt::Display for HandlerError {
 
 impl std::error::Error for HandlerError {}
 
+/// Lets handlers use `?` on store calls: each store failure becomes the status a client
+/// understands (Redis down → 503 so it retries; membership problems → 403 / 410).
 impl From<StoreError> for HandlerError {
     fn from(e: StoreError) -> HandlerError {
         match e {
-            StoreError::Redis(e) => {
-                HandlerError::new(code::STORE_UNAVAILABLE, format!("redis unavailable: {e}"))
-            }
-            e @ StoreError::NotMember { .. } => HandlerError::new(code::NOT_MEMBER, e.to_string()),
-            e @ StoreError::TargetNotInRoom { .. } => {
-                HandlerError::new(code::TARGET_NOT_IN_ROOM, e.to_string())
+            StoreError::Redis(e) => HandlerError::store_unavailable(e),
+            StoreError::NotMember { rid, uid } => HandlerError::not_member(&rid, &uid),
+            StoreError::TargetNotInRoom { rid, uid } => {
+                HandlerError::target_not_in_room(&rid, &uid)
             }
             e @ StoreError::Reply(_) => HandlerError::internal(e.to_string()),
         }
     }
 }
 
+/// What a handler returns: the response body (JSON in the chat service) or an error.
 pub type HandlerResult = Result<Bytes, HandlerError>;
 type BoxFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send>>;
+/// A type-erased handler, shared by every request task.
 type Handler = Arc<dyn Fn(Context, Bytes) -> BoxFuture + Send + Sync>;
 
-/// Route name → handler.
+/// Route name → handler. Built once at start-up, then shared read-only by every request.
 #[derive(Clone, Default)]
 pub struct Router {
     handlers: HashMap<String, Handler>,
@@ -90,7 +154,7 @@ impl Router {
         Router::default()
     }
 
-    /// Registers `handler` for `route`.
+    /// Registers `handler` for `route` (replacing an earlier handler for the same route).
     pub fn route<F, Fut>(mut self, route: &str, handler: F) -> Router
     where
         F: Fn(Context, Bytes) -> Fut + Send + Sync + 'static,
@@ -110,14 +174,95 @@ impl Router {
         r
     }
 
-    /// Runs the handler of `ctx.route`; an unknown route is a 404.
+    /// The route prefixes this router serves, as registered for edges to route by: each
+    /// route's service part up to and including its first `.` (`chat.send` → `chat.`), or the
+    /// whole name for a route without a dot. Sorted, without duplicates.
+    pub fn prefixes(&self) -> Vec<String> {
+        let mut p: Vec<String> = self
+            .handlers
+            .keys()
+            .map(|r| match r.find('.') {
+                Some(i) => r[..=i].to_string(),
+                None => r.clone(),
+            })
+            .collect();
+        p.sort();
+        p.dedup();
+        p
+    }
+
+    /// The handler of `route`, or a 404 naming the route.
+    fn handler(&self, route: &str) -> Result<&Handler, HandlerError> {
+        self.handlers
+            .get(route)
+            .ok_or_else(|| HandlerError::unknown_route(route))
+    }
+
+    /// Runs the handler of `ctx.route`; an unknown route is a 404 "unknown route `x`".
     pub async fn dispatch(&self, ctx: Context, body: Bytes) -> HandlerResult {
-        match self.handlers.get(&ctx.route) {
-            Some(h) => h(ctx, body).await,
-            None => Err(HandlerError::new(
-                code::UNKNOWN_ROUTE,
-                format!("unknown route `{}`", ctx.route),
-            )),
-        }
+        let handler = self.handler(&ctx.route)?;
+        handler(ctx, body).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn ok(_ctx: Context, _body: Bytes) -> HandlerResult {
+        Ok(Bytes::from_static(b"{}"))
+    }
+
+    #[test]
+    fn unknown_route_is_404_naming_it() {
+        let router = Router::new().route("chat.send", ok);
+        assert!(router.handler("chat.send").is_ok());
+        let e = router.handler("chat.nope").err().expect("must be unknown");
+        assert_eq!(e.code, code::UNKNOWN_ROUTE);
+        assert_eq!(e.message, "unknown route `chat.nope`");
+    }
+
+    #[test]
+    fn routes_and_prefixes_are_sorted_and_unique() {
+        let router = Router::new()
+            .route("game.move", ok)
+            .route("chat.send", ok)
+            .route("chat.whisper", ok)
+            .route("ping", ok);
+        assert_eq!(
+            router.routes(),
+            ["chat.send", "chat.whisper", "game.move", "ping"]
+        );
+        assert_eq!(router.prefixes(), ["chat.", "game.", "ping"]);
+        assert!(Router::new().routes().is_empty());
+    }
+
+    #[test]
+    fn store_errors_map_to_client_statuses() {
+        let redis = redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused",
+        ));
+        let e = HandlerError::from(StoreError::Redis(redis));
+        assert_eq!(e.code, code::STORE_UNAVAILABLE);
+        assert!(e.message.starts_with("redis unavailable: "), "{e}");
+        assert!(!e.message.contains("unavailable: redis unavailable"), "{e}");
+
+        let e = HandlerError::from(StoreError::NotMember {
+            rid: "lobby".into(),
+            uid: "alice".into(),
+        });
+        assert_eq!(e.code, code::NOT_MEMBER);
+        assert!(e.message.contains("lobby") && e.message.contains("alice"));
+
+        let e = HandlerError::from(StoreError::TargetNotInRoom {
+            rid: "lobby".into(),
+            uid: "bob".into(),
+        });
+        assert_eq!(e.code, code::TARGET_NOT_IN_ROOM);
+        assert!(e.message.contains("bob"));
+
+        let e = HandlerError::from(StoreError::Reply("odd".into()));
+        assert_eq!(e.code, code::INTERNAL);
     }
 }

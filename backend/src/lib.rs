@@ -1,15 +1,19 @@
 //! roomcast backends: stateless servers that run handlers for service routes (`chat.*`),
 //! change room state in Redis and publish pushes. Kill one and nothing is lost: every room lives
-//! in Redis, and edges retry a request on another backend.
+//! in Redis, and edges retry a request on another backend (the request key keeps the retry
+//! from publishing twice).
 //!
 //! Layout, one concern per module:
 //! - [`channel`]: `ChannelService`, Pomelo's channel service over the Redis store (add, leave,
-//!   members, push to a room, push to uids, broadcast, destroy).
+//!   members, member, push to a room, push to uids, broadcast, destroy).
 //! - [`handler`]: the API services are written in: `Context`, `HandlerError`, `Router`.
-//! - [`server`]: the QUIC endpoint edges connect to; one stream per request.
-//! - [`registry`]: the backend's entry in the Redis registry, refreshed while it runs.
-//! - [`chat`]: the chat service (`chat.send`).
-//! - [`node`]: configuration, start-up and shutdown of a backend process.
+//! - [`server`]: `BackendServer`, the QUIC endpoint edges connect to; one stream per request,
+//!   one task per stream, bounded per connection.
+//! - [`registry`]: the backend's lease in the Redis registry, refreshed while it runs and
+//!   removed on a clean shutdown.
+//! - [`chat`]: the chat service (`chat.send` → `onChat`).
+//! - [`node`]: configuration (`BackendConfig`), start-up, shutdown and the `roomcast-chat`
+//!   command line.
 //!
 //! A service of your own:
 //!
@@ -20,7 +24,8 @@
 //!     let seq = ctx.channels.push_to_room("table-1", "onMove", &body).await?;
 //!     Ok(format!("{{\"seq\":{seq}}}").into())
 //! });
-//! let backend = node::start(cfg, router, vec!["game.".into()]).await?;
+//! // Registers for the `game.` prefix: edges forward every `game.*` route here.
+//! let backend = node::start(cfg, router).await?;
 //! backend.wait().await;
 //! # Ok(()) }
 //! ```
@@ -35,3 +40,4 @@ pub mod server;
 pub use channel::ChannelService;
 pub use handler::{Context, HandlerError, Router};
 pub use node::{run_cli, start, BackendConfig, RunningBackend};
+pub use server::BackendServer;

@@ -1,45 +1,61 @@
 //! Configuration, start-up and shutdown of a backend process.
+//!
+//! [`start`] wires the pieces together (Redis store → QUIC endpoint → registry entry) and
+//! returns a [`RunningBackend`]; [`run_cli`] is the `roomcast-chat` program around it. The
+//! configuration is a clap `Args` struct so that other binaries (`roomcast-dev chat …`, or a
+//! service of your own) can embed the same flags.
 
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context as _};
+use anyhow::{anyhow, bail, Context as _};
 use clap::{Args, Parser};
-use quinn::{Endpoint, VarInt};
 use roomcast_common::ids::check_node_id;
 use roomcast_common::keys::Keys;
-use roomcast_common::protocol::BACKEND_ALPN;
-use roomcast_common::store::{BackendInfo, Store};
-use roomcast_common::tls::{self, TransportLimits};
+use roomcast_common::store::{BackendInfo, HistoryConfig, Store};
+use roomcast_common::tls;
 use tokio::task::JoinHandle;
 
 use crate::channel::ChannelService;
+use crate::chat;
 use crate::handler::Router;
-use crate::{chat, registry, server};
+use crate::registry::Registration;
+use crate::server::{BackendServer, ServerHandle};
 
-/// How long start-up waits for Redis before giving up.
+/// How long start-up waits for Redis before giving up (covers Redis starting at the same
+/// time as the backend, e.g. in a compose file).
 const REDIS_STARTUP_WAIT: Duration = Duration::from_secs(30);
+/// How long shutdown waits, after leaving the registry, for edges to drop their connections.
+/// Edges re-read the registry every second and close connections to backends that left, so
+/// requests they already sent here can finish instead of being cut.
+const DRAIN_WAIT: Duration = Duration::from_secs(3);
+/// How long closing the endpoint waits for peers to acknowledge.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
+/// A backend's configuration (flags, or environment variables where named).
 #[derive(Debug, Clone, Args)]
 pub struct BackendConfig {
-    /// Unique backend id (A-Z a-z 0-9 . _ -); defaults to `chat-<random>`.
+    /// Unique backend id (1-64 of A-Z a-z 0-9 . _ -); defaults to `chat-<random hex>`.
     #[arg(long, env = "ROOMCAST_BACKEND_ID")]
     pub id: Option<String>,
 
-    /// UDP address edges connect to.
+    /// UDP address to listen on for edges (port 0: any free port).
     #[arg(long, env = "ROOMCAST_BACKEND_LISTEN", default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
 
-    /// host:port registered for edges; defaults to the bound listen address.
+    /// host:port registered for edges to connect to; defaults to the bound listen address
+    /// (127.0.0.1 when listening on an unspecified address).
     #[arg(long, env = "ROOMCAST_BACKEND_ADVERTISE")]
     pub advertise: Option<String>,
 
+    /// Redis holding the cluster's state.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
     pub redis_url: String,
 
-    /// Prefix of every Redis key and channel.
+    /// Prefix of every Redis key and channel (must match the edges').
     #[arg(long, env = "ROOMCAST_PREFIX", default_value = "rc")]
     pub prefix: String,
 
@@ -51,6 +67,7 @@ pub struct BackendConfig {
     )]
     pub cert: PathBuf,
 
+    /// Private key of `--cert`.
     #[arg(
         long,
         env = "ROOMCAST_BACKEND_KEY",
@@ -62,18 +79,6 @@ pub struct BackendConfig {
     #[arg(long, env = "ROOMCAST_CA", default_value = "certs/ca.pem")]
     pub ca: PathBuf,
 
-    /// Longest chat message content, in bytes.
-    #[arg(long, default_value_t = chat::MAX_CONTENT_BYTES)]
-    pub max_content_bytes: usize,
-
-    /// Longest room id or target uid, in bytes (should match the edges').
-    #[arg(long, default_value_t = roomcast_common::ids::MAX_ID_BYTES)]
-    pub max_id_bytes: usize,
-
-    /// Accept only printable ASCII in ids (should match the edges').
-    #[arg(long)]
-    pub ascii_ids: bool,
-
     /// Pushes kept per room for resume and gap filling (must match the edges').
     #[arg(long, env = "ROOMCAST_HISTORY_LEN", default_value_t = 1000)]
     pub history_len: u64,
@@ -83,53 +88,55 @@ pub struct BackendConfig {
     pub history_age_secs: u64,
 }
 
+/// A started backend: serving, and registered for edges.
 pub struct RunningBackend {
     pub id: String,
     /// The bound edge-facing UDP address.
     pub addr: SocketAddr,
-    store: Store,
-    endpoint: Endpoint,
-    tasks: Vec<JoinHandle<()>>,
+    /// The host:port in the registry.
+    pub advertise: String,
+    registration: Registration,
+    server: ServerHandle,
+    serving: JoinHandle<()>,
 }
 
-/// Starts a backend serving `router`, registered for the route prefixes `routes`.
-pub async fn start(
-    cfg: BackendConfig,
-    router: Router,
-    routes: Vec<String>,
-) -> anyhow::Result<RunningBackend> {
+/// Starts a backend serving `router`: connects to Redis (retrying for up to 30 s), binds the
+/// endpoint, and registers for the route prefixes of `router` ([`Router::prefixes`]: a router
+/// with `chat.send` registers `chat.`, so edges forward every `chat.*` route here).
+pub async fn start(cfg: BackendConfig, router: Router) -> anyhow::Result<RunningBackend> {
     tls::install_crypto_provider();
-    let id = cfg
-        .id
-        .clone()
-        .unwrap_or_else(|| format!("chat-{:06x}", rand_id()));
-    check_node_id(&id).map_err(|e| anyhow!(e))?;
+    let id = match cfg.id.clone() {
+        Some(id) => id,
+        None => format!("chat-{:08x}", random_u32()),
+    };
+    check_node_id(&id).map_err(|e| anyhow!("bad --id: {e}"))?;
     check_node_id(&cfg.prefix).map_err(|e| anyhow!("bad --prefix: {e}"))?;
+    if let Some(a) = &cfg.advertise {
+        check_host_port(a).map_err(|e| anyhow!("bad --advertise: {e}"))?;
+    }
+    let routes = router.prefixes();
+    if routes.is_empty() {
+        bail!("the router has no routes: nothing to serve");
+    }
+
     let store = Store::connect_retrying(&cfg.redis_url, Keys::new(&cfg.prefix), REDIS_STARTUP_WAIT)
         .await
         .with_context(|| format!("cannot connect to redis at {}", cfg.redis_url))?
-        .with_history(roomcast_common::store::HistoryConfig {
+        .with_history(HistoryConfig {
             max_len: cfg.history_len,
             max_age: Duration::from_secs(cfg.history_age_secs),
         });
-    let limits = TransportLimits {
-        max_bidi_streams: 1024,
-        max_uni_streams: 0,
-        idle_timeout: Duration::from_secs(10),
-        keep_alive: Duration::from_secs(2),
-        early_data: false,
-    };
-    let server_config = tls::server_config(
+
+    let server = BackendServer::bind(
+        cfg.listen,
         &cfg.cert,
         &cfg.key,
-        BACKEND_ALPN,
-        &limits,
         // Mutual TLS: only edges (certificates from the cluster CA) may connect.
         Some(&cfg.ca),
+        router,
+        ChannelService::new(store.clone()),
     )?;
-    let endpoint = Endpoint::server(server_config, cfg.listen)
-        .with_context(|| format!("cannot bind {}", cfg.listen))?;
-    let addr = endpoint.local_addr()?;
+    let addr = server.local_addr()?;
     let advertise = cfg.advertise.clone().unwrap_or_else(|| {
         if addr.ip().is_unspecified() {
             format!("127.0.0.1:{}", addr.port())
@@ -137,81 +144,102 @@ pub async fn start(
             addr.to_string()
         }
     });
+    let handle = server.handle();
+    // Serve before registering, so the first edge to find the entry gets answers.
+    let serving = tokio::spawn(server.run());
     let info = BackendInfo {
         id: id.clone(),
-        addr: advertise,
+        addr: advertise.clone(),
         routes,
     };
-    store
-        .register_backend(&info, registry::TTL)
-        .await
-        .context("cannot register the backend in redis")?;
-    let channels = ChannelService::new(store.clone());
-    let tasks = vec![
-        tokio::spawn(server::serve(endpoint.clone(), Arc::new(router), channels)),
-        tokio::spawn(registry::run(store.clone(), info)),
-    ];
-    tracing::info!("backend {id} listening on {addr}");
+    let registration = match Registration::start(store, info).await {
+        Ok(r) => r,
+        Err(e) => {
+            handle.close(Duration::ZERO).await;
+            serving.abort();
+            return Err(anyhow!(e).context("cannot register the backend in redis"));
+        }
+    };
+    tracing::info!(
+        "backend {id} listening on {addr} (registered as {advertise} for {:?})",
+        registration.info().routes
+    );
     Ok(RunningBackend {
         id,
         addr,
-        store,
-        endpoint,
-        tasks,
+        advertise,
+        registration,
+        server: handle,
+        serving,
     })
 }
 
-fn rand_id() -> u32 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    (nanos ^ std::process::id().rotate_left(13)) & 0xff_ffff
-}
-
 impl RunningBackend {
-    /// Leaves the registry (edges stop choosing it at their next refresh), then closes.
+    /// Leaves the registry (edges stop choosing it at their next read), waits up to 3 s for
+    /// edges to drop their connections, then closes the endpoint.
     pub async fn shutdown(self) {
-        if let Err(e) = self.store.unregister_backend(&self.id).await {
-            tracing::warn!("could not unregister backend {}: {e}", self.id);
+        self.registration.stop().await;
+        let started = Instant::now();
+        while self.server.open_connections() > 0 && started.elapsed() < DRAIN_WAIT {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        // Let edges notice before in-flight requests are cut.
-        tokio::time::sleep(Duration::from_millis(1100)).await;
-        self.endpoint
-            .close(VarInt::from_u32(0), b"backend shutting down");
-        for t in &self.tasks {
-            t.abort();
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        self.server.close(CLOSE_WAIT).await;
+        self.serving.abort();
+        let _ = self.serving.await;
     }
 
-    /// Runs until the process is killed.
+    /// Serves until the endpoint closes, which a running backend never does by itself: this
+    /// runs until the process ends. Use [`RunningBackend::shutdown`] to stop cleanly.
     pub async fn wait(self) {
-        for t in self.tasks {
-            let _ = t.await;
-        }
+        let _ = self.serving.await;
     }
 }
 
+/// Checks a `host:port` (host non-empty, port 1-65535).
+fn check_host_port(s: &str) -> Result<(), String> {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("`{s}` is not host:port"));
+    };
+    if host.is_empty() {
+        return Err(format!("`{s}` has no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("`{s}` has no valid port (1-65535)")),
+    }
+}
+
+/// 32 random bits from the standard library's per-process random hasher keys (no `rand`
+/// dependency needed for a default id).
+fn random_u32() -> u32 {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish() as u32
+}
+
+/// `roomcast-chat`'s command line.
 #[derive(Parser)]
 #[command(name = "roomcast-chat", about = "roomcast chat backend")]
 struct Cli {
     #[command(flatten)]
     cfg: BackendConfig,
+    #[command(flatten)]
+    chat: chat::ChatArgs,
 }
 
 /// Parses `args` (the first is the program name), runs the chat service until Ctrl-C or
-/// SIGTERM, then shuts down. Prints `roomcast-chat <id> listening on <addr>` once ready.
+/// SIGTERM, then shuts down cleanly. Prints `roomcast-chat <id> listening on <addr>` to stdout
+/// once ready (scripts and tests wait for that line). `--help` and argument errors print
+/// clap's usage and exit the process, as any command-line program does.
 pub async fn run_cli(args: impl IntoIterator<Item = String>) -> anyhow::Result<()> {
     let cli = Cli::try_parse_from(args).unwrap_or_else(|e| e.exit());
-    let limits = chat::ChatLimits {
-        max_content_bytes: cli.cfg.max_content_bytes,
-        ids: roomcast_common::ids::IdRules {
-            max_bytes: cli.cfg.max_id_bytes,
-            ascii_only: cli.cfg.ascii_ids,
-        },
-    };
-    let backend = start(cli.cfg, chat::router_with(limits), chat::route_prefixes()).await?;
+    let router = chat::router_with(cli.chat.limits());
+    let backend = start(cli.cfg, router).await?;
     println!("roomcast-chat {} listening on {}", backend.id, backend.addr);
     wait_for_signal().await;
     tracing::info!("backend {} shutting down", backend.id);
@@ -219,16 +247,82 @@ pub async fn run_cli(args: impl IntoIterator<Item = String>) -> anyhow::Result<(
     Ok(())
 }
 
+/// Returns on Ctrl-C or (on Unix) SIGTERM.
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM ({e}); stop with Ctrl-C");
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("roomcast-chat").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults() {
+        let cli = parse(&[]).expect("defaults parse");
+        assert_eq!(cli.cfg.listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(cli.cfg.prefix, "rc");
+        assert_eq!(cli.cfg.cert, PathBuf::from("certs/backend.pem"));
+        assert_eq!(cli.cfg.key, PathBuf::from("certs/backend.key"));
+        assert_eq!(cli.chat.limits(), chat::ChatLimits::default());
+    }
+
+    #[test]
+    fn flags_parse() {
+        let cli = parse(&[
+            "--id",
+            "chat-7",
+            "--listen",
+            "0.0.0.0:7000",
+            "--advertise",
+            "chat7.internal:7000",
+            "--max-id-bytes",
+            "16",
+            "--ascii-ids",
+        ])
+        .expect("parses");
+        assert_eq!(cli.cfg.id.as_deref(), Some("chat-7"));
+        assert_eq!(cli.cfg.advertise.as_deref(), Some("chat7.internal:7000"));
+        assert!(cli.chat.limits().ids.ascii_only);
+        assert_eq!(cli.chat.limits().ids.max_bytes, 16);
+        assert!(parse(&["--listen", "nonsense"]).is_err());
+    }
+
+    #[test]
+    fn advertise_must_be_host_port() {
+        assert!(check_host_port("10.0.0.5:7000").is_ok());
+        assert!(check_host_port("[::1]:7000").is_ok());
+        assert!(check_host_port("chat.internal").is_err());
+        assert!(check_host_port(":7000").is_err());
+        assert!(check_host_port("h:0").is_err());
+        assert!(check_host_port("h:99999").is_err());
+    }
+
+    #[test]
+    fn default_ids_are_valid_node_ids() {
+        let id = format!("chat-{:08x}", random_u32());
+        assert!(check_node_id(&id).is_ok());
+    }
 }

@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use roomcast_common::protocol::{
-    close, route, ChatSend, DevToken, DevTokenRequest, Enter, Entered, EntryAnswer, Leave,
+    close, code, route, ChatSend, DevToken, DevTokenRequest, Enter, Entered, EntryAnswer, Leave,
     QueryEntry, Resume, ResumeAnswer, Sent,
 };
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 use crate::connection::{Connection, Push};
@@ -225,9 +227,23 @@ impl Client {
             .await
     }
 
-    /// Any request, raw body.
+    /// Any request, raw body, on the current connection.
     pub async fn request(&self, route: &str, body: Bytes) -> Result<Bytes, ClientError> {
         self.connection().request(route, body).await
+    }
+
+    /// Any request with JSON bodies both ways, on the current connection.
+    pub async fn request_json<T: Serialize, R: DeserializeOwned>(
+        &self,
+        route: &str,
+        body: &T,
+    ) -> Result<R, ClientError> {
+        self.connection().request_json(route, body).await
+    }
+
+    /// A notify (no answer) on the current connection.
+    pub async fn notify(&self, route: &str, body: Bytes) -> Result<(), ClientError> {
+        self.connection().notify(route, body).await
     }
 
     /// Closes the connection on purpose; the edge then makes the uid leave its rooms at once.
@@ -240,6 +256,13 @@ impl Client {
 /// Asks the gate which edge `uid` should use.
 async fn gate_addr(opts: &ClientOptions, uid: &str) -> Result<SocketAddr, ClientError> {
     let answer = query_entry(opts, uid).await?;
+    // Pomelo's gate answered `{code: 500}` in the body; keep honouring that shape.
+    if answer.code != code::OK {
+        return Err(ClientError::Request {
+            code: answer.code,
+            message: format!("the gate found no edge for `{uid}`"),
+        });
+    }
     let where_ = format!("{}:{}", answer.host, answer.port);
     let found = tokio::net::lookup_host((answer.host.clone(), answer.port)).await;
     found
@@ -271,13 +294,22 @@ pub async fn query_entry_early(
         uid: uid.to_string(),
         region: opts.region.clone(),
     };
-    if let Ok(gate) = Connection::connect_early(opts, opts.gate).await {
-        let answer = gate.request_json(route::QUERY_ENTRY, &query).await;
-        let early = gate.handshake_done().await;
-        gate.close().await;
-        if let Ok(answer) = answer {
-            return Ok((answer, early));
+    match Connection::connect_early(opts, opts.gate).await {
+        Ok(gate) => {
+            let answer = gate.request_json(route::QUERY_ENTRY, &query).await;
+            let early = gate.handshake_done().await;
+            gate.close().await;
+            match answer {
+                Ok(answer) => return Ok((answer, early)),
+                // The gate's own refusal is final; asking again would get the same answer.
+                Err(e @ ClientError::Request { .. }) => return Err(e),
+                // Anything else may be early data the gate rejected: ask after a full handshake.
+                Err(e) => tracing::debug!("gate query in 0-RTT failed ({e}); asking again"),
+            }
         }
+        // Nothing reachable there: a second attempt would only wait as long again.
+        Err(e @ (ClientError::Connect { .. } | ClientError::Timeout(_))) => return Err(e),
+        Err(e) => tracing::debug!("0-RTT connection to the gate failed ({e}); asking again"),
     }
     let gate = Connection::connect(opts, opts.gate).await?;
     let answer = gate.request_json(route::QUERY_ENTRY, &query).await;

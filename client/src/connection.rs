@@ -9,7 +9,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use quinn::{Endpoint, RecvStream, SendStream, VarInt};
 use roomcast_common::codec::Frame;
-use roomcast_common::protocol::{code, CLIENT_ALPN, PROTOCOL_VERSION};
+use roomcast_common::protocol::{
+    code, CLIENT_ALPN, DEFAULT_MAX_FRAME, HARD_MAX_FRAME, PROTOCOL_VERSION,
+};
 use roomcast_common::stream::{read_frame, write_frame};
 use roomcast_common::tls::{self, TransportLimits};
 use serde::de::DeserializeOwned;
@@ -40,11 +42,20 @@ impl Push {
 /// What the edge said in `Welcome`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Welcome {
+    /// The edge's node id (what the gate's `EntryAnswer.edge` names).
     pub edge: String,
+    /// This connection's globally unique session name; a reconnect presents it to resume.
     pub session: String,
+    /// Largest frame either side may send, as announced, capped at the protocol's hard maximum.
     pub max_frame: usize,
 }
 
+/// One QUIC connection to one edge, after a successful `Hello`/`Welcome`.
+///
+/// Requests may run concurrently from several tasks (`&self`): each has its own stream, so a
+/// slow answer never delays another. Two background tasks live as long as the connection: the
+/// control-stream reader (which records an `Error` frame as the close reason) and the push
+/// acceptor (one reader per push stream, all feeding one bounded channel).
 pub struct Connection {
     conn: quinn::Connection,
     endpoint: Endpoint,
@@ -122,7 +133,13 @@ impl Connection {
         let wait = |connecting: quinn::Connecting| async move {
             tokio::time::timeout(opts.request_timeout, connecting)
                 .await
-                .map_err(|_| ClientError::Timeout(opts.request_timeout))?
+                // Nothing answering at all is a failure to connect, with the address in it.
+                .map_err(|_| {
+                    fail(format!(
+                        "no answer within {:?} (is an edge listening there?)",
+                        opts.request_timeout
+                    ))
+                })?
                 .map_err(|e| fail(e.to_string()))
         };
         let (conn, zero_rtt) = if early {
@@ -134,41 +151,15 @@ impl Connection {
             (wait(connecting).await?, None)
         };
 
-        let (mut send, mut recv) = conn.open_bi().await?;
-        let hello = Frame::Hello {
-            version: PROTOCOL_VERSION,
-            client: format!("roomcast-sdk/{}", env!("CARGO_PKG_VERSION")),
-        };
-        write_frame(&mut send, &hello).await?;
-        let mut buf = BytesMut::new();
-        let max = roomcast_common::protocol::HARD_MAX_FRAME;
-        let first =
-            tokio::time::timeout(opts.request_timeout, read_frame(&mut recv, &mut buf, max))
-                .await
-                .map_err(|_| ClientError::Timeout(opts.request_timeout))?;
-        let welcome = match first {
-            Ok(Some(Frame::Welcome {
-                edge,
-                session,
-                max_frame,
-                ..
-            })) => Welcome {
-                edge,
-                session,
-                max_frame: max_frame as usize,
-            },
-            Ok(Some(Frame::Error { code, message })) => {
-                return Err(ClientError::Handshake { code, message })
-            }
-            Ok(Some(other)) => {
-                return Err(ClientError::Protocol(format!(
-                    "expected Welcome, got {}",
-                    other.name()
-                )))
-            }
-            Ok(None) => return Err(ClientError::Closed("edge closed the control stream".into())),
-            Err(e) => return Err(close_reason(&conn).unwrap_or_else(|| e.into())),
-        };
+        // One bound for the whole exchange: opening the stream can wait for stream credit and
+        // the write for flow control, not only the read of the answer.
+        let (send, recv, buf, welcome) =
+            match tokio::time::timeout(opts.request_timeout, handshake(&conn)).await {
+                Ok(Ok(done)) => done,
+                Ok(Err(e @ ClientError::Handshake { .. })) => return Err(e),
+                Ok(Err(e)) => return Err(close_reason(&conn).unwrap_or(e)),
+                Err(_) => return Err(ClientError::Timeout(opts.request_timeout)),
+            };
 
         let error = Arc::new(Mutex::new(None));
         tokio::spawn(control_reader(
@@ -220,6 +211,10 @@ impl Connection {
             .await
             .map_err(|_| ClientError::Timeout(self.request_timeout))??;
         match answer {
+            // Id 0 is how an edge answers a frame it could not decode (it never learnt the id).
+            Frame::Response { id: got, .. } if got != id && got != 0 => Err(ClientError::Protocol(
+                format!("the answer on the stream of request {id} is for request {got}"),
+            )),
             Frame::Response {
                 code: code::OK,
                 body,
@@ -245,24 +240,31 @@ impl Connection {
         Ok(serde_json::from_slice(&bytes)?)
     }
 
-    /// Sends a notify (no answer).
+    /// Sends a notify: one `Notify` frame on a fresh stream, no answer. Bounded by the request
+    /// timeout too, because opening a stream waits while the edge's stream limit is reached.
     pub async fn notify(&self, route: &str, body: Bytes) -> Result<(), ClientError> {
-        let (mut send, _recv) = self.conn.open_bi().await.map_err(|e| self.closed(e))?;
-        write_frame(
-            &mut send,
-            &Frame::Notify {
-                route: route.to_string(),
-                body,
-            },
-        )
-        .await?;
-        let _ = send.finish();
-        Ok(())
+        let frame = Frame::Notify {
+            route: route.to_string(),
+            body,
+        };
+        let send = async {
+            let (mut send, _recv) = self.conn.open_bi().await.map_err(ClientError::from)?;
+            write_frame(&mut send, &frame).await?;
+            let _ = send.finish();
+            Ok::<_, ClientError>(())
+        };
+        tokio::time::timeout(self.request_timeout, send)
+            .await
+            .map_err(|_| ClientError::Timeout(self.request_timeout))?
+            .map_err(|e| self.or_closed(e))
     }
 
     /// A fresh request stream to write arbitrary bytes on (tests of bad input).
     pub async fn open_raw_stream(&self) -> Result<(SendStream, RecvStream), ClientError> {
-        self.conn.open_bi().await.map_err(|e| self.closed(e))
+        self.conn
+            .open_bi()
+            .await
+            .map_err(|e| self.or_closed(e.into()))
     }
 
     /// Moves the connection to a new local UDP socket (a new port), as a network change would.
@@ -312,8 +314,14 @@ impl Connection {
     }
 
     async fn round_trip(&self, frame: &Frame) -> Result<Frame, ClientError> {
-        let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| self.closed(e))?;
-        write_frame(&mut send, frame).await?;
+        let (mut send, mut recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| self.or_closed(e.into()))?;
+        write_frame(&mut send, frame)
+            .await
+            .map_err(|e| self.or_closed(e.into()))?;
         let _ = send.finish();
         let mut buf = BytesMut::new();
         match read_frame(&mut recv, &mut buf, self.welcome.max_frame.max(64 * 1024)).await {
@@ -321,15 +329,83 @@ impl Connection {
             Ok(None) => Err(ClientError::Closed(
                 "edge finished the request stream without answering".into(),
             )),
-            Err(e) => Err(close_reason(&self.conn).unwrap_or_else(|| e.into())),
+            Err(e) => Err(self.or_closed(e.into())),
         }
     }
 
-    fn closed(&self, e: quinn::ConnectionError) -> ClientError {
-        match self.error.lock().expect("error lock").clone() {
+    /// `e`, unless the connection is gone: then `Closed` with why it went (the edge's own words
+    /// when it sent an `Error` frame), so that a caller can tell a dead connection (reconnect)
+    /// from a failed request on a live one.
+    fn or_closed(&self, e: ClientError) -> ClientError {
+        match self.close_reason() {
             Some(reason) => ClientError::Closed(reason),
-            None => e.into(),
+            None => e,
         }
+    }
+}
+
+/// Largest `Welcome` the client reads: two strings of at most 65535 bytes plus the fixed fields.
+/// The real limit is not known before the edge has announced it, so this one is tight.
+const WELCOME_MAX: usize = 1 + 2 + 2 * (2 + u16::MAX as usize) + 4;
+
+/// Sends `Hello` on the connection's first bidirectional stream (the control stream) and reads
+/// the edge's answer. Returns the open control stream, any bytes read past the `Welcome`, and
+/// what the edge announced.
+async fn handshake(
+    conn: &quinn::Connection,
+) -> Result<(SendStream, RecvStream, BytesMut, Welcome), ClientError> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let hello = Frame::Hello {
+        version: PROTOCOL_VERSION,
+        client: format!("roomcast-sdk/{}", env!("CARGO_PKG_VERSION")),
+    };
+    write_frame(&mut send, &hello).await?;
+    let mut buf = BytesMut::new();
+    let welcome = match read_frame(&mut recv, &mut buf, WELCOME_MAX).await? {
+        Some(Frame::Welcome {
+            version,
+            edge,
+            session,
+            max_frame,
+        }) => {
+            if version != PROTOCOL_VERSION {
+                return Err(ClientError::Protocol(format!(
+                    "the edge answered with protocol version {version}; this SDK speaks \
+                     version {PROTOCOL_VERSION}"
+                )));
+            }
+            Welcome {
+                edge,
+                session,
+                max_frame: usable_max_frame(max_frame),
+            }
+        }
+        Some(Frame::Error { code, message }) => {
+            return Err(ClientError::Handshake { code, message })
+        }
+        Some(other) => {
+            return Err(ClientError::Protocol(format!(
+                "expected Welcome, got {}",
+                other.name()
+            )))
+        }
+        None => {
+            return Err(ClientError::Closed(
+                "edge finished the control stream without answering Hello".into(),
+            ))
+        }
+    };
+    Ok((send, recv, buf, welcome))
+}
+
+/// The frame limit the client applies to everything the edge sends after `Welcome`: what the
+/// edge announced, but never above the protocol's hard maximum (an edge announcing 4 GiB must
+/// not make us buffer 4 GiB per stream), and the default when it announced nonsense (0).
+fn usable_max_frame(announced: u32) -> usize {
+    match usize::try_from(announced) {
+        Ok(0) => DEFAULT_MAX_FRAME,
+        Ok(n) => n.min(HARD_MAX_FRAME),
+        Err(_) => HARD_MAX_FRAME,
     }
 }
 
@@ -415,5 +491,53 @@ async fn push_reader(mut recv: RecvStream, tx: mpsc::Sender<Push>, max: usize) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announced_frame_limit_is_capped() {
+        assert_eq!(usable_max_frame(65536), 65536);
+        assert_eq!(usable_max_frame(0), DEFAULT_MAX_FRAME);
+        assert_eq!(usable_max_frame(u32::MAX), HARD_MAX_FRAME);
+    }
+
+    #[test]
+    fn a_welcome_with_maximal_strings_fits_the_handshake_limit() {
+        let welcome = Frame::Welcome {
+            version: PROTOCOL_VERSION,
+            edge: "e".repeat(u16::MAX as usize),
+            session: "s".repeat(u16::MAX as usize),
+            max_frame: u32::MAX,
+        };
+        let bytes = welcome.to_bytes().expect("encodes");
+        let mut buf = BytesMut::from(&bytes[..]);
+        assert!(matches!(
+            Frame::decode(&mut buf, WELCOME_MAX),
+            Ok(Some(Frame::Welcome { .. }))
+        ));
+    }
+
+    #[test]
+    fn push_json_helper() {
+        let p = Push {
+            route: "onAdd".into(),
+            rid: "lobby".into(),
+            seq: 3,
+            body: Bytes::from_static(br#"{"user":"bob"}"#),
+        };
+        let user: roomcast_common::protocol::OnUser = p.json().expect("valid body");
+        assert_eq!(user.user, "bob");
+        let bad = Push {
+            body: Bytes::from_static(b"nope"),
+            ..p
+        };
+        assert!(matches!(
+            bad.json::<roomcast_common::protocol::OnUser>(),
+            Err(ClientError::Json(_))
+        ));
     }
 }

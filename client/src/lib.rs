@@ -5,6 +5,7 @@
 //! - [`connection`]: one QUIC connection to one edge: handshake, requests (one stream each),
 //!   and the push streams read into a bounded channel.
 //! - [`client`]: the high-level `Client`: gate query, connect to the chosen edge, enter, send.
+//! - [`bench`]: the load generator behind `roomcast bench` (and the benchmark scenarios).
 //! - [`format`]: how the CLI prints pushes and parses input lines (plain code).
 //!
 //! ```no_run
@@ -22,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bench;
 pub mod client;
 pub mod connection;
 pub mod error;

@@ -30,6 +30,30 @@ enum Command {
         #[arg(long)]
         room: String,
     },
+    /// Load generator: clients over edges in rooms, an offered rate; prints a JSON line and a
+    /// table (see BENCHMARKS.md; `cargo scenario <name>` runs whole scenarios).
+    Bench {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// Edge addresses to spread clients over (comma-separated); default: the gate.
+        #[arg(long, value_delimiter = ',')]
+        edges: Vec<SocketAddr>,
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        #[arg(long, default_value_t = 1)]
+        rooms: usize,
+        /// Messages per second offered in total.
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        /// Seconds measured.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        #[arg(long, default_value_t = 2)]
+        warmup: u64,
+        /// Server processes to account CPU and memory for: label=pid, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        pids: Vec<String>,
+    },
     /// Print which edge the gate assigns to a uid.
     Query {
         #[command(flatten)]
@@ -75,6 +99,50 @@ async fn main() {
     let result = match cli.command {
         Command::Chat { conn, user, room } => chat(conn.options(), &user, &room).await,
         Command::Query { conn, uid } => query(conn.options(), &uid).await,
+        Command::Bench {
+            conn,
+            edges,
+            clients,
+            rooms,
+            rate,
+            duration,
+            warmup,
+            pids,
+        } => {
+            let edges = if edges.is_empty() {
+                vec![conn.gate]
+            } else {
+                edges
+            };
+            let pids = pids
+                .iter()
+                .filter_map(|p| {
+                    let (label, pid) = p.split_once('=')?;
+                    Some((label.to_string(), pid.parse().ok()?))
+                })
+                .collect();
+            let cfg = roomcast_client::bench::BenchConfig {
+                name: "custom".into(),
+                edges,
+                options: conn.options(),
+                clients,
+                rooms,
+                rate,
+                duration: std::time::Duration::from_secs(duration),
+                warmup: std::time::Duration::from_secs(warmup),
+                pids,
+                in_flight: 256,
+                connect_concurrency: 64,
+            };
+            match roomcast_client::bench::run(cfg, |l| eprintln!("{l}")).await {
+                Ok(r) => {
+                    println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                    println!("{}", r.table());
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        }
     };
     if let Err(e) = result {
         eprintln!("roomcast: {e}");
@@ -90,7 +158,9 @@ async fn query(opts: ClientOptions, uid: &str) -> Result<(), ClientError> {
 
 async fn chat(opts: ClientOptions, user: &str, room: &str) -> Result<(), ClientError> {
     let client = Client::connect(opts, user).await?;
-    let mut pushes = client.pushes().expect("pushes are taken once");
+    let mut pushes = client
+        .pushes()
+        .ok_or_else(|| ClientError::Config("the pushes were already taken".into()))?;
     let entered = client.enter(room).await?;
     let others: Vec<&str> = entered
         .users
@@ -112,7 +182,7 @@ async fn chat(opts: ClientOptions, user: &str, room: &str) -> Result<(), ClientE
     loop {
         tokio::select! {
             push = pushes.recv() => match push {
-                Some(p) => println!("{}", push_line(&p, user)),
+                Some(p) => println!("{}", push_line(&p, user, Some(room))),
                 None => {
                     let why = client.connection().close_reason().unwrap_or_else(|| "connection lost".into());
                     return Err(ClientError::Closed(why));
@@ -125,15 +195,21 @@ async fn chat(opts: ClientOptions, user: &str, room: &str) -> Result<(), ClientE
                 };
                 let result = match parse_input(&line) {
                     Input::Say(text) => client.send(room, text).await.map(|_| ()),
-                    Input::To { target, text } => client.send_to(room, target, text).await.map(|_| ()),
+                    // The edge sends the sender no copy of a private message: echo it here.
+                    Input::To { target, text } => client.send_to(room, target, text).await.map(|_| {
+                        println!("[{room}] (private) you -> {target}: {text}");
+                    }),
                     Input::Quit => break,
                     Input::Nothing => Ok(()),
                     Input::Invalid(help) => { println!("{help}"); Ok(()) }
                 };
+                // A refused request (`error <code>: <message>`), a timeout or a connection being
+                // replaced is reported and the chat goes on: the client reconnects by itself, and
+                // the push channel ending (above) is what says the connection is gone for good.
                 match result {
                     Ok(()) => {}
                     Err(e @ ClientError::Request { .. }) => println!("{e}"),
-                    Err(e) => return Err(e),
+                    Err(e) => println!("error: {e}"),
                 }
             }
         }

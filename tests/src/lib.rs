@@ -4,10 +4,12 @@
 //! Layout:
 //! - [`redis_server`]: starts a private `redis-server` on a free loopback port, kills it on drop.
 //! - [`cluster`]: certificates for tests, and edge/backend child processes that can be killed.
+//! - [`scenarios`]: `roomcast-dev bench <scenario>`, the benchmark scenarios of BENCHMARKS.md.
 //! - [`stack`]: `roomcast-dev up`, the one-command local stack of README.
 //!
 //! The end-to-end tests themselves are in `tests/tests/`.
 
 pub mod cluster;
 pub mod redis_server;
+pub mod scenarios;
 pub mod stack;

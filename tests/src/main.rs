@@ -28,6 +28,20 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("edge") => node(|a| runtime()?.block_on(roomcast_edge::run_cli(a))),
         Some("chat") => node(|a| runtime()?.block_on(roomcast_backend::run_cli(a))),
+        Some("bench") => {
+            #[derive(Parser)]
+            #[command(name = "roomcast-dev bench")]
+            struct Bench {
+                #[command(flatten)]
+                args: roomcast_e2e::scenarios::BenchArgs,
+            }
+            let b = Bench::parse_from(&args[1..]);
+            let bin = std::env::current_exe().expect("current executable");
+            if let Err(e) = roomcast_e2e::scenarios::run(&bin, b.args) {
+                eprintln!("roomcast-dev bench: {e:#}");
+                std::process::exit(1);
+            }
+        }
         _ => {
             let rest: Vec<String> = std::iter::once("roomcast-dev up".to_string())
                 .chain(args.iter().skip(1).filter(|a| *a != "up").cloned())

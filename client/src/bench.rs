@@ -1,0 +1,393 @@
+//! The load generator behind `roomcast bench`: C clients over E edges in R rooms, an offered
+//! message rate, a duration. It reports sustained deliveries per second, send-to-receive latency
+//! percentiles (hdrhistogram), lost and duplicated deliveries, and — given server pids — each
+//! server's CPU seconds and peak RSS over the measured window, and server CPU microseconds per
+//! delivery.
+//!
+//! Every message carries its send time; a delivery's latency is receive time minus send time on
+//! this machine's monotonic clock. A delivery is *lost* when a member never receives a message
+//! accepted (answered with a seq) in its room, *duplicated* when it receives a seq twice.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::client::{Client, ClientOptions};
+use crate::error::ClientError;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub name: String,
+    /// Edges to spread clients over (round-robin, no gate query).
+    pub edges: Vec<SocketAddr>,
+    pub options: ClientOptions,
+    pub clients: usize,
+    pub rooms: usize,
+    /// Messages per second offered in total (spread evenly over rooms); 0 = none (idle).
+    pub rate: u64,
+    pub duration: Duration,
+    pub warmup: Duration,
+    /// Server processes to account CPU and memory for, with a label each.
+    pub pids: Vec<(String, u32)>,
+    /// Requests a sender keeps in flight.
+    pub in_flight: usize,
+    /// Connections opened at once while setting up.
+    pub connect_concurrency: usize,
+}
+
+/// One server process's use of the machine during the measured window.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessUse {
+    pub label: String,
+    pub pid: u32,
+    pub cpu_seconds: f64,
+    pub peak_rss_kib: u64,
+}
+
+/// The result, printed as one JSON line and a table.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub scenario: String,
+    pub clients: usize,
+    pub edges: usize,
+    pub rooms: usize,
+    pub offered_msgs_per_sec: u64,
+    pub duration_secs: f64,
+    pub sent: u64,
+    pub send_errors: u64,
+    pub deliveries: u64,
+    pub deliveries_per_sec: f64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub setup_secs: f64,
+    pub servers: Vec<ProcessUse>,
+    pub server_cpu_us_per_delivery: Option<f64>,
+}
+
+struct Member {
+    room: usize,
+    /// Seqs received in its room, during the measured window.
+    seen: HashSet<u64>,
+    dups: u64,
+}
+
+/// Runs the benchmark; `progress` receives a line every second.
+pub async fn run(
+    cfg: BenchConfig,
+    progress: impl Fn(String) + Send + Sync + 'static,
+) -> Result<BenchReport, ClientError> {
+    let setup = Instant::now();
+    let rooms: Vec<String> = (0..cfg.rooms.max(1))
+        .map(|r| format!("bench-{r}"))
+        .collect();
+    // Connect and enter, a bounded number at a time.
+    let gate = Arc::new(Semaphore::new(cfg.connect_concurrency.max(1)));
+    let mut joins = Vec::new();
+    for i in 0..cfg.clients {
+        let mut opts = cfg.options.clone();
+        opts.reconnect = false;
+        let addr = cfg.edges[i % cfg.edges.len()];
+        let room = rooms[i % rooms.len()].clone();
+        let gate = gate.clone();
+        joins.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await.expect("semaphore");
+            let c = Client::connect_direct(opts, addr, &format!("bench-{i}")).await?;
+            let rx = c.pushes().expect("pushes");
+            c.enter(&room).await?;
+            Ok::<_, ClientError>((c, rx))
+        }));
+        if i % 100 == 99 {
+            progress(format!("connecting: {}/{}", i + 1, cfg.clients));
+        }
+    }
+    let mut clients = Vec::new();
+    for j in joins {
+        clients.push(j.await.expect("connect task")?);
+    }
+    let setup_secs = setup.elapsed().as_secs_f64();
+    progress(format!(
+        "{} clients connected in {setup_secs:.1}s",
+        clients.len()
+    ));
+
+    let start = Instant::now();
+    // The measured window, in ns since `start`: messages sent inside it are counted, whenever
+    // they arrive.
+    let window_ns = Arc::new((AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)));
+    let deliveries = Arc::new(AtomicU64::new(0));
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3).expect("histogram")));
+    let members = Arc::new(Mutex::new(Vec::new()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut receivers = Vec::new();
+    let mut senders_clients = Vec::new();
+    for (i, (c, mut rx)) in clients.into_iter().enumerate() {
+        let room = i % rooms.len();
+        let window_ns = window_ns.clone();
+        let deliveries = deliveries.clone();
+        let hist = hist.clone();
+        let members = members.clone();
+        let mut stop = stop_rx.clone();
+        receivers.push(tokio::spawn(async move {
+            let mut local = Histogram::<u64>::new(3).expect("histogram");
+            let mut m = Member {
+                room,
+                seen: HashSet::new(),
+                dups: 0,
+            };
+            loop {
+                let p = tokio::select! {
+                    p = rx.recv() => match p {
+                        Some(p) => p,
+                        None => break,
+                    },
+                    _ = stop.changed() => break,
+                };
+                if p.route != "onChat" {
+                    continue;
+                }
+                let Some(sent_ns) = parse_sent_ns(&p.body) else {
+                    continue;
+                };
+                if !in_window(&window_ns, sent_ns) {
+                    continue;
+                }
+                let now = start.elapsed().as_nanos() as u64;
+                let _ = local.record(now.saturating_sub(sent_ns) / 1000);
+                deliveries.fetch_add(1, Ordering::Relaxed);
+                if !m.seen.insert(p.seq) {
+                    m.dups += 1;
+                }
+            }
+            hist.lock().expect("hist").add(&local).expect("same bounds");
+            members.lock().expect("members").push(m);
+        }));
+        senders_clients.push(c);
+    }
+    let senders_clients: Vec<Arc<Client>> = senders_clients.into_iter().map(Arc::new).collect();
+
+    // One sender per room (the room's first client), each at rate / rooms.
+    let sent = Arc::new(AtomicU64::new(0));
+    let send_errors = Arc::new(AtomicU64::new(0));
+    let accepted: Arc<Mutex<HashMap<usize, HashSet<u64>>>> = Arc::default();
+    let mut senders = Vec::new();
+    let per_room = cfg.rate as f64 / rooms.len() as f64;
+    if cfg.rate > 0 {
+        for (r, rid) in rooms.iter().enumerate() {
+            let Some(client) = senders_clients.get(r).cloned() else {
+                break;
+            };
+            let rid = rid.clone();
+            let (sent, send_errors, accepted, window_ns) = (
+                sent.clone(),
+                send_errors.clone(),
+                accepted.clone(),
+                window_ns.clone(),
+            );
+            let total = cfg.warmup + cfg.duration;
+            let limit = Arc::new(Semaphore::new(cfg.in_flight.max(1)));
+            senders.push(tokio::spawn(async move {
+                let interval = Duration::from_secs_f64(1.0 / per_room);
+                let mut next = Instant::now();
+                let mut n = 0u64;
+                while start.elapsed() < total {
+                    next += interval;
+                    let now = Instant::now();
+                    if next > now {
+                        tokio::time::sleep(next - now).await;
+                    }
+                    let permit = limit.clone().acquire_owned().await.expect("semaphore");
+                    let client = client.clone();
+                    let rid = rid.clone();
+                    let (sent, send_errors, accepted) =
+                        (sent.clone(), send_errors.clone(), accepted.clone());
+                    n += 1;
+                    let window_ns = window_ns.clone();
+                    tokio::spawn(async move {
+                        let t = start.elapsed().as_nanos() as u64;
+                        let counted = in_window(&window_ns, t);
+                        match client.send(&rid, &format!("{t} {n}")).await {
+                            Ok(s) if counted => {
+                                sent.fetch_add(1, Ordering::Relaxed);
+                                if let Some(seq) = s.seq {
+                                    accepted
+                                        .lock()
+                                        .expect("accepted")
+                                        .entry(r)
+                                        .or_default()
+                                        .insert(seq);
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(_) => {
+                                send_errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        drop(permit);
+                    });
+                }
+            }));
+        }
+    }
+
+    tokio::time::sleep(cfg.warmup).await;
+    let cpu_before: Vec<f64> = cfg.pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
+    window_ns
+        .0
+        .store(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    let window = Instant::now();
+    let mut peak_rss: Vec<u64> = cfg.pids.iter().map(|(_, p)| rss_kib(*p)).collect();
+    while window.elapsed() < cfg.duration {
+        tokio::time::sleep(Duration::from_secs(1).min(cfg.duration)).await;
+        for (k, (_, p)) in cfg.pids.iter().enumerate() {
+            peak_rss[k] = peak_rss[k].max(rss_kib(*p));
+        }
+        let d = deliveries.load(Ordering::Relaxed);
+        progress(format!(
+            "{:>4.0}s  sent {}  deliveries {}  ({:.0}/s)",
+            window.elapsed().as_secs_f64(),
+            sent.load(Ordering::Relaxed),
+            d,
+            d as f64 / window.elapsed().as_secs_f64()
+        ));
+    }
+    window_ns
+        .1
+        .store(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    let elapsed = window.elapsed().as_secs_f64();
+    let cpu_after: Vec<f64> = cfg.pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
+    for s in senders {
+        let _ = s.await;
+    }
+    // Let in-flight deliveries land before counting losses.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let total_deliveries = deliveries.load(Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    for r in receivers {
+        let _ = r.await;
+    }
+    for c in senders_clients {
+        c.connection().close().await;
+    }
+    let hist = hist.lock().expect("hist").clone();
+    let accepted = accepted.lock().expect("accepted").clone();
+    let (mut lost, mut duplicated) = (0, 0);
+    for m in members.lock().expect("members").iter() {
+        duplicated += m.dups;
+        if let Some(acc) = accepted.get(&m.room) {
+            lost += acc.iter().filter(|s| !m.seen.contains(s)).count() as u64;
+        }
+    }
+    let servers: Vec<ProcessUse> = cfg
+        .pids
+        .iter()
+        .enumerate()
+        .map(|(k, (label, pid))| ProcessUse {
+            label: label.clone(),
+            pid: *pid,
+            cpu_seconds: cpu_after[k] - cpu_before[k],
+            peak_rss_kib: peak_rss[k],
+        })
+        .collect();
+    let cpu_total: f64 = servers.iter().map(|s| s.cpu_seconds).sum();
+    Ok(BenchReport {
+        scenario: cfg.name,
+        clients: cfg.clients,
+        edges: cfg.edges.len(),
+        rooms: rooms.len(),
+        offered_msgs_per_sec: cfg.rate,
+        duration_secs: elapsed,
+        sent: sent.load(Ordering::Relaxed),
+        send_errors: send_errors.load(Ordering::Relaxed),
+        deliveries: total_deliveries,
+        deliveries_per_sec: total_deliveries as f64 / elapsed,
+        p50_us: hist.value_at_quantile(0.50),
+        p90_us: hist.value_at_quantile(0.90),
+        p99_us: hist.value_at_quantile(0.99),
+        max_us: hist.max(),
+        lost,
+        duplicated,
+        setup_secs,
+        server_cpu_us_per_delivery: (total_deliveries > 0 && !servers.is_empty())
+            .then(|| cpu_total * 1e6 / total_deliveries as f64),
+        servers,
+    })
+}
+
+fn in_window(w: &(AtomicU64, AtomicU64), t: u64) -> bool {
+    t >= w.0.load(Ordering::Relaxed) && t < w.1.load(Ordering::Relaxed)
+}
+
+fn parse_sent_ns(body: &[u8]) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v.get("msg")?.as_str()?.split(' ').next()?.parse().ok()
+}
+
+/// utime + stime of a process, in seconds (from /proc; 0 where unavailable).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0 // USER_HZ is 100 on Linux
+}
+
+/// Resident set size of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+impl BenchReport {
+    /// A table a person reads.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "scenario {}: {} clients over {} edges in {} rooms, offered {} msg/s for {:.1}s\n",
+            self.scenario,
+            self.clients,
+            self.edges,
+            self.rooms,
+            self.offered_msgs_per_sec,
+            self.duration_secs
+        );
+        out += &format!(
+            "  sent {} (errors {}), deliveries {} = {:.0}/s\n",
+            self.sent, self.send_errors, self.deliveries, self.deliveries_per_sec
+        );
+        out += &format!(
+            "  latency p50 {} µs, p90 {} µs, p99 {} µs, max {} µs\n",
+            self.p50_us, self.p90_us, self.p99_us, self.max_us
+        );
+        out += &format!("  lost {}, duplicated {}\n", self.lost, self.duplicated);
+        for s in &self.servers {
+            out += &format!(
+                "  {:<8} pid {:<7} cpu {:.2}s  peak rss {} KiB\n",
+                s.label, s.pid, s.cpu_seconds, s.peak_rss_kib
+            );
+        }
+        if let Some(us) = self.server_cpu_us_per_delivery {
+            out += &format!("  server cpu per delivery: {us:.2} µs\n");
+        }
+        out
+    }
+}
