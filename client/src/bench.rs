@@ -93,6 +93,11 @@ pub async fn run(
         .collect();
     // Connect and enter, a bounded number at a time.
     let gate = Arc::new(Semaphore::new(cfg.connect_concurrency.max(1)));
+    // Distinct uids per run, so runs in one process never collide with a previous run's sessions.
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_micros())
+        .unwrap_or(0);
     let mut joins = Vec::new();
     for i in 0..cfg.clients {
         let mut opts = cfg.options.clone();
@@ -102,7 +107,7 @@ pub async fn run(
         let gate = gate.clone();
         joins.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await.expect("semaphore");
-            let c = Client::connect_direct(opts, addr, &format!("bench-{i}")).await?;
+            let c = Client::connect_direct(opts, addr, &format!("bench-{run}-{i}")).await?;
             let rx = c.pushes().expect("pushes");
             c.enter(&room).await?;
             Ok::<_, ClientError>((c, rx))
@@ -266,9 +271,11 @@ pub async fn run(
         .store(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
     let elapsed = window.elapsed().as_secs_f64();
     let cpu_after: Vec<f64> = cfg.pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
+    progress("measured window over; waiting for senders".into());
     for s in senders {
         let _ = s.await;
     }
+    progress("senders done".into());
     // Let in-flight deliveries land before counting losses.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let total_deliveries = deliveries.load(Ordering::Relaxed);
@@ -276,9 +283,14 @@ pub async fn run(
     for r in receivers {
         let _ = r.await;
     }
-    for c in senders_clients {
-        c.connection().close().await;
+    progress("receivers done".into());
+    // Close every connection on purpose (their members leave); no waiting for the drain.
+    for c in &senders_clients {
+        c.connection()
+            .quic()
+            .close(quinn::VarInt::from_u32(0), b"bench done");
     }
+    drop(senders_clients);
     let hist = hist.lock().expect("hist").clone();
     let accepted = accepted.lock().expect("accepted").clone();
     let (mut lost, mut duplicated) = (0, 0);

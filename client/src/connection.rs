@@ -324,7 +324,15 @@ impl Connection {
             .map_err(|e| self.or_closed(e.into()))?;
         let _ = send.finish();
         let mut buf = BytesMut::new();
-        match read_frame(&mut recv, &mut buf, self.welcome.max_frame.max(64 * 1024)).await {
+        // `max_frame` bounds what the edge accepts; answers from the edge (a large room's member
+        // list, say) may be bigger, up to the protocol's hard cap.
+        match read_frame(
+            &mut recv,
+            &mut buf,
+            roomcast_common::protocol::HARD_MAX_FRAME,
+        )
+        .await
+        {
             Ok(Some(f)) => Ok(f),
             Ok(None) => Err(ClientError::Closed(
                 "edge finished the request stream without answering".into(),

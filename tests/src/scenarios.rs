@@ -55,10 +55,11 @@ fn scenario(name: &str) -> Result<Scenario> {
             rooms: 1,
             rates: vec![5, 10, 20],
         },
+        // Every client alone in its own room: the connections are idle, nothing fans out.
         "idle" => Scenario {
             edges: 1,
-            clients: 2000,
-            rooms: 1,
+            clients: 5000,
+            rooms: 5000,
             rates: vec![0],
         },
         other => bail!("unknown scenario `{other}` (fanout-100, big-room, idle)"),
@@ -68,6 +69,9 @@ fn scenario(name: &str) -> Result<Scenario> {
 pub fn run(bin: &Path, args: BenchArgs) -> Result<()> {
     let mut sc = scenario(&args.scenario)?;
     if let Some(c) = args.clients {
+        if args.scenario == "idle" {
+            sc.rooms = c;
+        }
         sc.clients = c;
     }
     if let Some(r) = &args.rates {
