@@ -2,8 +2,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use bytes::{Bytes, BytesMut};
 use roomcast_client::{Client, ClientError};
 use roomcast_common::codec::Frame;
@@ -159,16 +157,8 @@ async fn bad_input_gets_clear_errors_and_the_edge_keeps_serving() {
 async fn unsupported_protocol_version_is_refused_with_a_reason() {
     let env = Env::start(&["edge-a"], &[]);
     tls::install_crypto_provider();
-    let limits = tls::TransportLimits {
-        max_bidi_streams: 0,
-        max_uni_streams: 16,
-        idle_timeout: Duration::from_secs(10),
-        keep_alive: Duration::from_secs(5),
-        early_data: false,
-    };
-    let config =
-        tls::client_config(&env.cluster.certs.ca, protocol::CLIENT_ALPN, &limits, None).unwrap();
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let config = support::raw_client_config(&env, protocol::CLIENT_ALPN, None, false);
+    let endpoint = support::raw_endpoint();
     let conn = endpoint
         .connect_with(config, env.edges[0].addr, "localhost")
         .unwrap()

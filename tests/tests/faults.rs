@@ -571,21 +571,9 @@ async fn zero_rtt_carries_only_replay_safe_requests() {
     // sends one; a raw QUIC client does, to prove the edge checks.)
     use roomcast_common::codec::Frame;
     use roomcast_common::stream::{read_frame, write_frame};
-    let limits = roomcast_common::tls::TransportLimits {
-        max_bidi_streams: 0,
-        max_uni_streams: 16,
-        idle_timeout: Duration::from_secs(10),
-        keep_alive: Duration::from_secs(5),
-        early_data: true,
-    };
-    let config = roomcast_common::tls::client_config(
-        &env.cluster.certs.ca,
-        roomcast_common::protocol::CLIENT_ALPN,
-        &limits,
-        None,
-    )
-    .unwrap();
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let config =
+        support::raw_client_config(&env, roomcast_common::protocol::CLIENT_ALPN, None, true);
+    let endpoint = support::raw_endpoint();
     let first = endpoint
         .connect_with(config.clone(), env.edges[0].addr, "localhost")
         .unwrap()

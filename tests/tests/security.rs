@@ -11,7 +11,6 @@ use roomcast_common::auth::{Claims, Minter};
 use roomcast_common::codec::Frame;
 use roomcast_common::protocol::{self, code};
 use roomcast_common::stream::{read_frame, write_frame};
-use roomcast_common::tls;
 use support::{token, Env, TEST_JWT_SECRET, WAIT};
 
 fn expect_error(r: Result<impl std::fmt::Debug, ClientError>, want: u16, mentions: &str) {
@@ -217,16 +216,8 @@ async fn talk_to_backend(
     alpn: &[u8],
     identity: Option<(&std::path::Path, &std::path::Path)>,
 ) -> Result<Frame, String> {
-    let limits = tls::TransportLimits {
-        max_bidi_streams: 0,
-        max_uni_streams: 0,
-        idle_timeout: Duration::from_secs(5),
-        keep_alive: Duration::from_secs(1),
-        early_data: false,
-    };
-    let config = tls::client_config(&env.cluster.certs.ca, alpn, &limits, identity)
-        .map_err(|e| e.to_string())?;
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let config = support::raw_client_config(env, alpn, identity, false);
+    let endpoint = support::raw_endpoint();
     let attempt = async {
         let conn = endpoint
             .connect_with(config, env.backends[0].addr, "localhost")
@@ -409,16 +400,8 @@ async fn a_client_that_never_reads_cannot_grow_the_edge_or_slow_others() {
     let mut brx = bob.pushes().unwrap();
     bob.enter("lobby").await.unwrap();
     // Mallory enters and then never reads a push stream.
-    let limits = tls::TransportLimits {
-        max_bidi_streams: 0,
-        max_uni_streams: 16,
-        idle_timeout: Duration::from_secs(30),
-        keep_alive: Duration::from_secs(1),
-        early_data: false,
-    };
-    let config =
-        tls::client_config(&env.cluster.certs.ca, protocol::CLIENT_ALPN, &limits, None).unwrap();
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let config = support::raw_client_config(&env, protocol::CLIENT_ALPN, None, false);
+    let endpoint = support::raw_endpoint();
     let mallory = endpoint
         .connect_with(config, env.edges[0].addr, "localhost")
         .unwrap()
@@ -577,16 +560,8 @@ async fn hostile_ids_are_refused_or_contained() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_says_hello_is_dropped() {
     let env = Env::start(&["edge-a"], &[]);
-    let limits = tls::TransportLimits {
-        max_bidi_streams: 0,
-        max_uni_streams: 0,
-        idle_timeout: Duration::from_secs(30),
-        keep_alive: Duration::from_secs(1),
-        early_data: false,
-    };
-    let config =
-        tls::client_config(&env.cluster.certs.ca, protocol::CLIENT_ALPN, &limits, None).unwrap();
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let config = support::raw_client_config(&env, protocol::CLIENT_ALPN, None, false);
+    let endpoint = support::raw_endpoint();
     let conn = endpoint
         .connect_with(config, env.edges[0].addr, "localhost")
         .unwrap()

@@ -146,6 +146,30 @@ impl Env {
     }
 }
 
+/// A raw QUIC client configuration (no SDK), for tests that must misbehave: trusts the test CA,
+/// speaks `alpn`, presents `identity` if given, and allows 0-RTT when `early_data`.
+pub fn raw_client_config(
+    env: &Env,
+    alpn: &[u8],
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+    early_data: bool,
+) -> quinn::ClientConfig {
+    let limits = roomcast_common::tls::TransportLimits {
+        max_bidi_streams: 0,
+        max_uni_streams: 16,
+        idle_timeout: Duration::from_secs(30),
+        keep_alive: Duration::from_secs(1),
+        early_data,
+    };
+    roomcast_common::tls::client_config(&env.cluster.certs.ca, alpn, &limits, identity)
+        .expect("client TLS config")
+}
+
+/// A client endpoint on a free loopback port.
+pub fn raw_endpoint() -> quinn::Endpoint {
+    quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap()
+}
+
 /// The next push, or `None` after `wait`.
 pub async fn next_push(rx: &mut Receiver<Push>, wait: Duration) -> Option<Push> {
     tokio::time::timeout(wait, rx.recv()).await.ok().flatten()
