@@ -583,3 +583,52 @@ async fn a_client_that_never_says_hello_is_dropped() {
         other => panic!("closed for another reason: {other}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rs256_tokens_verified_with_a_public_key() {
+    let public = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/jwt-rs256-TEST-ONLY.pub"
+    );
+    let private = include_bytes!("../fixtures/jwt-rs256-TEST-ONLY.key");
+    let env = Env::start_with(
+        &["edge-a"],
+        &[],
+        &[
+            "--no-dev-tokens",
+            "--jwt-public-key",
+            public,
+            "--jwt-alg",
+            "RS256",
+        ],
+        &[],
+    );
+    let claims = Claims {
+        sub: "alice".into(),
+        exp: now() + 60,
+        rooms: vec!["lobby".into()],
+    };
+    let rs256 = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(private).unwrap(),
+    )
+    .unwrap();
+    let mut opts = env.options(0);
+    opts.token = Some(rs256);
+    let alice = Client::connect_direct(opts.clone(), env.edges[0].addr, "alice")
+        .await
+        .unwrap();
+    assert_eq!(alice.enter("lobby").await.unwrap().users, vec!["alice"]);
+    // HS256 signed with the public key's bytes (the classic RS/HS confusion) is refused.
+    let confused = Minter::hs256(&std::fs::read(public).unwrap()).mint_claims(&claims);
+    opts.token = Some(confused);
+    let mallory = Client::connect_direct(opts, env.edges[0].addr, "alice")
+        .await
+        .unwrap();
+    expect_error(
+        mallory.enter("lobby").await,
+        code::UNAUTHENTICATED,
+        "accepts only RS256",
+    );
+}
