@@ -213,10 +213,31 @@ pub struct OnUser {
     pub user: String,
 }
 
+impl OnUser {
+    /// The JSON body `{"user": uid}` of an onAdd / onLeave push.
+    pub fn body(uid: &str) -> Vec<u8> {
+        serde_json::to_vec(&OnUser {
+            user: uid.to_string(),
+        })
+        .expect("a struct of one string always serialises")
+    }
+}
+
 /// `chat.send` response body.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Sent {
     /// Room sequence number of the message; absent for private messages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn on_user_body_is_pomelos() {
+        let v: serde_json::Value = serde_json::from_slice(&OnUser::body("al\"ice")).expect("json");
+        assert_eq!(v, serde_json::json!({"user": "al\"ice"}));
+    }
 }

@@ -54,7 +54,7 @@ pub async fn reap(state: &EdgeState, edge: &str) -> Result<(usize, usize)> {
     let mut members = 0;
     for rid in &rooms {
         for uid in store.group(rid, edge).await? {
-            let body = serde_json::to_vec(&OnUser { user: uid.clone() }).unwrap_or_default();
+            let body = OnUser::body(&uid);
             if store
                 .leave(rid, &uid, Some(edge), Some((route::ON_LEAVE, &body)))
                 .await?

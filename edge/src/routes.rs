@@ -239,7 +239,7 @@ async fn enter(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8]
         .acquire(&req.rid)
         .await
         .map_err(|e| RouteError::new(code::STORE_UNAVAILABLE, e))?;
-    let on_add = serde_json::to_vec(&OnUser { user: uid.clone() }).unwrap_or_default();
+    let on_add = OnUser::body(&uid);
     let joined = match state
         .store
         .join(&req.rid, &uid, &state.id, Some((route::ON_ADD, &on_add)))
@@ -337,7 +337,7 @@ async fn resume(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8
             .acquire(&rid)
             .await
             .map_err(|e| RouteError::new(code::STORE_UNAVAILABLE, e))?;
-        let on_add = serde_json::to_vec(&OnUser { user: uid.clone() }).unwrap_or_default();
+        let on_add = OnUser::body(&uid);
         let joined = match state
             .store
             .join_with(
@@ -437,7 +437,7 @@ async fn leave(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8]
             format!("`{uid}` is not in room `{}`", req.rid),
         ));
     }
-    let on_leave = serde_json::to_vec(&OnUser { user: uid.clone() }).unwrap_or_default();
+    let on_leave = OnUser::body(&uid);
     state
         .store
         .leave(

@@ -371,10 +371,7 @@ pub async fn unresumed(state: &Arc<EdgeState>) -> Vec<(String, Detached)> {
 /// Removes `uid` from `rooms` (onLeave to each; only where it is still a member through this
 /// edge) and releases its uid if still held by `token`.
 pub async fn leave_all(state: &Arc<EdgeState>, uid: &str, token: &str, rooms: &[String]) {
-    let body = serde_json::to_vec(&OnUser {
-        user: uid.to_string(),
-    })
-    .unwrap_or_default();
+    let body = OnUser::body(uid);
     for rid in rooms {
         if let Err(e) = state
             .store

@@ -8,7 +8,7 @@ use roomcast_common::codec::Frame;
 use roomcast_common::protocol::{self, code};
 use roomcast_common::stream::{read_frame, write_frame};
 use roomcast_common::tls;
-use support::{collect_route, Env, WAIT};
+use support::{collect_route, expect_error, Env, WAIT};
 
 /// Writes raw bytes on a fresh request stream and returns the edge's answer.
 async fn raw(c: &Client, bytes: &[u8]) -> (u16, String) {
@@ -23,19 +23,6 @@ async fn raw(c: &Client, bytes: &[u8]) -> (u16, String) {
     {
         Some(Frame::Response { code, message, .. }) => (code, message),
         other => panic!("expected a Response, got {other:?}"),
-    }
-}
-
-fn expect_error(r: Result<impl std::fmt::Debug, ClientError>, want: u16, mentions: &str) {
-    match r {
-        Err(ClientError::Request { code, message }) => {
-            assert_eq!(code, want, "{message}");
-            assert!(
-                message.contains(mentions),
-                "`{message}` does not mention `{mentions}`"
-            );
-        }
-        other => panic!("expected error {want}, got {other:?}"),
     }
 }
 

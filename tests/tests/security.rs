@@ -11,20 +11,7 @@ use roomcast_common::auth::{Claims, Minter};
 use roomcast_common::codec::Frame;
 use roomcast_common::protocol::{self, code};
 use roomcast_common::stream::{read_frame, write_frame};
-use support::{token, Env, TEST_JWT_SECRET, WAIT};
-
-fn expect_error(r: Result<impl std::fmt::Debug, ClientError>, want: u16, mentions: &str) {
-    match r {
-        Err(ClientError::Request { code, message }) => {
-            assert_eq!(code, want, "{message}");
-            assert!(
-                message.contains(mentions),
-                "`{message}` does not mention `{mentions}`"
-            );
-        }
-        other => panic!("expected error {want} ({mentions}), got {other:?}"),
-    }
-}
+use support::{expect_error, token, Env, TEST_JWT_SECRET, WAIT};
 
 async fn enter(c: &Client, body: serde_json::Value) -> Result<Bytes, ClientError> {
     c.request("connector.enter", Bytes::from(body.to_string()))

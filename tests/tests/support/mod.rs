@@ -170,6 +170,24 @@ pub fn raw_endpoint() -> quinn::Endpoint {
     quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap()
 }
 
+/// Asserts that `r` is the server's error `want` with a message mentioning `mentions`.
+pub fn expect_error(
+    r: Result<impl std::fmt::Debug, roomcast_client::ClientError>,
+    want: u16,
+    mentions: &str,
+) {
+    match r {
+        Err(roomcast_client::ClientError::Request { code, message }) => {
+            assert_eq!(code, want, "{message}");
+            assert!(
+                message.contains(mentions),
+                "`{message}` does not mention `{mentions}`"
+            );
+        }
+        other => panic!("expected error {want} ({mentions}), got {other:?}"),
+    }
+}
+
 /// The next push, or `None` after `wait`.
 pub async fn next_push(rx: &mut Receiver<Push>, wait: Duration) -> Option<Push> {
     tokio::time::timeout(wait, rx.recv()).await.ok().flatten()
