@@ -88,8 +88,7 @@ impl BackendServer {
         channels: ChannelService,
     ) -> anyhow::Result<BackendServer> {
         let config = tls::server_config(cert, key, BACKEND_ALPN, &transport_limits(), client_ca)?;
-        let endpoint =
-            Endpoint::server(config, listen).with_context(|| format!("cannot bind {listen}"))?;
+        let endpoint = roomcast_common::net::endpoint(listen, Some(config))?;
         Ok(BackendServer {
             endpoint,
             router: Arc::new(router),

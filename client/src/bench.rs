@@ -40,6 +40,9 @@ pub struct BenchConfig {
     pub in_flight: usize,
     /// Connections opened at once while setting up.
     pub connect_concurrency: usize,
+    /// Client connections sharing one UDP socket (one quinn endpoint). One socket per
+    /// connection would cost the generator a file descriptor and an endpoint task each.
+    pub clients_per_socket: usize,
 }
 
 /// One server process's use of the machine during the measured window.
@@ -68,6 +71,10 @@ pub struct BenchReport {
     pub p90_us: u64,
     pub p99_us: u64,
     pub max_us: u64,
+    /// Send-to-answer latency of `chat.send` (edge → backend → Redis → edge), which every
+    /// delivery's latency includes.
+    pub ack_p50_us: u64,
+    pub ack_p99_us: u64,
     pub lost: u64,
     pub duplicated: u64,
     pub setup_secs: f64,
@@ -88,9 +95,6 @@ pub async fn run(
     progress: impl Fn(String) + Send + Sync + 'static,
 ) -> Result<BenchReport, ClientError> {
     let setup = Instant::now();
-    let rooms: Vec<String> = (0..cfg.rooms.max(1))
-        .map(|r| format!("bench-{r}"))
-        .collect();
     // Connect and enter, a bounded number at a time.
     let gate = Arc::new(Semaphore::new(cfg.connect_concurrency.max(1)));
     // Distinct uids per run, so runs in one process never collide with a previous run's sessions.
@@ -98,10 +102,20 @@ pub async fn run(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_micros())
         .unwrap_or(0);
+    let sockets = cfg.clients.div_ceil(cfg.clients_per_socket.max(1)).max(1);
+    let endpoints = (0..sockets)
+        .map(|_| roomcast_common::net::endpoint(roomcast_common::net::any_addr_for(&cfg.edges[0]), None))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ClientError::Config(format!("{e:#}")))?;
+    // Rooms are per run too: two generators never share a room by accident.
+    let rooms: Vec<String> = (0..cfg.rooms.max(1))
+        .map(|r| format!("bench-{run}-{r}"))
+        .collect();
     let mut joins = Vec::new();
     for i in 0..cfg.clients {
         let mut opts = cfg.options.clone();
         opts.reconnect = false;
+        opts.endpoint = Some(endpoints[i % sockets].clone());
         let addr = cfg.edges[i % cfg.edges.len()];
         let room = rooms[i % rooms.len()].clone();
         let gate = gate.clone();
@@ -185,25 +199,30 @@ pub async fn run(
     let sent = Arc::new(AtomicU64::new(0));
     let send_errors = Arc::new(AtomicU64::new(0));
     let accepted: Arc<Mutex<HashMap<usize, HashSet<u64>>>> = Arc::default();
+    let acks = Arc::new(Mutex::new(Histogram::<u64>::new(3).expect("histogram")));
     let mut senders = Vec::new();
     let per_room = cfg.rate as f64 / rooms.len() as f64;
+    let room_count = rooms.len();
     if cfg.rate > 0 {
         for (r, rid) in rooms.iter().enumerate() {
             let Some(client) = senders_clients.get(r).cloned() else {
                 break;
             };
             let rid = rid.clone();
-            let (sent, send_errors, accepted, window_ns) = (
+            let (sent, send_errors, accepted, window_ns, acks) = (
                 sent.clone(),
                 send_errors.clone(),
                 accepted.clone(),
                 window_ns.clone(),
+                acks.clone(),
             );
             let total = cfg.warmup + cfg.duration;
             let limit = Arc::new(Semaphore::new(cfg.in_flight.max(1)));
             senders.push(tokio::spawn(async move {
                 let interval = Duration::from_secs_f64(1.0 / per_room);
-                let mut next = Instant::now();
+                // Senders are spread evenly over one interval: started in phase, ten rooms at
+                // 2 msg/s each would arrive as one burst of ten messages every 500 ms.
+                let mut next = Instant::now() + interval.mul_f64(r as f64 / room_count as f64);
                 let mut n = 0u64;
                 while start.elapsed() < total {
                     next += interval;
@@ -214,8 +233,12 @@ pub async fn run(
                     let permit = limit.clone().acquire_owned().await.expect("semaphore");
                     let client = client.clone();
                     let rid = rid.clone();
-                    let (sent, send_errors, accepted) =
-                        (sent.clone(), send_errors.clone(), accepted.clone());
+                    let (sent, send_errors, accepted, acks) = (
+                        sent.clone(),
+                        send_errors.clone(),
+                        accepted.clone(),
+                        acks.clone(),
+                    );
                     n += 1;
                     let window_ns = window_ns.clone();
                     tokio::spawn(async move {
@@ -223,6 +246,8 @@ pub async fn run(
                         let counted = in_window(&window_ns, t);
                         match client.send(&rid, &format!("{t} {n}")).await {
                             Ok(s) if counted => {
+                                let took = start.elapsed().as_nanos() as u64 - t;
+                                let _ = acks.lock().expect("acks").record(took / 1000);
                                 sent.fetch_add(1, Ordering::Relaxed);
                                 if let Some(seq) = s.seq {
                                     accepted
@@ -291,8 +316,13 @@ pub async fn run(
             .close(quinn::VarInt::from_u32(0), b"bench done");
     }
     drop(senders_clients);
+    // Let the close frames leave before the sockets go.
+    for e in &endpoints {
+        let _ = tokio::time::timeout(Duration::from_secs(2), e.wait_idle()).await;
+    }
     let hist = hist.lock().expect("hist").clone();
     let accepted = accepted.lock().expect("accepted").clone();
+    let acks = acks.lock().expect("acks").clone();
     let (mut lost, mut duplicated) = (0, 0);
     for m in members.lock().expect("members").iter() {
         duplicated += m.dups;
@@ -327,6 +357,8 @@ pub async fn run(
         p90_us: hist.value_at_quantile(0.90),
         p99_us: hist.value_at_quantile(0.99),
         max_us: hist.max(),
+        ack_p50_us: acks.value_at_quantile(0.50),
+        ack_p99_us: acks.value_at_quantile(0.99),
         lost,
         duplicated,
         setup_secs,
@@ -389,6 +421,10 @@ impl BenchReport {
         out += &format!(
             "  latency p50 {} µs, p90 {} µs, p99 {} µs, max {} µs\n",
             self.p50_us, self.p90_us, self.p99_us, self.max_us
+        );
+        out += &format!(
+            "  send answered: p50 {} µs, p99 {} µs\n",
+            self.ack_p50_us, self.ack_p99_us
         );
         out += &format!("  lost {}, duplicated {}\n", self.lost, self.duplicated);
         for s in &self.servers {

@@ -44,6 +44,11 @@ pub struct ClientOptions {
     /// The JWT presented at login. `None`: ask the gate for a development token (only edges
     /// started with `--dev-tokens` mint them).
     pub token: Option<String>,
+    /// A QUIC endpoint (one UDP socket) to open connections on, shared by every client given
+    /// the same one: a process holding thousands of connections (the load generator) then
+    /// uses a few sockets instead of one per connection. `None`: each connection binds its
+    /// own. Rebinding a shared endpoint moves every connection on it.
+    pub endpoint: Option<quinn::Endpoint>,
 }
 
 impl ClientOptions {
@@ -58,6 +63,7 @@ impl ClientOptions {
             reconnect: true,
             reconnect_for: Duration::from_secs(60),
             token: None,
+            endpoint: None,
         }
     }
 }

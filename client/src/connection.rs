@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use quinn::{Endpoint, RecvStream, SendStream, VarInt};
 use roomcast_common::codec::Frame;
+use roomcast_common::net;
 use roomcast_common::protocol::{
     code, CLIENT_ALPN, DEFAULT_MAX_FRAME, HARD_MAX_FRAME, PROTOCOL_VERSION,
 };
@@ -59,6 +60,9 @@ pub struct Welcome {
 pub struct Connection {
     conn: quinn::Connection,
     endpoint: Endpoint,
+    /// False when the endpoint is shared with other connections (`ClientOptions::endpoint`):
+    /// closing this connection then must not wait for the others to go idle.
+    owns_endpoint: bool,
     welcome: Welcome,
     next_id: AtomicU32,
     request_timeout: Duration,
@@ -121,12 +125,13 @@ impl Connection {
             early_data: true,
         };
         let config = client_config(&opts.ca, &limits)?;
-        let bind: SocketAddr = if addr.is_ipv6() {
-            "[::]:0".parse().expect("literal")
-        } else {
-            "0.0.0.0:0".parse().expect("literal")
+        let (endpoint, owns_endpoint) = match &opts.endpoint {
+            Some(shared) => (shared.clone(), false),
+            None => (
+                net::endpoint(net::any_addr_for(&addr), None).map_err(|e| fail(format!("{e:#}")))?,
+                true,
+            ),
         };
-        let endpoint = Endpoint::client(bind).map_err(|e| fail(e.to_string()))?;
         let connecting = endpoint
             .connect_with(config, addr, &opts.server_name)
             .map_err(|e| fail(e.to_string()))?;
@@ -174,6 +179,7 @@ impl Connection {
         Ok(Connection {
             conn,
             endpoint,
+            owns_endpoint,
             welcome,
             next_id: AtomicU32::new(1),
             request_timeout: opts.request_timeout,
@@ -274,13 +280,8 @@ impl Connection {
             .endpoint
             .local_addr()
             .map_err(|e| ClientError::Config(e.to_string()))?;
-        let bind: SocketAddr = if old.is_ipv6() {
-            "[::]:0".parse().expect("literal")
-        } else {
-            "0.0.0.0:0".parse().expect("literal")
-        };
-        let socket =
-            std::net::UdpSocket::bind(bind).map_err(|e| ClientError::Config(e.to_string()))?;
+        let socket = net::udp_socket(net::any_addr_for(&old))
+            .map_err(|e| ClientError::Config(format!("{e:#}")))?;
         self.endpoint
             .rebind(socket)
             .map_err(|e| ClientError::Config(e.to_string()))?;
@@ -302,7 +303,9 @@ impl Connection {
     /// Closes the connection and waits briefly for the close to reach the edge.
     pub async fn close(&self) {
         self.conn.close(VarInt::from_u32(0), b"client closed");
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        if self.owns_endpoint {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        }
     }
 
     /// Why the connection closed, if it did.

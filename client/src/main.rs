@@ -133,6 +133,7 @@ async fn main() {
                 pids,
                 in_flight: 256,
                 connect_concurrency: 64,
+                clients_per_socket: 500,
             };
             match roomcast_client::bench::run(cfg, |l| eprintln!("{l}")).await {
                 Ok(r) => {

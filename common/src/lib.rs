@@ -10,6 +10,7 @@
 //! - [`keys`]: the only place that builds Redis key and channel names (prefix, hash tags, escaping).
 //! - [`bus`]: the binary messages edges receive through Redis pub/sub.
 //! - [`store`]: room state, sessions and the registry in Redis (Lua scripts, one round trip each).
+//! - [`net`]: UDP sockets and quinn endpoints with socket buffers sized for fan-out bursts.
 //! - [`ids`]: validation of user ids, room ids and node ids.
 //! - [`tls`]: rustls/quinn configuration with one explicitly chosen crypto provider (ring).
 //! - [`telemetry`]: logging set-up shared by the binaries.
@@ -19,6 +20,7 @@ pub mod bus;
 pub mod codec;
 pub mod ids;
 pub mod keys;
+pub mod net;
 pub mod protocol;
 pub mod store;
 pub mod stream;

@@ -10,6 +10,7 @@ use quinn::{Endpoint, VarInt};
 use roomcast_common::auth::{Minter, Verifier};
 use roomcast_common::ids::check_node_id;
 use roomcast_common::keys::Keys;
+use roomcast_common::net;
 use roomcast_common::protocol::{close, BACKEND_ALPN, CLIENT_ALPN};
 use roomcast_common::store::Store;
 use roomcast_common::tls::{self, TransportLimits};
@@ -93,8 +94,7 @@ pub async fn start(cfg: EdgeConfig) -> anyhow::Result<RunningEdge> {
         early_data: true,
     };
     let server_config = tls::server_config(&cfg.cert, &cfg.key, CLIENT_ALPN, &client_limits, None)?;
-    let endpoint = Endpoint::server(server_config, cfg.listen)
-        .with_context(|| format!("cannot bind {}", cfg.listen))?;
+    let endpoint = net::endpoint(cfg.listen, Some(server_config))?;
     let addr = endpoint.local_addr()?;
     let advertise = cfg.advertise.clone().unwrap_or_else(|| {
         if addr.ip().is_unspecified() {
@@ -121,11 +121,7 @@ pub async fn start(cfg: EdgeConfig) -> anyhow::Result<RunningEdge> {
         // Mutual TLS: backends accept only peers with a certificate from the cluster CA.
         Some((&cfg.cert, &cfg.key)),
     )?;
-    let backend_endpoint = Endpoint::client(if addr.is_ipv6() {
-        "[::]:0".parse()?
-    } else {
-        "0.0.0.0:0".parse()?
-    })?;
+    let backend_endpoint = net::endpoint(net::any_addr_for(&addr), None)?;
     let pool = BackendPool::new(
         backend_endpoint,
         backend_config,

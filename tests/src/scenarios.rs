@@ -128,6 +128,7 @@ pub fn run(bin: &Path, args: BenchArgs) -> Result<()> {
                 .collect(),
             in_flight: 256,
             connect_concurrency: 64,
+            clients_per_socket: 500,
         };
         let before: Vec<u64> = nodes.iter().map(|n| bench::rss_kib(n.pid())).collect();
         let report = rt.block_on(bench::run(cfg, |line| eprintln!("{line}")))?;
