@@ -138,8 +138,12 @@ pub struct DevToken {
 /// join (the joiner receives every room push with a greater `seq`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Entered {
+    /// Every member, sorted; empty in rooms larger than the edge's `--presence-max-members`.
     pub users: Vec<String>,
     pub seq: u64,
+    /// How many members the room has, the joiner included.
+    #[serde(default)]
+    pub members: u64,
 }
 
 /// `connector.resume` request body: continue the session `session` (the `Welcome.session` of
@@ -158,7 +162,10 @@ pub struct Resume {
 /// One room of a `connector.resume` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Resumed {
+    /// As in [`Entered`]: empty in rooms larger than the presence limit.
     pub users: Vec<String>,
+    #[serde(default)]
+    pub members: u64,
     /// The room's seq at the resume (the replay ran up to here, live pushes follow).
     pub seq: u64,
     /// Seqs the client missed that are older than the history: `[from, to]`.

@@ -102,6 +102,12 @@ pub struct EdgeConfig {
     #[arg(long, default_value_t = 10_000)]
     pub resume_grace_ms: u64,
 
+    /// Rooms with more members than this get no onAdd/onLeave pushes and no member list in
+    /// enter/resume answers (only the count): a room filling up to N members would otherwise
+    /// cost O(N²) pushes. 0 = no limit.
+    #[arg(long, env = "ROOMCAST_PRESENCE_MAX_MEMBERS", default_value_t = 1000)]
+    pub presence_max_members: u64,
+
     /// Pushes kept per room for resume and gap filling (must match the backends').
     #[arg(long, env = "ROOMCAST_HISTORY_LEN", default_value_t = 1000)]
     pub history_len: u64,

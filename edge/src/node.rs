@@ -82,7 +82,10 @@ pub async fn start(cfg: EdgeConfig) -> anyhow::Result<RunningEdge> {
     let store = Store::connect_retrying(&cfg.redis_url, Keys::new(&cfg.prefix), REDIS_STARTUP_WAIT)
         .await
         .with_context(|| format!("cannot connect to redis at {}", cfg.redis_url))?
-        .with_history(cfg.history());
+        .with_history(cfg.history())
+        .with_presence(roomcast_common::store::PresenceConfig {
+            max_members: cfg.presence_max_members,
+        });
 
     let client_limits = TransportLimits {
         // +1 for the control stream.

@@ -221,6 +221,7 @@ async fn enter(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8]
         return json(&Entered {
             users: joined.users,
             seq: joined.seq,
+            members: joined.members,
         });
     }
     let in_rooms = session.rooms.lock().expect("rooms lock").len();
@@ -256,6 +257,7 @@ async fn enter(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8]
     json(&Entered {
         users: joined.users,
         seq: joined.seq,
+        members: joined.members,
     })
 }
 
@@ -363,6 +365,7 @@ async fn resume(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8
             Resumed {
                 users: joined.users,
                 seq: joined.seq,
+                members: joined.members,
                 gap,
             },
         );

@@ -27,6 +27,31 @@ fn set(v: &[&str]) -> HashSet<String> {
 }
 
 #[tokio::test]
+async fn rooms_over_the_presence_limit_join_and_leave_silently() {
+    let (_r, s, mut c) = setup().await;
+    let s = s.with_presence(roomcast_common::store::PresenceConfig { max_members: 2 });
+    let add = Some(("onAdd", &b"{}"[..]));
+    let gone = Some(("onLeave", &b"{}"[..]));
+    assert!(s.join("big", "a", "e1", add).await.unwrap().added);
+    let b = s.join("big", "b", "e1", add).await.unwrap();
+    assert_eq!((b.added, b.seq, b.members, b.users.len()), (true, 2, 2, 2));
+    // The third member makes the room larger than the limit: no push, no list, only a count.
+    let c3 = s.join("big", "c", "e2", add).await.unwrap();
+    assert_eq!(
+        (c3.added, c3.seq, c3.members, c3.users.len()),
+        (false, 2, 3, 0)
+    );
+    // It is a member all the same.
+    assert_eq!(s.member("big", "c").await.unwrap().as_deref(), Some("e2"));
+    // Leaving a room over the limit is silent too, and consumes no seq.
+    assert_eq!(s.leave("big", "c", None, gone).await.unwrap(), Some(2));
+    // Back at the limit: leaves are pushed again.
+    assert_eq!(s.leave("big", "b", None, gone).await.unwrap(), Some(3));
+    let history: u64 = c.zcard("rc:room:{big}:history").await.unwrap();
+    assert_eq!(history, 3, "two onAdd and one onLeave recorded, nothing else");
+}
+
+#[tokio::test]
 async fn join_and_leave_keep_records_and_groups_consistent() {
     let (_r, s, mut c) = setup().await;
     let j = s
@@ -68,11 +93,15 @@ async fn join_and_leave_keep_records_and_groups_consistent() {
 
     // An edge cannot remove a member registered through another edge.
     assert_eq!(
-        s.leave("lobby", "bob", Some("e1"), None).await.unwrap(),
+        s.leave("lobby", "bob", Some("e1"), Some(("onLeave", b"{}")))
+            .await
+            .unwrap(),
         None
     );
     assert_eq!(
-        s.leave("lobby", "bob", Some("e2"), None).await.unwrap(),
+        s.leave("lobby", "bob", Some("e2"), Some(("onLeave", b"{}")))
+            .await
+            .unwrap(),
         Some(3)
     );
     let edges: HashSet<String> = c.smembers("rc:room:{lobby}:edges").await.unwrap();
@@ -82,7 +111,9 @@ async fn join_and_leave_keep_records_and_groups_consistent() {
     assert_eq!(s.leave("lobby", "nobody", None, None).await.unwrap(), None);
 
     assert_eq!(
-        s.leave("lobby", "alice", None, None).await.unwrap(),
+        s.leave("lobby", "alice", None, Some(("onLeave", b"{}")))
+            .await
+            .unwrap(),
         Some(4)
     );
     let rooms: HashSet<String> = c.smembers("rc:rooms").await.unwrap();

@@ -67,6 +67,22 @@ impl Default for HistoryConfig {
     }
 }
 
+/// Presence events in large rooms. Every join and leave pushes `onAdd`/`onLeave` to the whole
+/// room and every `connector.enter` answers with the member list, so a room filling up to N
+/// members costs O(N²) pushes and bytes (Pomelo's all-to-all problem). Above `max_members`
+/// joins and leaves are silent and answers carry only the member count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresenceConfig {
+    /// Largest room (members) that still gets join/leave pushes and member lists; 0 = no limit.
+    pub max_members: u64,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig { max_members: 1000 }
+    }
+}
+
 /// Milliseconds since the Unix epoch, for human-readable `since` fields.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -84,6 +100,7 @@ pub struct Store {
     conn: ConnectionManager,
     client: redis::Client,
     history: HistoryConfig,
+    presence: PresenceConfig,
 }
 
 impl Store {
@@ -101,6 +118,7 @@ impl Store {
             conn,
             client,
             history: HistoryConfig::default(),
+            presence: PresenceConfig::default(),
         })
     }
 
@@ -124,6 +142,12 @@ impl Store {
     /// Uses `history` as the bounds of room histories written and read through this handle.
     pub fn with_history(mut self, history: HistoryConfig) -> Store {
         self.history = history;
+        self
+    }
+
+    /// Uses `presence` for joins and leaves made through this handle.
+    pub fn with_presence(mut self, presence: PresenceConfig) -> Store {
+        self.presence = presence;
         self
     }
 

@@ -13,10 +13,13 @@ use crate::keys::{EDGE_CHANNEL_SUFFIX, EDGE_ROOMS_SUFFIX};
 pub struct Joined {
     /// The room's seq right after the join (the onAdd push, if any, carries it).
     pub seq: u64,
-    /// Every member's uid, the joiner included, sorted.
+    /// Every member's uid, the joiner included, sorted; empty when the room has more members
+    /// than the presence limit ([`super::PresenceConfig`]).
     pub users: Vec<String>,
-    /// False when nothing was pushed: the uid was already a member through this edge, or the
-    /// join was a resume that moved an existing member.
+    /// How many members the room has, the joiner included.
+    pub members: u64,
+    /// False when nothing was pushed: the uid was already a member through this edge, the
+    /// join was a resume that moved an existing member, or the room is over the presence limit.
     pub added: bool,
 }
 
@@ -75,7 +78,7 @@ impl Store {
     ) -> Result<Joined> {
         let k = &self.keys;
         let payload = push.map(|(route, body)| room_body(rid, route, body));
-        let (status, seq, mut users): (i64, u64, Vec<String>) = self
+        let (status, seq, mut users, members): (i64, u64, Vec<String>, u64) = self
             .room_call(&scripts::JOIN, rid)
             .key(k.room_edge_members(rid, edge))
             .key(k.edge_rooms(edge))
@@ -84,12 +87,14 @@ impl Store {
             .arg(payload.unwrap_or_default())
             .arg(if resume { "1" } else { "0" })
             .arg(seq_floor)
+            .arg(self.presence.max_members)
             .invoke_async(&mut self.conn.clone())
             .await?;
         users.sort();
         Ok(Joined {
             seq,
             users,
+            members,
             added: status == 1,
         })
     }
@@ -106,14 +111,15 @@ impl Store {
         push: Option<(&str, &[u8])>,
     ) -> Result<Option<u64>> {
         let payload = push.map(|(route, body)| room_body(rid, route, body));
-        let seq: u64 = self
+        let (removed, seq): (u8, u64) = self
             .room_call(&scripts::LEAVE, rid)
             .arg(uid)
             .arg(edge.unwrap_or(""))
             .arg(payload.unwrap_or_default())
+            .arg(self.presence.max_members)
             .invoke_async(&mut self.conn.clone())
             .await?;
-        Ok((seq > 0).then_some(seq))
+        Ok((removed == 1).then_some(seq))
     }
 
     /// Uids of the room's members, sorted.

@@ -56,17 +56,28 @@ fn room_script(body: &str) -> Script {
 
 /// KEYS[6] group of the new edge, KEYS[7] rooms index of the new edge.
 /// ARGV[9] uid, ARGV[10] edge, ARGV[11] onAdd body ('' = none), ARGV[12] '1' for a resume,
-/// ARGV[13] seq floor ('0' = none: used when re-registering after Redis lost its data).
-/// Returns {status, seq, users}: 0 already a member through this edge, 1 added (onAdd pushed),
-/// 2 added or moved silently (a resume, or no body).
+/// ARGV[13] seq floor ('0' = none: used when re-registering after Redis lost its data),
+/// ARGV[14] presence limit (members above which joins are silent and no member list is
+/// returned; '0' = none).
+/// Returns {status, seq, users, members}: status 0 already a member through this edge, 1 added
+/// (onAdd pushed), 2 added or moved silently (a resume, no body, or a room over the limit);
+/// users is empty when the room is over the limit.
 pub static JOIN: LazyLock<Script> = LazyLock::new(|| {
     room_script(
         r#"
 local uid, edge = ARGV[9], ARGV[10]
 local floor = tonumber(ARGV[13])
+local limit = tonumber(ARGV[14])
+local function users(n)
+  if limit > 0 and n > limit then return {} end
+  return redis.call('HKEYS', KEYS[1])
+end
 if floor > seq_now() then redis.call('SET', KEYS[3], floor) end
 local old = redis.call('HGET', KEYS[1], uid)
-if old == edge then return {0, seq_now(), redis.call('HKEYS', KEYS[1])} end
+if old == edge then
+  local n = redis.call('HLEN', KEYS[1])
+  return {0, seq_now(), users(n), n}
+end
 if old then ungroup(old, uid) end
 redis.call('HSET', KEYS[1], uid, edge)
 redis.call('SADD', KEYS[6], uid)
@@ -74,34 +85,42 @@ redis.call('SADD', KEYS[2], edge)
 redis.call('SADD', KEYS[7], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('PERSIST', KEYS[3])
-if (old and ARGV[12] == '1') or ARGV[11] == '' then
-  return {2, seq_now(), redis.call('HKEYS', KEYS[1])}
+local n = redis.call('HLEN', KEYS[1])
+if (old and ARGV[12] == '1') or ARGV[11] == '' or (limit > 0 and n > limit) then
+  return {2, seq_now(), users(n), n}
 end
 local seq = redis.call('INCR', KEYS[3])
 push(seq, ARGV[11])
-return {1, seq, redis.call('HKEYS', KEYS[1])}
+return {1, seq, users(n), n}
 "#,
     )
 });
 
-/// ARGV[9] uid, ARGV[10] edge ('' = whichever), ARGV[11] onLeave body ('' = none).
-/// Returns the seq of the leave, or 0 if uid was not a member (through that edge).
+/// ARGV[9] uid, ARGV[10] edge ('' = whichever), ARGV[11] onLeave body ('' = none),
+/// ARGV[12] presence limit (members above which leaves are silent; '0' = none).
+/// Returns {1, seq}: removed, seq of the onLeave push (the room's current seq when silent);
+/// {0, 0}: uid was not a member (through that edge).
 pub static LEAVE: LazyLock<Script> = LazyLock::new(|| {
     room_script(
         r#"
 local uid = ARGV[9]
+local limit = tonumber(ARGV[12])
 local old = redis.call('HGET', KEYS[1], uid)
-if not old then return 0 end
-if ARGV[10] ~= '' and old ~= ARGV[10] then return 0 end
+if not old then return {0, 0} end
+if ARGV[10] ~= '' and old ~= ARGV[10] then return {0, 0} end
+local silent = ARGV[11] == '' or (limit > 0 and redis.call('HLEN', KEYS[1]) > limit)
 redis.call('HDEL', KEYS[1], uid)
 ungroup(old, uid)
-local seq = redis.call('INCR', KEYS[3])
-if ARGV[11] ~= '' then push(seq, ARGV[11]) end
+local seq = seq_now()
+if not silent then
+  seq = redis.call('INCR', KEYS[3])
+  push(seq, ARGV[11])
+end
 if redis.call('HLEN', KEYS[1]) == 0 then
   redis.call('SREM', KEYS[4], ARGV[1])
   redis.call('EXPIRE', KEYS[3], ARGV[8])
 end
-return seq
+return {1, seq}
 "#,
     )
 });
