@@ -43,6 +43,9 @@ pub struct BenchConfig {
     /// Client connections sharing one UDP socket (one quinn endpoint). One socket per
     /// connection would cost the generator a file descriptor and an endpoint task each.
     pub clients_per_socket: usize,
+    /// Churn instead of chat: `rate` is then joins + leaves per second, spread over every
+    /// client (each leaves its room and enters it again, in turn); nothing is sent.
+    pub churn: bool,
 }
 
 /// One server process's use of the machine during the measured window.
@@ -75,11 +78,20 @@ pub struct BenchReport {
     /// delivery's latency includes.
     pub ack_p50_us: u64,
     pub ack_p99_us: u64,
+    /// Churn runs: joins + leaves answered inside the measured window, and their latency
+    /// (request to answer: edge, session claim, one Redis script, presence push).
+    pub churn_ops: u64,
+    pub churn_ops_per_sec: f64,
+    pub churn_p50_us: u64,
+    pub churn_p99_us: u64,
     pub lost: u64,
     pub duplicated: u64,
     pub setup_secs: f64,
     pub servers: Vec<ProcessUse>,
     pub server_cpu_us_per_delivery: Option<f64>,
+    /// This process (all the clients: QUIC decryption, acknowledgements, accounting) over the
+    /// measured window: it shares the machine with the servers when run on the same host.
+    pub generator_cpu_seconds: f64,
 }
 
 struct Member {
@@ -203,7 +215,7 @@ pub async fn run(
     let mut senders = Vec::new();
     let per_room = cfg.rate as f64 / rooms.len() as f64;
     let room_count = rooms.len();
-    if cfg.rate > 0 {
+    if cfg.rate > 0 && !cfg.churn {
         for (r, rid) in rooms.iter().enumerate() {
             let Some(client) = senders_clients.get(r).cloned() else {
                 break;
@@ -270,8 +282,59 @@ pub async fn run(
         }
     }
 
+    // Churn: every client leaves and re-enters its room in turn, phases spread evenly.
+    let churn_ops = Arc::new(AtomicU64::new(0));
+    let churn_hist = Arc::new(Mutex::new(Histogram::<u64>::new(3).expect("histogram")));
+    if cfg.churn && cfg.rate > 0 {
+        let per_client = cfg.rate as f64 / senders_clients.len().max(1) as f64;
+        let n = senders_clients.len();
+        for (i, client) in senders_clients.iter().enumerate() {
+            let client = client.clone();
+            let rid = rooms[i % rooms.len()].clone();
+            let (ops, hist, errors, window_ns) = (
+                churn_ops.clone(),
+                churn_hist.clone(),
+                send_errors.clone(),
+                window_ns.clone(),
+            );
+            let total = cfg.warmup + cfg.duration;
+            senders.push(tokio::spawn(async move {
+                let interval = Duration::from_secs_f64(1.0 / per_client);
+                let mut next = Instant::now() + interval.mul_f64(i as f64 / n as f64);
+                let mut inside = true;
+                while start.elapsed() < total {
+                    next += interval;
+                    let now = Instant::now();
+                    if next > now {
+                        tokio::time::sleep(next - now).await;
+                    }
+                    let t = start.elapsed().as_nanos() as u64;
+                    let result = if inside {
+                        client.leave(&rid).await
+                    } else {
+                        client.enter(&rid).await.map(|_| ())
+                    };
+                    match result {
+                        Ok(()) => {
+                            inside = !inside;
+                            if in_window(&window_ns, t) {
+                                let took = start.elapsed().as_nanos() as u64 - t;
+                                let _ = hist.lock().expect("churn hist").record(took / 1000);
+                                ops.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }));
+        }
+    }
+
     tokio::time::sleep(cfg.warmup).await;
     let cpu_before: Vec<f64> = cfg.pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
+    let own_before = cpu_seconds(std::process::id());
     window_ns
         .0
         .store(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -296,6 +359,7 @@ pub async fn run(
         .store(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
     let elapsed = window.elapsed().as_secs_f64();
     let cpu_after: Vec<f64> = cfg.pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
+    let generator_cpu_seconds = cpu_seconds(std::process::id()) - own_before;
     progress("measured window over; waiting for senders".into());
     for s in senders {
         let _ = s.await;
@@ -323,6 +387,8 @@ pub async fn run(
     let hist = hist.lock().expect("hist").clone();
     let accepted = accepted.lock().expect("accepted").clone();
     let acks = acks.lock().expect("acks").clone();
+    let churn_hist = churn_hist.lock().expect("churn hist").clone();
+    let churn_ops = churn_ops.load(Ordering::Relaxed);
     let (mut lost, mut duplicated) = (0, 0);
     for m in members.lock().expect("members").iter() {
         duplicated += m.dups;
@@ -359,12 +425,17 @@ pub async fn run(
         max_us: hist.max(),
         ack_p50_us: acks.value_at_quantile(0.50),
         ack_p99_us: acks.value_at_quantile(0.99),
+        churn_ops,
+        churn_ops_per_sec: churn_ops as f64 / elapsed,
+        churn_p50_us: churn_hist.value_at_quantile(0.50),
+        churn_p99_us: churn_hist.value_at_quantile(0.99),
         lost,
         duplicated,
         setup_secs,
         server_cpu_us_per_delivery: (total_deliveries > 0 && !servers.is_empty())
             .then(|| cpu_total * 1e6 / total_deliveries as f64),
         servers,
+        generator_cpu_seconds,
     })
 }
 
@@ -418,15 +489,23 @@ impl BenchReport {
             "  sent {} (errors {}), deliveries {} = {:.0}/s\n",
             self.sent, self.send_errors, self.deliveries, self.deliveries_per_sec
         );
-        out += &format!(
-            "  latency p50 {} µs, p90 {} µs, p99 {} µs, max {} µs\n",
-            self.p50_us, self.p90_us, self.p99_us, self.max_us
-        );
-        out += &format!(
-            "  send answered: p50 {} µs, p99 {} µs\n",
-            self.ack_p50_us, self.ack_p99_us
-        );
+        if self.deliveries > 0 {
+            out += &format!(
+                "  latency p50 {} µs, p90 {} µs, p99 {} µs, max {} µs\n",
+                self.p50_us, self.p90_us, self.p99_us, self.max_us
+            );
+            out += &format!(
+                "  send answered: p50 {} µs, p99 {} µs\n",
+                self.ack_p50_us, self.ack_p99_us
+            );
+        }
         out += &format!("  lost {}, duplicated {}\n", self.lost, self.duplicated);
+        if self.churn_ops > 0 {
+            out += &format!(
+                "  churn: {} joins+leaves = {:.0}/s, latency p50 {} µs, p99 {} µs\n",
+                self.churn_ops, self.churn_ops_per_sec, self.churn_p50_us, self.churn_p99_us
+            );
+        }
         for s in &self.servers {
             out += &format!(
                 "  {:<8} pid {:<7} cpu {:.2}s  peak rss {} KiB\n",
@@ -436,6 +515,11 @@ impl BenchReport {
         if let Some(us) = self.server_cpu_us_per_delivery {
             out += &format!("  server cpu per delivery: {us:.2} µs\n");
         }
+        out += &format!(
+            "  load generator (this process): cpu {:.2}s = {:.0}% of one core\n",
+            self.generator_cpu_seconds,
+            100.0 * self.generator_cpu_seconds / self.duration_secs.max(1e-9)
+        );
         out
     }
 }

@@ -6,6 +6,8 @@
 //!   and the push streams read into a bounded channel.
 //! - [`client`]: the high-level `Client`: gate query, connect to the chosen edge, enter, send.
 //! - [`bench`]: the load generator behind `roomcast bench` (and the benchmark scenarios).
+//! - [`ceiling`]: the machine's raw UDP ceiling (datagrams per second from one thread), the
+//!   reference fan-out is compared with.
 //! - [`format`]: how the CLI prints pushes and parses input lines (plain code).
 //!
 //! ```no_run
@@ -24,6 +26,7 @@
 //! ```
 
 pub mod bench;
+pub mod ceiling;
 pub mod client;
 pub mod connection;
 pub mod error;

@@ -53,6 +53,19 @@ enum Command {
         /// Server processes to account CPU and memory for: label=pid, comma-separated.
         #[arg(long, value_delimiter = ',')]
         pids: Vec<String>,
+        /// Churn: `--rate` joins + leaves per second over all clients instead of messages.
+        #[arg(long)]
+        churn: bool,
+    },
+    /// Measure this machine's raw UDP ceiling: datagrams per second one thread sends to many
+    /// receivers over loopback (the reference the benchmarks compare fan-out with).
+    UdpCeiling {
+        #[arg(long, default_value_t = 1000)]
+        receivers: usize,
+        #[arg(long, default_value_t = 200)]
+        payload: usize,
+        #[arg(long, default_value_t = 3)]
+        secs: u64,
     },
     /// Print which edge the gate assigns to a uid.
     Query {
@@ -99,6 +112,23 @@ async fn main() {
     let result = match cli.command {
         Command::Chat { conn, user, room } => chat(conn.options(), &user, &room).await,
         Command::Query { conn, uid } => query(conn.options(), &uid).await,
+        Command::UdpCeiling {
+            receivers,
+            payload,
+            secs,
+        } => roomcast_client::ceiling::udp_ceiling(
+            receivers,
+            payload,
+            std::time::Duration::from_secs(secs),
+        )
+        .map_err(|e| ClientError::Config(format!("UDP ceiling: {e}")))
+        .map(|c| {
+            println!("{}", serde_json::to_string(&c).unwrap_or_default());
+            println!(
+                "raw UDP: one thread sent {:.0} datagrams/s ({} bytes) to {} receivers; {} of {} read back",
+                c.sent_per_sec, c.payload_bytes, c.receivers, c.received, c.sent
+            );
+        }),
         Command::Bench {
             conn,
             edges,
@@ -108,6 +138,7 @@ async fn main() {
             duration,
             warmup,
             pids,
+            churn,
         } => {
             let edges = if edges.is_empty() {
                 vec![conn.gate]
@@ -134,6 +165,7 @@ async fn main() {
                 in_flight: 256,
                 connect_concurrency: 64,
                 clients_per_socket: 500,
+                churn,
             };
             match roomcast_client::bench::run(cfg, |l| eprintln!("{l}")).await {
                 Ok(r) => {

@@ -228,7 +228,7 @@ pub fn deliver(state: &Arc<EdgeState>, payload: &[u8]) {
                     .get(&uid)
                     .and_then(|sid| local.sessions.get(sid))
                 {
-                    s.outbound.push(StreamKey::Session, 0, frame.clone());
+                    s.outbound.push(&StreamKey::Session, 0, frame.clone());
                 }
             }
         }
@@ -238,7 +238,7 @@ pub fn deliver(state: &Arc<EdgeState>, payload: &[u8]) {
             };
             let local = state.local.lock().expect("local lock");
             for s in local.sessions.values() {
-                s.outbound.push(StreamKey::Session, 0, frame.clone());
+                s.outbound.push(&StreamKey::Session, 0, frame.clone());
             }
         }
         BusMessage::RoomDestroyed { ref rid } => {
@@ -252,7 +252,7 @@ pub fn deliver(state: &Arc<EdgeState>, payload: &[u8]) {
                 for sid in &members {
                     if let Some(s) = local.sessions.get(sid) {
                         s.rooms.lock().expect("rooms lock").remove(rid);
-                        s.outbound.push(key.clone(), seq, frame.clone());
+                        s.outbound.push(&key, seq, frame.clone());
                         s.outbound.finish(&key);
                     }
                 }

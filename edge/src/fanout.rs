@@ -56,12 +56,12 @@ pub fn gap_frame(rid: &str, from: u64, to: u64) -> Option<Bytes> {
 /// Carries out feed actions for room `rid`. Called with the local lock held: only queues and
 /// spawns, never waits.
 pub fn apply(state: &Arc<EdgeState>, local: &Local, rid: &str, actions: Vec<Action>) {
+    let key = StreamKey::Room(rid.to_string());
     for action in actions {
         match action {
             Action::Deliver { sid, seq, frame } => {
                 if let Some(s) = local.sessions.get(&sid) {
-                    s.outbound
-                        .push(StreamKey::Room(rid.to_string()), seq, frame);
+                    s.outbound.push(&key, seq, frame);
                 }
             }
             Action::Gap { sid, rid, from, to } => {
@@ -69,7 +69,7 @@ pub fn apply(state: &Arc<EdgeState>, local: &Local, rid: &str, actions: Vec<Acti
                 if let (Some(s), Some(frame)) =
                     (local.sessions.get(&sid), gap_frame(&rid, from, to))
                 {
-                    s.outbound.push(StreamKey::Room(rid.clone()), to, frame);
+                    s.outbound.push(&StreamKey::Room(rid.clone()), to, frame);
                 }
             }
             Action::Fill { rid, after, upto } => {

@@ -76,13 +76,19 @@ impl Outbound {
     }
 
     /// Queues an encoded frame (the push numbered `seq`); never waits.
-    pub fn push(&self, key: StreamKey, seq: u64, bytes: Bytes) {
+    pub fn push(&self, key: &StreamKey, seq: u64, bytes: Bytes) {
         let stream = {
             let mut streams = self.streams.lock().expect("streams lock");
-            streams
-                .entry(key.clone())
-                .or_insert_with(|| self.spawn_writer(key.clone()))
-                .clone()
+            // Fan-out calls this once per recipient: look up by reference, and allocate a key
+            // only for a stream's first push.
+            match streams.get(key) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = self.spawn_writer(key.clone());
+                    streams.insert(key.clone(), s.clone());
+                    s
+                }
+            }
         };
         let overflowed = {
             let mut q = stream.queue.lock().expect("queue lock");

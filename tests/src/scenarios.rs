@@ -1,25 +1,35 @@
 //! `roomcast-dev bench <scenario>`: starts a private stack (redis-server, edges, a chat
-//! backend — real processes), runs the load generator against it, prints a JSON line and a
-//! table per run. See BENCHMARKS.md for the method and the numbers.
+//! backend — real processes), measures the machine's ceilings, runs the load generator against
+//! the stack, and prints a JSON line and a table per run. See BENCHMARKS.md for the method and
+//! the numbers.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use roomcast_client::bench::{self, BenchConfig};
+use roomcast_client::bench::{self, BenchConfig, BenchReport};
 use roomcast_client::ClientOptions;
 
-use crate::cluster::{Certs, ClusterConfig, Node};
+use crate::ceilings::{self, Ceilings};
+use crate::cluster::{Certs, ClusterConfig, Node, Role};
 use crate::redis_server::RedisServer;
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// fanout-100 | big-room | idle
+    /// fanout-100 | big-room | idle | churn
     pub scenario: String,
-    /// Offered messages per second (comma-separated to sweep several rates).
+    /// Offered rates (messages per second; joins + leaves per second for churn),
+    /// comma-separated to run several.
     #[arg(long)]
     pub rates: Option<String>,
+    /// Raise the rate (doubling, then bisecting) until p99 latency exceeds --p99-ms or a
+    /// delivery is lost; report the highest rate that met both.
+    #[arg(long)]
+    pub find_max: bool,
+    /// The latency bound of --find-max, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    pub p99_ms: u64,
     /// Clients (overrides the scenario's).
     #[arg(long)]
     pub clients: Option<usize>,
@@ -29,6 +39,9 @@ pub struct BenchArgs {
     /// Seconds of traffic before measuring.
     #[arg(long, default_value_t = 2)]
     pub warmup: u64,
+    /// Skip the ceiling measurements (UDP, Redis) printed before the runs.
+    #[arg(long)]
+    pub no_ceilings: bool,
     /// Where development certificates are read from (generated if missing).
     #[arg(long, default_value = "certs")]
     pub certs: std::path::PathBuf,
@@ -39,6 +52,7 @@ struct Scenario {
     clients: usize,
     rooms: usize,
     rates: Vec<u64>,
+    churn: bool,
 }
 
 fn scenario(name: &str) -> Result<Scenario> {
@@ -48,21 +62,32 @@ fn scenario(name: &str) -> Result<Scenario> {
             clients: 1000,
             rooms: 10,
             rates: vec![100, 200, 400, 800],
+            churn: false,
         },
         "big-room" => Scenario {
             edges: 2,
             clients: 5000,
             rooms: 1,
-            rates: vec![5, 10, 20],
+            rates: vec![1, 2, 5],
+            churn: false,
         },
         // Every client alone in its own room: the connections are idle, nothing fans out.
         "idle" => Scenario {
             edges: 1,
-            clients: 5000,
-            rooms: 5000,
+            clients: 10_000,
+            rooms: 10_000,
             rates: vec![0],
+            churn: false,
         },
-        other => bail!("unknown scenario `{other}` (fanout-100, big-room, idle)"),
+        // Rooms of 10; every client leaves and re-enters its room in turn.
+        "churn" => Scenario {
+            edges: 2,
+            clients: 1000,
+            rooms: 100,
+            rates: vec![500, 1000, 2000],
+            churn: true,
+        },
+        other => bail!("unknown scenario `{other}` (fanout-100, big-room, idle, churn)"),
     })
 }
 
@@ -82,6 +107,17 @@ pub fn run(bin: &Path, args: BenchArgs) -> Result<()> {
     }
     let redis = RedisServer::start()?;
     let certs = Certs::ensure(&args.certs)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let ceilings = if args.no_ceilings {
+        None
+    } else {
+        let c = ceilings::measure(&rt, &redis)?;
+        println!("{}", serde_json::to_string(&c)?);
+        println!("{}", ceiling_table(&c));
+        Some(c)
+    };
     let cluster = ClusterConfig {
         bin: bin.to_path_buf(),
         redis_url: redis.url(),
@@ -97,6 +133,9 @@ pub fn run(bin: &Path, args: BenchArgs) -> Result<()> {
         "100000",
         "--rate-burst",
         "100000",
+        // The generator shares the cores: thousands of handshakes at once take a while.
+        "--handshake-timeout-ms",
+        "30000",
     ];
     let mut nodes: Vec<Node> = vec![cluster.chat("chat-1", &[])?];
     for i in 0..sc.edges {
@@ -104,12 +143,12 @@ pub fn run(bin: &Path, args: BenchArgs) -> Result<()> {
     }
     std::thread::sleep(Duration::from_millis(1500));
     let edges: Vec<_> = nodes[1..].iter().map(|n| n.addr).collect();
-    let pids: Vec<(String, u32)> = nodes.iter().map(|n| (n.id.clone(), n.pid())).collect();
-    let redis_pid = [("redis".to_string(), redis.pid())];
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    for rate in sc.rates.clone() {
+    let pids: Vec<(String, u32)> = nodes
+        .iter()
+        .map(|n| (n.id.clone(), n.pid()))
+        .chain([("redis".to_string(), redis.pid())])
+        .collect();
+    let one = |rate: u64| -> Result<BenchReport> {
         let mut options = ClientOptions::new(edges[0], certs.ca.clone());
         options.request_timeout = Duration::from_secs(30);
         let cfg = BenchConfig {
@@ -121,22 +160,22 @@ pub fn run(bin: &Path, args: BenchArgs) -> Result<()> {
             rate,
             duration: Duration::from_secs(args.duration),
             warmup: Duration::from_secs(args.warmup),
-            pids: pids
-                .iter()
-                .cloned()
-                .chain(redis_pid.iter().cloned())
-                .collect(),
+            pids: pids.clone(),
             in_flight: 256,
             connect_concurrency: 64,
             clients_per_socket: 500,
+            churn: sc.churn,
         };
         let before: Vec<u64> = nodes.iter().map(|n| bench::rss_kib(n.pid())).collect();
         let report = rt.block_on(bench::run(cfg, |line| eprintln!("{line}")))?;
         println!("{}", serde_json::to_string(&report)?);
-        println!("{}", report.table());
+        print!("{}", report.table());
+        if let Some(c) = &ceilings {
+            println!("{}", fractions(&report, c, &nodes));
+        }
         if args.scenario == "idle" {
             for (n, b) in nodes.iter().zip(before) {
-                if n.role == crate::cluster::Role::Edge {
+                if n.role == Role::Edge {
                     let peak = report
                         .servers
                         .iter()
@@ -154,7 +193,94 @@ pub fn run(bin: &Path, args: BenchArgs) -> Result<()> {
                 }
             }
         }
+        println!();
+        Ok(report)
+    };
+    if args.find_max {
+        let bound_us = args.p99_ms * 1000;
+        let ok = |r: &BenchReport| {
+            r.lost == 0 && r.send_errors == 0 && r.p99_us.max(r.churn_p99_us) < bound_us
+        };
+        let (mut good, mut bad) = (0u64, None::<u64>);
+        let mut rate = sc.rates.first().copied().unwrap_or(100).max(1);
+        // Double until a rate fails, then bisect to within 10 %.
+        loop {
+            let r = one(rate)?;
+            if ok(&r) {
+                good = rate;
+            } else {
+                bad = Some(rate);
+            }
+            rate = match bad {
+                None => rate * 2,
+                Some(b) if b - good > (good / 10).max(1) => (good + b) / 2,
+                Some(_) => break,
+            };
+        }
+        println!(
+            "highest offered rate with p99 < {} ms and no loss: {good} (first failing: {})",
+            args.p99_ms,
+            bad.map(|b| b.to_string()).unwrap_or_default()
+        );
+    } else {
+        for rate in sc.rates.clone() {
+            one(rate)?;
+        }
     }
     drop(nodes);
     Ok(())
+}
+
+fn ceiling_table(c: &Ceilings) -> String {
+    format!(
+        "ceilings on this machine:\n  raw UDP: one thread sends {:.0} datagrams/s ({} bytes, to {} receivers)\n  \
+         redis: chat.send script {:.0}/s, join/leave scripts {:.0}/s, bare PUBLISH {}\n",
+        c.udp.sent_per_sec,
+        c.udp.payload_bytes,
+        c.udp.receivers,
+        c.redis_room_publish_per_sec,
+        c.redis_join_leave_per_sec,
+        c.redis_benchmark_publish_per_sec
+            .map(|p| format!("{p:.0}/s (redis-benchmark)"))
+            .unwrap_or_else(|| "not measured (no redis-benchmark)".into()),
+    )
+}
+
+/// Each result as a fraction of its ceiling.
+fn fractions(r: &BenchReport, c: &Ceilings, nodes: &[Node]) -> String {
+    let edge_cpu: f64 = r
+        .servers
+        .iter()
+        .filter(|s| {
+            nodes
+                .iter()
+                .any(|n| n.role == Role::Edge && n.pid() == s.pid)
+        })
+        .map(|s| s.cpu_seconds)
+        .sum();
+    let mut out = String::from("  against the ceilings:");
+    if r.deliveries > 0 && edge_cpu > 0.0 {
+        // Deliveries one fully busy edge core would make at this run's cost per delivery.
+        let per_core = r.deliveries as f64 / edge_cpu;
+        out += &format!(
+            "\n    edge deliveries per busy core {:.0}/s = {:.0} % of raw UDP from one thread",
+            per_core,
+            100.0 * per_core / c.udp.sent_per_sec
+        );
+    }
+    if r.sent > 0 {
+        out += &format!(
+            "\n    chat.send scripts {:.0}/s = {:.1} % of Redis's ceiling for them",
+            r.sent as f64 / r.duration_secs,
+            100.0 * r.sent as f64 / r.duration_secs / c.redis_room_publish_per_sec
+        );
+    }
+    if r.churn_ops > 0 {
+        out += &format!(
+            "\n    joins+leaves {:.0}/s = {:.1} % of Redis's ceiling for those scripts",
+            r.churn_ops_per_sec,
+            100.0 * r.churn_ops_per_sec / c.redis_join_leave_per_sec
+        );
+    }
+    out
 }
