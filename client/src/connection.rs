@@ -128,7 +128,8 @@ impl Connection {
         let (endpoint, owns_endpoint) = match &opts.endpoint {
             Some(shared) => (shared.clone(), false),
             None => (
-                net::endpoint(net::any_addr_for(&addr), None).map_err(|e| fail(format!("{e:#}")))?,
+                net::endpoint(net::any_addr_for(&addr), None)
+                    .map_err(|e| fail(format!("{e:#}")))?,
                 true,
             ),
         };

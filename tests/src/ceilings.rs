@@ -109,7 +109,15 @@ where
 fn redis_benchmark_publish(port: u16) -> Option<f64> {
     let out = Command::new("redis-benchmark")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-n", "100000", "-c", "50", "--csv", "PUBLISH", "ceiling-channel"])
+        .args([
+            "-n",
+            "100000",
+            "-c",
+            "50",
+            "--csv",
+            "PUBLISH",
+            "ceiling-channel",
+        ])
         .arg("x".repeat(100))
         .output()
         .ok()?;

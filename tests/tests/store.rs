@@ -48,7 +48,10 @@ async fn rooms_over_the_presence_limit_join_and_leave_silently() {
     // Back at the limit: leaves are pushed again.
     assert_eq!(s.leave("big", "b", None, gone).await.unwrap(), Some(3));
     let history: u64 = c.zcard("rc:room:{big}:history").await.unwrap();
-    assert_eq!(history, 3, "two onAdd and one onLeave recorded, nothing else");
+    assert_eq!(
+        history, 3,
+        "two onAdd and one onLeave recorded, nothing else"
+    );
 }
 
 #[tokio::test]
