@@ -319,3 +319,45 @@ async fn killing_a_backend_loses_no_room() {
         .await
         .is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_over_the_presence_limit_join_silently_and_answer_with_a_count() {
+    let env = Env::start_with(
+        &["edge-a", "edge-b"],
+        &["chat-a"],
+        &["--presence-max-members", "2"],
+        &[],
+    );
+    let alice = env.connect_to(0, "alice").await;
+    let bob = env.connect_to(1, "bob").await;
+    let carol = env.connect_to(0, "carol").await;
+    let mut arx = alice.pushes().unwrap();
+    let mut crx = carol.pushes().unwrap();
+    alice.enter("hall").await.unwrap();
+    let b = bob.enter("hall").await.unwrap();
+    assert_eq!((b.users.len(), b.members), (2, 2));
+    assert_eq!(collect_route(&mut arx, "onAdd", 1).await.len(), 1);
+    // The third member takes the room over the limit: only a count, and nobody is told.
+    let c = carol.enter("hall").await.unwrap();
+    assert!(
+        c.users.is_empty(),
+        "no member list above the limit: {:?}",
+        c.users
+    );
+    assert_eq!(c.members, 3);
+    // Messages still reach everyone, the silent joiner included, with no seq skipped.
+    let sent = bob.send("hall", "to all three").await.unwrap().seq.unwrap();
+    assert_eq!(sent, c.seq + 1, "a silent join consumes no seq");
+    for rx in [&mut arx, &mut crx] {
+        let got = next_push(rx, Duration::from_secs(5)).await.expect("a push");
+        assert_eq!((got.route.as_str(), got.seq), ("onChat", sent));
+    }
+    // Leaving a room over the limit is silent too; back at the limit, leaves are pushed.
+    carol.leave("hall").await.unwrap();
+    bob.leave("hall").await.unwrap();
+    let got = next_push(&mut arx, Duration::from_secs(5))
+        .await
+        .expect("onLeave");
+    assert_eq!(got.route, "onLeave");
+    assert_eq!(body(&got)["user"], "bob");
+}
