@@ -487,10 +487,14 @@ impl BenchReport {
             self.offered_msgs_per_sec,
             self.duration_secs
         );
-        out += &format!(
-            "  sent {} (errors {}), deliveries {} = {:.0}/s\n",
-            self.sent, self.send_errors, self.deliveries, self.deliveries_per_sec
-        );
+        if self.sent > 0 || self.deliveries > 0 {
+            out += &format!(
+                "  sent {} (errors {}), deliveries {} = {:.0}/s\n",
+                self.sent, self.send_errors, self.deliveries, self.deliveries_per_sec
+            );
+        } else if self.send_errors > 0 {
+            out += &format!("  failed requests: {}\n", self.send_errors);
+        }
         if self.deliveries > 0 {
             out += &format!(
                 "  latency p50 {} µs, p90 {} µs, p99 {} µs, max {} µs\n",
