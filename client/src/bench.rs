@@ -233,17 +233,10 @@ pub async fn run(
             let total = cfg.warmup + cfg.duration;
             let limit = Arc::new(Semaphore::new(cfg.in_flight.max(1)));
             senders.push(tokio::spawn(async move {
-                let interval = Duration::from_secs_f64(1.0 / per_room);
-                // Senders are spread evenly over one interval: started in phase, ten rooms at
-                // 2 msg/s each would arrive as one burst of ten messages every 500 ms.
-                let mut next = Instant::now() + interval.mul_f64(r as f64 / room_count as f64);
+                let mut pace = Pacer::new(per_room, r, room_count);
                 let mut n = 0u64;
                 while start.elapsed() < total {
-                    next += interval;
-                    let now = Instant::now();
-                    if next > now {
-                        tokio::time::sleep(next - now).await;
-                    }
+                    pace.tick().await;
                     let permit = limit.clone().acquire_owned().await.expect("semaphore");
                     let client = client.clone();
                     let rid = rid.clone();
@@ -301,15 +294,10 @@ pub async fn run(
             );
             let total = cfg.warmup + cfg.duration;
             senders.push(tokio::spawn(async move {
-                let interval = Duration::from_secs_f64(1.0 / per_client);
-                let mut next = Instant::now() + interval.mul_f64(i as f64 / n as f64);
+                let mut pace = Pacer::new(per_client, i, n);
                 let mut inside = true;
                 while start.elapsed() < total {
-                    next += interval;
-                    let now = Instant::now();
-                    if next > now {
-                        tokio::time::sleep(next - now).await;
-                    }
+                    pace.tick().await;
                     let t = start.elapsed().as_nanos() as u64;
                     let result = if inside {
                         client.leave(&rid).await
@@ -441,6 +429,33 @@ pub async fn run(
     })
 }
 
+/// Paces one of `of` workers at `per_sec` operations per second. The workers' phases are
+/// spread evenly over one interval: started in phase, ten rooms at 2 msg/s each would send one
+/// burst of ten messages every 500 ms instead of one message every 50 ms.
+struct Pacer {
+    interval: Duration,
+    next: Instant,
+}
+
+impl Pacer {
+    fn new(per_sec: f64, worker: usize, of: usize) -> Pacer {
+        let interval = Duration::from_secs_f64(1.0 / per_sec);
+        Pacer {
+            interval,
+            next: Instant::now() + interval.mul_f64(worker as f64 / of.max(1) as f64),
+        }
+    }
+
+    /// Waits for the next operation's turn (at once when behind schedule).
+    async fn tick(&mut self) {
+        self.next += self.interval;
+        let now = Instant::now();
+        if self.next > now {
+            tokio::time::sleep(self.next - now).await;
+        }
+    }
+}
+
 fn in_window(w: &(AtomicU64, AtomicU64), t: u64) -> bool {
     t >= w.0.load(Ordering::Relaxed) && t < w.1.load(Ordering::Relaxed)
 }
@@ -478,8 +493,13 @@ pub fn rss_kib(pid: u32) -> u64 {
 impl BenchReport {
     /// A table a person reads.
     pub fn table(&self) -> String {
+        let unit = if self.churn_ops > 0 {
+            "joins+leaves/s"
+        } else {
+            "msg/s"
+        };
         let mut out = format!(
-            "scenario {}: {} clients over {} edges in {} rooms, offered {} msg/s for {:.1}s\n",
+            "scenario {}: {} clients over {} edges in {} rooms, offered {} {unit} for {:.1}s\n",
             self.scenario,
             self.clients,
             self.edges,

@@ -47,6 +47,9 @@ pub struct BenchArgs {
     pub certs: std::path::PathBuf,
 }
 
+/// `--find-max` stops doubling here even if every run met the bound.
+const MAX_FIND_RATE: u64 = 10_000_000;
+
 struct Scenario {
     edges: usize,
     clients: usize,
@@ -212,6 +215,8 @@ pub fn run(bin: &Path, args: BenchArgs) -> Result<()> {
                 bad = Some(rate);
             }
             rate = match bad {
+                // Far past what one machine can offer: stop rather than double forever.
+                None if rate >= MAX_FIND_RATE => break,
                 None => rate * 2,
                 Some(b) if b - good > (good / 10).max(1) => (good + b) / 2,
                 Some(_) => break,
