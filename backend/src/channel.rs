@@ -11,8 +11,8 @@
 //! `pushMessageByUids` → [`ChannelService::push_to_uids`], `broadcast`, `destroyChannel` →
 //! [`ChannelService::destroy`]).
 
-use roomcast_common::protocol::{route, OnUser};
-use roomcast_common::store::{Joined, Result, Store};
+use roomcast_protocol::protocol::{route, OnUser};
+use roomcast_store::{Joined, Result, Store};
 
 /// Room operations for handlers. Cheap to clone (it shares the store's connection).
 #[derive(Clone)]

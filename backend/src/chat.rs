@@ -9,8 +9,8 @@
 
 use bytes::Bytes;
 use clap::Args;
-use roomcast_common::ids::{IdRules, MAX_ID_BYTES};
-use roomcast_common::protocol::{route, ChatSend, OnChat, Sent};
+use roomcast_protocol::ids::{IdRules, MAX_ID_BYTES};
+use roomcast_protocol::protocol::{route, ChatSend, OnChat, Sent};
 
 use crate::handler::{Context, HandlerError, HandlerResult, Router};
 
@@ -176,7 +176,7 @@ async fn send(ctx: Context, body: Bytes, limits: ChatLimits) -> HandlerResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use roomcast_common::protocol::code;
+    use roomcast_protocol::protocol::code;
 
     #[test]
     fn valid_bodies_parse() {

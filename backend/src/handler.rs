@@ -21,8 +21,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use roomcast_common::protocol::code;
-use roomcast_common::store::StoreError;
+use roomcast_protocol::protocol::code;
+use roomcast_store::StoreError;
 
 use crate::channel::ChannelService;
 
@@ -49,7 +49,7 @@ pub struct Context {
     pub channels: ChannelService,
 }
 
-/// A failed request: `code` is one of [`roomcast_common::protocol::code`], `message` says
+/// A failed request: `code` is one of [`roomcast_protocol::protocol::code`], `message` says
 /// what went wrong in words a client developer can act on. It reaches the client as a
 /// `Response` with that code and message.
 #[derive(Debug, Clone, PartialEq, Eq)]

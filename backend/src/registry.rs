@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use roomcast_common::store::{BackendInfo, Store, StoreError};
+use roomcast_store::{BackendInfo, Store, StoreError};
 use tokio::task::JoinHandle;
 
 /// How often the entry is refreshed. Edges read the registry every second as well.

@@ -19,10 +19,10 @@ use anyhow::Context as _;
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
-use roomcast_common::codec::Frame;
-use roomcast_common::protocol::{code, BACKEND_ALPN, DEFAULT_MAX_FRAME};
-use roomcast_common::stream::{read_frame, write_frame, StreamError};
-use roomcast_common::tls::{self, TransportLimits};
+use roomcast_protocol::codec::Frame;
+use roomcast_protocol::protocol::{code, BACKEND_ALPN, DEFAULT_MAX_FRAME};
+use roomcast_net::stream::{read_frame, write_frame, StreamError};
+use roomcast_net::tls::{self, TransportLimits};
 use tokio::sync::Semaphore;
 
 use crate::channel::ChannelService;
@@ -88,7 +88,7 @@ impl BackendServer {
         channels: ChannelService,
     ) -> anyhow::Result<BackendServer> {
         let config = tls::server_config(cert, key, BACKEND_ALPN, &transport_limits(), client_ca)?;
-        let endpoint = roomcast_common::net::endpoint(listen, Some(config))?;
+        let endpoint = roomcast_net::net::endpoint(listen, Some(config))?;
         Ok(BackendServer {
             endpoint,
             router: Arc::new(router),

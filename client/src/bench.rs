@@ -117,7 +117,7 @@ pub async fn run(
     let sockets = cfg.clients.div_ceil(cfg.clients_per_socket.max(1)).max(1);
     let endpoints = (0..sockets)
         .map(|_| {
-            roomcast_common::net::endpoint(roomcast_common::net::any_addr_for(&cfg.edges[0]), None)
+            roomcast_net::net::endpoint(roomcast_net::net::any_addr_for(&cfg.edges[0]), None)
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ClientError::Config(format!("{e:#}")))?;

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use roomcast_common::protocol::{
+use roomcast_protocol::protocol::{
     close, code, route, ChatSend, DevToken, DevTokenRequest, Enter, Entered, EntryAnswer, Leave,
     QueryEntry, Resume, ResumeAnswer, Sent,
 };

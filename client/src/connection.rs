@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use quinn::{Endpoint, RecvStream, SendStream, VarInt};
-use roomcast_common::codec::Frame;
-use roomcast_common::net;
-use roomcast_common::protocol::{
+use roomcast_protocol::codec::Frame;
+use roomcast_net::net;
+use roomcast_protocol::protocol::{
     code, CLIENT_ALPN, DEFAULT_MAX_FRAME, HARD_MAX_FRAME, PROTOCOL_VERSION,
 };
-use roomcast_common::stream::{read_frame, write_frame};
-use roomcast_common::tls::{self, TransportLimits};
+use roomcast_net::stream::{read_frame, write_frame};
+use roomcast_net::tls::{self, TransportLimits};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -333,7 +333,7 @@ impl Connection {
         match read_frame(
             &mut recv,
             &mut buf,
-            roomcast_common::protocol::HARD_MAX_FRAME,
+            roomcast_protocol::protocol::HARD_MAX_FRAME,
         )
         .await
         {
@@ -541,14 +541,14 @@ mod tests {
             seq: 3,
             body: Bytes::from_static(br#"{"user":"bob"}"#),
         };
-        let user: roomcast_common::protocol::OnUser = p.json().expect("valid body");
+        let user: roomcast_protocol::protocol::OnUser = p.json().expect("valid body");
         assert_eq!(user.user, "bob");
         let bad = Push {
             body: Bytes::from_static(b"nope"),
             ..p
         };
         assert!(matches!(
-            bad.json::<roomcast_common::protocol::OnUser>(),
+            bad.json::<roomcast_protocol::protocol::OnUser>(),
             Err(ClientError::Json(_))
         ));
     }

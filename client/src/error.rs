@@ -2,7 +2,7 @@
 //! the server's status code and message) from "the network is gone" from "we sent or received
 //! nonsense".
 
-use roomcast_common::stream::StreamError;
+use roomcast_net::stream::StreamError;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -72,7 +72,7 @@ impl From<quinn::ConnectionError> for ClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use roomcast_common::codec::CodecError;
+    use roomcast_protocol::codec::CodecError;
 
     #[test]
     fn codes_and_messages() {

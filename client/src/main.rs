@@ -107,7 +107,7 @@ impl ConnArgs {
 
 #[tokio::main]
 async fn main() {
-    roomcast_common::telemetry::init_logging();
+    init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Chat { conn, user, room } => chat(conn.options(), &user, &room).await,
@@ -250,4 +250,14 @@ async fn chat(opts: ClientOptions, user: &str, room: &str) -> Result<(), ClientE
     let _ = client.leave(room).await;
     client.close().await;
     Ok(())
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use quinn::{Connection, Endpoint};
-use roomcast_common::codec::Frame;
-use roomcast_common::protocol::{code, DEFAULT_MAX_FRAME};
-use roomcast_common::store::{BackendInfo, Store};
-use roomcast_common::stream::{read_frame, write_frame};
+use roomcast_protocol::codec::Frame;
+use roomcast_protocol::protocol::{code, DEFAULT_MAX_FRAME};
+use roomcast_store::{BackendInfo, Store};
+use roomcast_net::stream::{read_frame, write_frame};
 
 /// How long a backend that failed an attempt is skipped (unless no other backend is left).
 const SUSPECT_FOR: Duration = Duration::from_secs(5);
@@ -64,7 +64,7 @@ impl BackendPool {
     }
 
     /// Re-reads the registry. Connections to backends that left are closed.
-    pub async fn refresh(&self, store: &Store) -> roomcast_common::store::Result<()> {
+    pub async fn refresh(&self, store: &Store) -> roomcast_store::Result<()> {
         let list = store.list_backends().await?;
         let mut conns = self.conns.lock().expect("conns lock");
         conns.retain(|id, c| {

@@ -18,10 +18,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use quinn::VarInt;
 use redis::aio::PubSubSink;
-use roomcast_common::bus::{self, BusMessage};
-use roomcast_common::codec::Frame;
-use roomcast_common::keys::Keys;
-use roomcast_common::protocol::close;
+use roomcast_protocol::bus::{self, BusMessage};
+use roomcast_protocol::codec::Frame;
+use roomcast_store::keys::Keys;
+use roomcast_protocol::protocol::close;
 use tokio::sync::Mutex;
 
 use crate::fanout::{self, room_frame};

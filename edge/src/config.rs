@@ -44,7 +44,7 @@ pub struct EdgeConfig {
     pub ca: PathBuf,
 
     /// Largest frame accepted from a client, in bytes (length prefix excluded).
-    #[arg(long, default_value_t = roomcast_common::protocol::DEFAULT_MAX_FRAME)]
+    #[arg(long, default_value_t = roomcast_protocol::protocol::DEFAULT_MAX_FRAME)]
     pub max_frame: usize,
 
     /// Requests one client may have in flight (QUIC bidirectional stream limit).
@@ -61,7 +61,7 @@ pub struct EdgeConfig {
     pub push_queue: usize,
 
     /// Longest user id or room id, in bytes.
-    #[arg(long, default_value_t = roomcast_common::ids::MAX_ID_BYTES)]
+    #[arg(long, default_value_t = roomcast_protocol::ids::MAX_ID_BYTES)]
     pub max_id_bytes: usize,
 
     /// Accept only printable ASCII in user ids and room ids (default: any UTF-8 without
@@ -149,8 +149,8 @@ impl EdgeConfig {
         Duration::from_millis(self.backend_attempt_ms)
     }
 
-    pub fn id_rules(&self) -> roomcast_common::ids::IdRules {
-        roomcast_common::ids::IdRules {
+    pub fn id_rules(&self) -> roomcast_protocol::ids::IdRules {
+        roomcast_protocol::ids::IdRules {
             max_bytes: self.max_id_bytes,
             ascii_only: self.ascii_ids,
         }
@@ -168,8 +168,8 @@ impl EdgeConfig {
         Duration::from_millis(self.resume_grace_ms)
     }
 
-    pub fn history(&self) -> roomcast_common::store::HistoryConfig {
-        roomcast_common::store::HistoryConfig {
+    pub fn history(&self) -> roomcast_store::HistoryConfig {
+        roomcast_store::HistoryConfig {
             max_len: self.history_len,
             max_age: Duration::from_secs(self.history_age_secs),
         }

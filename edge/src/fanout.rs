@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use quinn::VarInt;
-use roomcast_common::bus::BusMessage;
-use roomcast_common::codec::Frame;
-use roomcast_common::protocol::{close, route, OnGap};
+use roomcast_protocol::bus::BusMessage;
+use roomcast_protocol::codec::Frame;
+use roomcast_protocol::protocol::{close, route, OnGap};
 
 use crate::outbound::StreamKey;
 use crate::rooms::{Action, SessionId};

@@ -4,7 +4,7 @@
 //! builds (FNV-1a with a SplitMix64 finaliser, not `std`'s randomised hasher). Removing an edge
 //! moves only the uids that were on it; adding one moves only the uids it now wins.
 
-use roomcast_common::store::EdgeInfo;
+use roomcast_store::EdgeInfo;
 
 /// Picks the edge for `uid`: among non-draining edges, those in `region` first; if the region
 /// has none, any non-draining edge. `None` when no edge is available.

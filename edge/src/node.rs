@@ -8,12 +8,12 @@ use anyhow::{anyhow, Context};
 use clap::Parser;
 use quinn::{Endpoint, VarInt};
 use roomcast_common::auth::{Minter, Verifier};
-use roomcast_common::ids::check_node_id;
-use roomcast_common::keys::Keys;
-use roomcast_common::net;
-use roomcast_common::protocol::{close, BACKEND_ALPN, CLIENT_ALPN};
-use roomcast_common::store::Store;
-use roomcast_common::tls::{self, TransportLimits};
+use roomcast_protocol::ids::check_node_id;
+use roomcast_store::keys::Keys;
+use roomcast_net::net;
+use roomcast_protocol::protocol::{close, BACKEND_ALPN, CLIENT_ALPN};
+use roomcast_store::Store;
+use roomcast_net::tls::{self, TransportLimits};
 use tokio::task::JoinHandle;
 
 use crate::backends::BackendPool;
@@ -83,7 +83,7 @@ pub async fn start(cfg: EdgeConfig) -> anyhow::Result<RunningEdge> {
         .await
         .with_context(|| format!("cannot connect to redis at {}", cfg.redis_url))?
         .with_history(cfg.history())
-        .with_presence(roomcast_common::store::PresenceConfig {
+        .with_presence(roomcast_store::PresenceConfig {
             max_members: cfg.presence_max_members,
         });
 
@@ -307,7 +307,7 @@ async fn drain_cli(args: &[String]) -> anyhow::Result<()> {
     let store = Store::connect(&cli.redis_url, Keys::new(&cli.prefix))
         .await
         .with_context(|| format!("cannot connect to redis at {}", cli.redis_url))?;
-    let msg = roomcast_common::bus::BusMessage::Drain { reason: cli.reason };
+    let msg = roomcast_protocol::bus::BusMessage::Drain { reason: cli.reason };
     let receivers = store.publish_to_edge(&cli.id, &msg).await?;
     if receivers == 0 {
         anyhow::bail!(

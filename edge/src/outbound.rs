@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use quinn::{Connection, VarInt};
-use roomcast_common::protocol::close;
+use roomcast_protocol::protocol::close;
 use tokio::sync::Notify;
 
 use crate::fanout::gap_frame;

@@ -11,8 +11,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use roomcast_common::protocol::{route, OnUser};
-use roomcast_common::store::Result;
+use roomcast_protocol::protocol::{route, OnUser};
+use roomcast_store::Result;
 
 use crate::config::REGISTRY_REFRESH;
 use crate::state::EdgeState;

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use quinn::VarInt;
-use roomcast_common::protocol::close;
-use roomcast_common::store::{Claim, EdgeInfo};
+use roomcast_protocol::protocol::close;
+use roomcast_store::{Claim, EdgeInfo};
 
 use crate::config::REGISTRY_REFRESH;
 use crate::state::EdgeState;
@@ -26,7 +26,7 @@ pub fn own_entry(state: &EdgeState) -> EdgeInfo {
 }
 
 /// Refreshes the lease and the caches. Returns whether the lease had been lost.
-pub async fn refresh_once(state: &EdgeState) -> roomcast_common::store::Result<bool> {
+pub async fn refresh_once(state: &EdgeState) -> roomcast_store::Result<bool> {
     let existed = state
         .store
         .register_edge(&own_entry(state), state.cfg.lease_ttl())
@@ -69,7 +69,7 @@ pub async fn run(state: Arc<EdgeState>) {
 
 /// Writes back everything this edge owns: each session's uid claim and each local room
 /// membership (without onAdd, keeping each room's seq at least where this edge saw it).
-pub async fn reregister(state: &Arc<EdgeState>) -> roomcast_common::store::Result<()> {
+pub async fn reregister(state: &Arc<EdgeState>) -> roomcast_store::Result<()> {
     let (sessions, feeds) = {
         let local = state.local.lock().expect("local lock");
         let sessions: Vec<_> = local.sessions.values().cloned().collect();

@@ -3,13 +3,13 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use roomcast_common::bus::BusMessage;
-use roomcast_common::codec::Frame;
-use roomcast_common::protocol::{
+use roomcast_protocol::bus::BusMessage;
+use roomcast_protocol::codec::Frame;
+use roomcast_protocol::protocol::{
     code, route, DevToken, DevTokenRequest, Enter, Entered, EntryAnswer, Leave, OnUser, QueryEntry,
     Resume, ResumeAnswer, Resumed,
 };
-use roomcast_common::store::{Claim, StoreError};
+use roomcast_store::{Claim, StoreError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
-use roomcast_common::codec::Frame;
-use roomcast_common::protocol::{close, code, route, OnUser, PROTOCOL_VERSION};
-use roomcast_common::stream::{read_frame, write_frame};
+use roomcast_protocol::codec::Frame;
+use roomcast_protocol::protocol::{close, code, route, OnUser, PROTOCOL_VERSION};
+use roomcast_net::stream::{read_frame, write_frame};
 use tokio::time::timeout;
 
 use crate::config::REQUEST_READ_TIMEOUT;
@@ -172,7 +172,7 @@ async fn control_stream(
     *session.control.lock().await = Some(send);
     let mut buf = BytesMut::new();
     match read_frame(&mut recv, &mut buf, max).await {
-        Ok(None) | Err(roomcast_common::stream::StreamError::Read(_)) => {}
+        Ok(None) | Err(roomcast_net::stream::StreamError::Read(_)) => {}
         Ok(Some(f)) => {
             let msg = format!("unexpected {} frame on the control stream", f.name());
             conn.close(VarInt::from_u32(close::PROTOCOL_ERROR), msg.as_bytes());

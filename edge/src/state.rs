@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use quinn::Connection;
-use roomcast_common::keys::Keys;
-use roomcast_common::store::{EdgeInfo, Store};
+use roomcast_store::keys::Keys;
+use roomcast_store::{EdgeInfo, Store};
 
 use crate::backends::BackendPool;
 use crate::bus::Bus;

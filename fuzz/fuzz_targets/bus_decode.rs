@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use roomcast_common::bus;
+use roomcast_protocol::bus;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok((seq, msg)) = bus::decode(data) {

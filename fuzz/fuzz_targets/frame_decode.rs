@@ -4,7 +4,7 @@
 
 use bytes::{BufMut, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use roomcast_common::codec::Frame;
+use roomcast_protocol::codec::Frame;
 
 fuzz_target!(|data: &[u8]| {
     // The first byte picks the chunk size, the rest is the stream.

@@ -4,8 +4,8 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use roomcast_common::codec::Frame;
-use roomcast_common::protocol::{DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
+use roomcast_protocol::codec::Frame;
+use roomcast_protocol::protocol::{DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
 
 fuzz_target!(|data: &[u8]| {
     let mut buf = BytesMut::from(data);

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use roomcast_client::ceiling::{udp_ceiling, UdpCeiling};
-use roomcast_common::keys::Keys;
-use roomcast_common::store::Store;
+use roomcast_store::keys::Keys;
+use roomcast_store::Store;
 use serde::Serialize;
 
 use crate::redis_server::RedisServer;

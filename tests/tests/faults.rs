@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use redis::AsyncCommands;
 use roomcast_client::{Client, ClientError, Push};
-use roomcast_common::protocol::{Resume, ResumeAnswer};
+use roomcast_protocol::protocol::{Resume, ResumeAnswer};
 use support::{body, collect_route, next_push, Env, WAIT};
 use tokio::sync::mpsc::Receiver;
 
@@ -372,7 +372,7 @@ async fn lost_pubsub_messages_are_filled_from_history() {
         })
     };
     let mut r = env.redis().await;
-    let store = roomcast_common::store::Store::connect(&env.redis.url(), Default::default())
+    let store = roomcast_store::Store::connect(&env.redis.url(), Default::default())
         .await
         .unwrap();
     let mut in_gap = 0;
@@ -569,10 +569,10 @@ async fn zero_rtt_carries_only_replay_safe_requests() {
 
     // A state-changing request sent as early data is refused, never executed. (The SDK never
     // sends one; a raw QUIC client does, to prove the edge checks.)
-    use roomcast_common::codec::Frame;
-    use roomcast_common::stream::{read_frame, write_frame};
+    use roomcast_protocol::codec::Frame;
+    use roomcast_net::stream::{read_frame, write_frame};
     let config =
-        support::raw_client_config(&env, roomcast_common::protocol::CLIENT_ALPN, None, true);
+        support::raw_client_config(&env, roomcast_protocol::protocol::CLIENT_ALPN, None, true);
     let endpoint = support::raw_endpoint();
     let first = endpoint
         .connect_with(config.clone(), env.edges[0].addr, "localhost")

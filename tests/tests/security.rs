@@ -8,9 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use roomcast_client::{Client, ClientError};
 use roomcast_common::auth::{Claims, Minter};
-use roomcast_common::codec::Frame;
-use roomcast_common::protocol::{self, code};
-use roomcast_common::stream::{read_frame, write_frame};
+use roomcast_protocol::codec::Frame;
+use roomcast_protocol::protocol::{self, code};
+use roomcast_net::stream::{read_frame, write_frame};
 use support::{expect_error, token, Env, TEST_JWT_SECRET, WAIT};
 
 async fn enter(c: &Client, body: serde_json::Value) -> Result<Bytes, ClientError> {
@@ -427,7 +427,7 @@ async fn a_client_that_never_reads_cannot_grow_the_edge_or_slow_others() {
     let before = rss_kib(edge_pid);
     // 10 000 pushes of 4 KiB: 40 MiB that mallory never reads.
     const N: usize = 10_000;
-    let store = roomcast_common::store::Store::connect(&env.redis.url(), Default::default())
+    let store = roomcast_store::Store::connect(&env.redis.url(), Default::default())
         .await
         .unwrap();
     let content = "x".repeat(4096);

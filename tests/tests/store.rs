@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use redis::AsyncCommands;
-use roomcast_common::bus::{self, BusMessage};
-use roomcast_common::keys::Keys;
-use roomcast_common::store::{BackendInfo, Claim, EdgeInfo, Store, StoreError};
+use roomcast_protocol::bus::{self, BusMessage};
+use roomcast_store::keys::Keys;
+use roomcast_store::{BackendInfo, Claim, EdgeInfo, Store, StoreError};
 use roomcast_e2e::redis_server::RedisServer;
 
 async fn setup() -> (RedisServer, Store, redis::aio::MultiplexedConnection) {
@@ -29,7 +29,7 @@ fn set(v: &[&str]) -> HashSet<String> {
 #[tokio::test]
 async fn rooms_over_the_presence_limit_join_and_leave_silently() {
     let (_r, s, mut c) = setup().await;
-    let s = s.with_presence(roomcast_common::store::PresenceConfig { max_members: 2 });
+    let s = s.with_presence(roomcast_store::PresenceConfig { max_members: 2 });
     let add = Some(("onAdd", &b"{}"[..]));
     let gone = Some(("onLeave", &b"{}"[..]));
     assert!(s.join("big", "a", "e1", add).await.unwrap().added);
@@ -443,7 +443,7 @@ async fn history_keeps_the_last_pushes_and_resume_moves_members_silently() {
     let s = Store::connect(&r.url(), Keys::default())
         .await
         .unwrap()
-        .with_history(roomcast_common::store::HistoryConfig {
+        .with_history(roomcast_store::HistoryConfig {
             max_len: 5,
             max_age: Duration::from_secs(60),
         });

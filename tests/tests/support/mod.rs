@@ -154,14 +154,14 @@ pub fn raw_client_config(
     identity: Option<(&std::path::Path, &std::path::Path)>,
     early_data: bool,
 ) -> quinn::ClientConfig {
-    let limits = roomcast_common::tls::TransportLimits {
+    let limits = roomcast_net::tls::TransportLimits {
         max_bidi_streams: 0,
         max_uni_streams: 16,
         idle_timeout: Duration::from_secs(30),
         keep_alive: Duration::from_secs(1),
         early_data,
     };
-    roomcast_common::tls::client_config(&env.cluster.certs.ca, alpn, &limits, identity)
+    roomcast_net::tls::client_config(&env.cluster.certs.ca, alpn, &limits, identity)
         .expect("client TLS config")
 }
 

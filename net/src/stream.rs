@@ -1,11 +1,11 @@
-//! The thin async layer under [`crate::codec`]: reading and writing frames on quinn streams.
+//! The thin async layer under [`roomcast_protocol::codec`]: reading and writing frames on quinn streams.
 
 use bytes::BytesMut;
 use quinn::{RecvStream, SendStream};
 use thiserror::Error;
 
-use crate::codec::{CodecError, Frame};
-use crate::protocol::code;
+use roomcast_protocol::codec::{CodecError, Frame};
+use roomcast_protocol::protocol::code;
 
 #[derive(Debug, Error)]
 pub enum StreamError {

@@ -1,7 +1,7 @@
 //! Validation of the identifiers that reach Redis key names.
 //!
 //! User ids and room ids come from clients, so they may hold any printable UTF-8 (including
-//! `:`, `*`, `{`, `}` and spaces: [`crate::keys`] escapes those). Node ids (edges, backends)
+//! `:`, `*`, `{`, `}` and spaces: `roomcast_store::keys` escapes those). Node ids (edges, backends)
 //! come from configuration and are restricted to a safe alphabet, because Lua scripts append
 //! them to key prefixes.
 

@@ -5,11 +5,12 @@
 //! publish of the resulting push and its entry in the room's history all change together, so no
 //! reader sees half a join and every push carries a gapless per-room seq assigned by Redis.
 //! Values are plain strings a person can read in redis-cli; only pub/sub payloads and history
-//! entries are binary (see [`crate::bus`]).
+//! entries are binary (see [`roomcast_protocol::bus`]).
 //!
 //! Files: [`scripts`] (all Lua), `rooms.rs` (membership, pushes, history), `sessions.rs` (the
 //! global uid → session claims), `registry.rs` (edges and backends).
 
+pub mod keys;
 mod registry;
 mod rooms;
 pub mod scripts;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use redis::{AsyncCommands, Script, ScriptInvocation};
 
 use super::{scripts, Result, Store, StoreError, EMPTY_ROOM_SEQ_TTL_SECS, REQUEST_DEDUPE_TTL_SECS};
-use crate::bus::{self, BusMessage};
+use roomcast_protocol::bus::{self, BusMessage};
 use crate::keys::{EDGE_CHANNEL_SUFFIX, EDGE_ROOMS_SUFFIX};
 
 /// Result of [`Store::join`].
