@@ -21,8 +21,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use roomcast_protocol::protocol::code;
-use roomcast_store::StoreError;
+use roomcast_protocol::protocol::Status;
 
 use crate::channel::ChannelService;
 
@@ -49,93 +48,10 @@ pub struct Context {
     pub channels: ChannelService,
 }
 
-/// A failed request: `code` is one of [`roomcast_protocol::protocol::code`], `message` says
-/// what went wrong in words a client developer can act on. It reaches the client as a
-/// `Response` with that code and message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HandlerError {
-    pub code: u16,
-    pub message: String,
-}
-
-impl HandlerError {
-    pub fn new(code: u16, message: impl Into<String>) -> HandlerError {
-        HandlerError {
-            code,
-            message: message.into(),
-        }
-    }
-
-    /// 400: the body is not valid JSON, misses a field or breaks a limit.
-    pub fn bad_request(message: impl Into<String>) -> HandlerError {
-        HandlerError::new(code::BAD_REQUEST, message)
-    }
-
-    /// 401: the route needs a session bound to a user (`connector.enter` first).
-    pub fn not_entered(route: &str) -> HandlerError {
-        HandlerError::new(
-            code::NOT_ENTERED,
-            format!("route `{route}` needs a session that entered a room first"),
-        )
-    }
-
-    /// 403: the acting user is not a member of the room it addresses.
-    pub fn not_member(rid: &str, uid: &str) -> HandlerError {
-        HandlerError::new(
-            code::NOT_MEMBER,
-            format!("`{uid}` is not a member of room `{rid}`"),
-        )
-    }
-
-    /// 404: no handler for the route.
-    pub fn unknown_route(route: &str) -> HandlerError {
-        HandlerError::new(code::UNKNOWN_ROUTE, format!("unknown route `{route}`"))
-    }
-
-    /// 410: the target of a private message is not in the room.
-    pub fn target_not_in_room(rid: &str, target: &str) -> HandlerError {
-        HandlerError::new(
-            code::TARGET_NOT_IN_ROOM,
-            format!("user `{target}` is not in room `{rid}`"),
-        )
-    }
-
-    /// 500: a bug or an unexpected state on the backend.
-    pub fn internal(message: impl Into<String>) -> HandlerError {
-        HandlerError::new(code::INTERNAL, message)
-    }
-
-    /// 503: Redis cannot be reached; the client may retry later.
-    pub fn store_unavailable(message: impl std::fmt::Display) -> HandlerError {
-        HandlerError::new(
-            code::STORE_UNAVAILABLE,
-            format!("redis unavailable: {message}"),
-        )
-    }
-}
-
-impl std::fmt::Display for HandlerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.code, self.message)
-    }
-}
-
-impl std::error::Error for HandlerError {}
-
-/// Lets handlers use `?` on store calls: each store failure becomes the status a client
-/// understands (Redis down → 503 so it retries; membership problems → 403 / 410).
-impl From<StoreError> for HandlerError {
-    fn from(e: StoreError) -> HandlerError {
-        match e {
-            StoreError::Redis(e) => HandlerError::store_unavailable(e),
-            StoreError::NotMember { rid, uid } => HandlerError::not_member(&rid, &uid),
-            StoreError::TargetNotInRoom { rid, uid } => {
-                HandlerError::target_not_in_room(&rid, &uid)
-            }
-            e @ StoreError::Reply(_) => HandlerError::internal(e.to_string()),
-        }
-    }
-}
+/// A failed request: a status code and a message for a person. One type for the edge and every
+/// backend, so a failure maps to the same code wherever it happens (see
+/// [`roomcast_protocol::protocol::Status`]).
+pub type HandlerError = Status;
 
 /// What a handler returns: the response body (JSON in the chat service) or an error.
 pub type HandlerResult = Result<Bytes, HandlerError>;
@@ -208,6 +124,8 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use roomcast_protocol::protocol::code;
+    use roomcast_store::StoreError;
 
     async fn ok(_ctx: Context, _body: Bytes) -> HandlerResult {
         Ok(Bytes::from_static(b"{}"))

@@ -9,7 +9,8 @@ use roomcast_protocol::protocol::{
     code, route, DevToken, DevTokenRequest, Enter, Entered, EntryAnswer, Leave, OnUser, QueryEntry,
     Resume, ResumeAnswer, Resumed,
 };
-use roomcast_store::{Claim, StoreError};
+use roomcast_protocol::protocol::Status;
+use roomcast_store::Claim;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -17,33 +18,8 @@ use crate::gate;
 use crate::outbound::StreamKey;
 use crate::state::{EdgeState, SessionHandle};
 
-/// A failed request: the status code and a message for a person.
-#[derive(Debug)]
-pub struct RouteError {
-    pub code: u16,
-    pub message: String,
-}
-
-impl RouteError {
-    fn new(code: u16, message: impl Into<String>) -> RouteError {
-        RouteError {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<StoreError> for RouteError {
-    fn from(e: StoreError) -> RouteError {
-        match e {
-            StoreError::Redis(e) => RouteError::new(
-                code::STORE_UNAVAILABLE,
-                format!("room state is unavailable (redis: {e}); retry later"),
-            ),
-            other => RouteError::new(code::INTERNAL, other.to_string()),
-        }
-    }
-}
+/// A failed request: the status code and a message for a person (the same type backends use).
+pub type RouteError = Status;
 
 type RouteResult = Result<Bytes, RouteError>;
 

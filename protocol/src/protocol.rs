@@ -248,3 +248,79 @@ mod tests {
         assert_eq!(v, serde_json::json!({"user": "al\"ice"}));
     }
 }
+
+/// A failed request: `code` is one of [`code`], `message` says what went wrong in words a client
+/// developer can act on. It reaches the client as a `Response` with that code and message.
+///
+/// The one status-error type of every process: the edge answers its own routes with it, and
+/// backend handlers return it (as `HandlerError`), so a failure such as "not a member" has the
+/// same code wherever it is detected. The store's errors convert into it (`roomcast-store`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub code: u16,
+    pub message: String,
+}
+
+impl Status {
+    pub fn new(code: u16, message: impl Into<String>) -> Status {
+        Status {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 400: the body is not valid JSON, misses a field or breaks a limit.
+    pub fn bad_request(message: impl Into<String>) -> Status {
+        Status::new(code::BAD_REQUEST, message)
+    }
+
+    /// 401: the route needs a session bound to a user (`connector.enter` first).
+    pub fn not_entered(route: &str) -> Status {
+        Status::new(
+            code::NOT_ENTERED,
+            format!("route `{route}` needs a session that entered a room first"),
+        )
+    }
+
+    /// 403: the acting user is not a member of the room it addresses.
+    pub fn not_member(rid: &str, uid: &str) -> Status {
+        Status::new(
+            code::NOT_MEMBER,
+            format!("`{uid}` is not a member of room `{rid}`"),
+        )
+    }
+
+    /// 404: no handler for the route.
+    pub fn unknown_route(route: &str) -> Status {
+        Status::new(code::UNKNOWN_ROUTE, format!("unknown route `{route}`"))
+    }
+
+    /// 410: the target of a private message is not in the room.
+    pub fn target_not_in_room(rid: &str, target: &str) -> Status {
+        Status::new(
+            code::TARGET_NOT_IN_ROOM,
+            format!("user `{target}` is not in room `{rid}`"),
+        )
+    }
+
+    /// 500: a bug or an unexpected state on the backend.
+    pub fn internal(message: impl Into<String>) -> Status {
+        Status::new(code::INTERNAL, message)
+    }
+
+    /// 503: Redis cannot be reached; the client may retry later.
+    pub fn store_unavailable(message: impl std::fmt::Display) -> Status {
+        Status::new(
+            code::STORE_UNAVAILABLE,
+            format!("redis unavailable: {message}"),
+        )
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for Status {}

@@ -21,6 +21,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use thiserror::Error;
 
+use roomcast_protocol::protocol::Status;
+
 use crate::keys::Keys;
 
 pub use registry::{BackendInfo, EdgeInfo};
@@ -48,6 +50,19 @@ pub enum StoreError {
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Every store failure as the status a client understands, the same on the edge and in backends:
+/// the store unreachable → 503 (retry later); membership problems → 403 / 410.
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Status {
+        match e {
+            StoreError::Redis(e) => Status::store_unavailable(e),
+            StoreError::NotMember { rid, uid } => Status::not_member(&rid, &uid),
+            StoreError::TargetNotInRoom { rid, uid } => Status::target_not_in_room(&rid, &uid),
+            e @ StoreError::Reply(_) => Status::internal(e.to_string()),
+        }
+    }
+}
 
 /// Bounds of each room's history (what resume and gap filling can recover).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
