@@ -20,6 +20,7 @@
 //! | `rc:edge:<id>:reaper` | string | lock held by the process cleaning up a dead edge |
 //! | `rc:backends` / `rc:backend:<id>` | set / hash | backend registry |
 //! | `rc:broadcast` | channel | pushes to every session on every edge |
+//! | `rc:settings` | hash | settings every process must share (written by the first one) |
 //!
 //! A room's keys and channel share the hash tag `{<rid>}`, so in Redis Cluster they live in one
 //! slot. User-supplied strings are escaped with [`escape`]: bytes outside `[A-Za-z0-9._@+~-]`
@@ -149,6 +150,11 @@ impl Keys {
     pub fn broadcast_channel(&self) -> String {
         format!("{}:broadcast", self.prefix)
     }
+
+    /// Settings every process must share (history bounds, presence limit, id rules).
+    pub fn settings(&self) -> String {
+        format!("{}:settings", self.prefix)
+    }
 }
 
 /// Suffix of an edge's push channel after `edge_prefix() + id`.
@@ -188,6 +194,7 @@ mod tests {
         assert_eq!(k.edge("e1"), "rc:edge:e1");
         assert_eq!(k.edge_channel("e1"), "rc:edge:e1:push");
         assert_eq!(Keys::new("t9").rooms(), "t9:rooms");
+        assert_eq!(k.settings(), "rc:settings");
     }
 
     #[test]

@@ -1,33 +1,39 @@
-//! Room state, sessions and the node registry in Redis.
+//! Room state, sessions, the node registry and the bus, behind one interface with two engines.
 //!
-//! Every room change is one Lua script (one round trip, atomic): membership in both directions
-//! (uid → edge and edge → uids), the room and edge indexes, the room's sequence number, the
-//! publish of the resulting push and its entry in the room's history all change together, so no
-//! reader sees half a join and every push carries a gapless per-room seq assigned by Redis.
-//! Values are plain strings a person can read in redis-cli; only pub/sub payloads and history
-//! entries are binary (see [`roomcast_protocol::bus`]).
+//! Layout:
+//! - [`engine`]: the traits ([`Rooms`], [`Sessions`], [`Registry`], [`Broker`], [`Engine`]) and
+//!   the contract every engine keeps (atomicity, seqs, request keys, at-most-once bus, recovery).
+//! - [`redis`]: the Redis engine (Lua scripts in `redis/scripts.rs`, readable key names).
+//! - [`memory`]: the in-memory engine (one process, no Redis; same semantics, bounded queues).
+//! - [`settings`]: settings every process must share, written once and checked by each.
+//! - [`keys`]: every Redis key and channel name.
+//! - [`conformance`]: the test bodies every engine must pass, and [`conformance_tests!`].
 //!
-//! Files: [`scripts`] (all Lua), `rooms.rs` (membership, pushes, history), `sessions.rs` (the
-//! global uid → session claims), `registry.rs` (edges and backends).
+//! [`Store`] is the handle callers hold: a cheap clone of an `Arc<dyn Engine>` that derefs to
+//! it, so `store.join(..)` works on either engine without importing a trait.
 
+pub mod conformance;
+pub mod engine;
 pub mod keys;
-mod registry;
-mod rooms;
-pub mod scripts;
-mod sessions;
+pub mod memory;
+pub mod redis;
+pub mod settings;
 
+use std::ops::Deref;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use thiserror::Error;
 
 use roomcast_protocol::protocol::Status;
 
 use crate::keys::Keys;
 
-pub use registry::{BackendInfo, EdgeInfo};
-pub use rooms::{HistoryEntry, Joined};
-pub use sessions::Claim;
+pub use engine::{
+    BackendInfo, Broker, Claim, EdgeInfo, Engine, HistoryEntry, Joined, Payloads, Registry,
+    Rooms, Sessions, Subscription, SubscriptionControl,
+};
+pub use settings::Settings;
 
 /// How long a room's seq counter survives after its last member left, so that a room that is
 /// re-joined soon continues its numbering while abandoned rooms do not leak keys forever.
@@ -40,13 +46,26 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("redis unavailable: {0}")]
-    Redis(#[from] redis::RedisError),
+    Redis(#[from] ::redis::RedisError),
+    /// The engine cannot serve the call (e.g. a subscription that was closed).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     #[error("`{uid}` is not a member of room `{rid}`")]
     NotMember { rid: String, uid: String },
     #[error("user `{uid}` is not in room `{rid}`")]
     TargetNotInRoom { rid: String, uid: String },
     #[error("unexpected reply from redis: {0}")]
     Reply(String),
+    /// This process's value of a shared setting differs from the one in the store.
+    #[error(
+        "setting `{name}` is {ours} in this process but {stored} in the store (written by the \
+         first process); every process must use the same value"
+    )]
+    SettingsMismatch {
+        name: String,
+        ours: String,
+        stored: String,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -57,9 +76,12 @@ impl From<StoreError> for Status {
     fn from(e: StoreError) -> Status {
         match e {
             StoreError::Redis(e) => Status::store_unavailable(e),
+            StoreError::Unavailable(e) => Status::store_unavailable(e),
             StoreError::NotMember { rid, uid } => Status::not_member(&rid, &uid),
             StoreError::TargetNotInRoom { rid, uid } => Status::target_not_in_room(&rid, &uid),
-            e @ StoreError::Reply(_) => Status::internal(e.to_string()),
+            e @ (StoreError::Reply(_) | StoreError::SettingsMismatch { .. }) => {
+                Status::internal(e.to_string())
+            }
         }
     }
 }
@@ -107,38 +129,35 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A handle on roomcast's Redis state. Cheap to clone; reconnects by itself.
+/// The handle on roomcast's shared state, whichever engine holds it. Cheap to clone; derefs to
+/// the [`Engine`], so every trait method is called on it directly.
 #[derive(Clone)]
 pub struct Store {
-    keys: Keys,
-    /// Multiplexed, auto-reconnecting connection with a response timeout, so that a Redis
-    /// outage turns into prompt errors instead of hung requests.
-    conn: ConnectionManager,
-    client: redis::Client,
-    history: HistoryConfig,
-    presence: PresenceConfig,
+    engine: Arc<dyn Engine>,
+}
+
+impl Deref for Store {
+    type Target = dyn Engine;
+
+    fn deref(&self) -> &(dyn Engine + 'static) {
+        &*self.engine
+    }
 }
 
 impl Store {
-    /// Connects to `url` (fails at once if Redis is unreachable now).
-    pub async fn connect(url: &str, keys: Keys) -> Result<Store> {
-        let client = redis::Client::open(url)?;
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_with_config(client.clone(), cfg).await?;
-        Ok(Store {
-            keys,
-            conn,
-            client,
-            history: HistoryConfig::default(),
-            presence: PresenceConfig::default(),
-        })
+    /// Wraps any engine (a third one, e.g. Redis Cluster, plugs in here).
+    pub fn new(engine: Arc<dyn Engine>) -> Store {
+        Store { engine }
     }
 
-    /// Connects, retrying with backoff until `deadline` passes.
+    /// The Redis engine: connects to `url` (fails at once if Redis is unreachable now).
+    pub async fn connect(url: &str, keys: Keys) -> Result<Store> {
+        Ok(Store::new(Arc::new(
+            redis::RedisEngine::connect(url, keys).await?,
+        )))
+    }
+
+    /// The Redis engine, retrying the connection with backoff until `deadline` passes.
     pub async fn connect_retrying(url: &str, keys: Keys, deadline: Duration) -> Result<Store> {
         let start = std::time::Instant::now();
         let mut delay = Duration::from_millis(100);
@@ -155,33 +174,33 @@ impl Store {
         }
     }
 
-    /// Uses `history` as the bounds of room histories written and read through this handle.
-    pub fn with_history(mut self, history: HistoryConfig) -> Store {
-        self.history = history;
-        self
+    /// The in-memory engine: every process that should share state must share this handle
+    /// (clones of it), e.g. edges and the chat service in one process.
+    pub fn memory(keys: Keys) -> Store {
+        Store::new(Arc::new(memory::MemoryEngine::new(keys)))
+    }
+
+    /// Uses `history` as the bounds of room histories written and read through this handle
+    /// (the state is shared with the original handle).
+    pub fn with_history(self, history: HistoryConfig) -> Store {
+        let presence = self.engine.presence_config();
+        Store::new(self.engine.reconfigured(history, presence))
     }
 
     /// Uses `presence` for joins and leaves made through this handle.
-    pub fn with_presence(mut self, presence: PresenceConfig) -> Store {
-        self.presence = presence;
-        self
+    pub fn with_presence(self, presence: PresenceConfig) -> Store {
+        let history = self.engine.history_config();
+        Store::new(self.engine.reconfigured(history, presence))
     }
 
-    pub fn history_config(&self) -> HistoryConfig {
-        self.history
+    /// The engine, for callers that want the trait object itself.
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
     }
 
-    pub fn keys(&self) -> &Keys {
-        &self.keys
-    }
-
-    /// The client, for opening dedicated (pub/sub) connections.
-    pub fn client(&self) -> &redis::Client {
-        &self.client
-    }
-
-    /// A clone of the shared command connection, for callers with their own commands.
-    pub fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
+    /// Writes `settings` if this is the first process, else checks them against the stored
+    /// ones: a process whose value differs must not start ([`StoreError::SettingsMismatch`]).
+    pub async fn check_settings(&self, settings: &Settings) -> Result<()> {
+        settings.check(self).await
     }
 }

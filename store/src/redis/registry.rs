@@ -4,159 +4,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use redis::AsyncCommands;
 
-use super::{now_ms, Result, Store};
+use super::RedisEngine;
+use crate::engine::{BackendInfo, EdgeInfo, Registry};
+use crate::{now_ms, Result};
 
-/// An edge's registry entry (`rc:edge:<id>` hash).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EdgeInfo {
-    pub id: String,
-    /// host:port clients connect to.
-    pub addr: String,
-    pub region: String,
-    /// Sessions currently open on the edge.
-    pub load: u64,
-    /// Set while the edge drains, so the gate stops choosing it.
-    pub draining: bool,
-}
-
-/// A backend's registry entry (`rc:backend:<id>` hash).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendInfo {
-    pub id: String,
-    /// host:port edges connect to.
-    pub addr: String,
-    /// Route prefixes it serves, e.g. `chat.`.
-    pub routes: Vec<String>,
-}
-
-impl Store {
-    /// Writes (or refreshes) an edge's entry, its lease: it expires after `ttl` unless
-    /// refreshed. Returns whether the entry existed before (false after a lease expiry, or when
-    /// Redis lost its data).
-    pub async fn register_edge(&self, e: &EdgeInfo, ttl: Duration) -> Result<bool> {
-        let key = self.keys.edge(&e.id);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .exists(&key)
-            .hset_multiple(
-                &key,
-                &[
-                    ("id", e.id.clone()),
-                    ("addr", e.addr.clone()),
-                    ("region", e.region.clone()),
-                    ("load", e.load.to_string()),
-                    ("draining", u8::from(e.draining).to_string()),
-                    ("heartbeat", now_ms().to_string()),
-                ],
-            )
-            .ignore()
-            .pexpire(&key, ttl.as_millis() as i64)
-            .ignore()
-            .sadd(self.keys.edges(), &e.id)
-            .ignore();
-        let (existed,): (bool,) = pipe.query_async(&mut self.conn.clone()).await?;
-        Ok(existed)
-    }
-
-    /// Removes the edge's entry (its lease) and its id from the index.
-    pub async fn unregister_edge(&self, id: &str) -> Result<()> {
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .del(self.keys.edge(id))
-            .ignore()
-            .srem(self.keys.edges(), id)
-            .ignore();
-        pipe.query_async::<()>(&mut self.conn.clone()).await?;
-        Ok(())
-    }
-
-    /// Ids in the edge index, alive or not (a dead edge stays there until it is reaped).
-    pub async fn edge_ids(&self) -> Result<Vec<String>> {
-        Ok(self.conn.clone().smembers(self.keys.edges()).await?)
-    }
-
-    /// Whether the edge holds a live lease.
-    pub async fn edge_alive(&self, id: &str) -> Result<bool> {
-        Ok(self.conn.clone().exists(self.keys.edge(id)).await?)
-    }
-
-    /// Live edges, sorted by id.
-    pub async fn list_edges(&self) -> Result<Vec<EdgeInfo>> {
-        let entries = self
-            .list_registry(&self.keys.edges(), |id| self.keys.edge(id), false)
-            .await?;
-        Ok(entries
-            .into_iter()
-            .map(|(id, h)| EdgeInfo {
-                addr: h.get("addr").cloned().unwrap_or_default(),
-                region: h.get("region").cloned().unwrap_or_default(),
-                load: h.get("load").and_then(|v| v.parse().ok()).unwrap_or(0),
-                draining: h.get("draining").is_some_and(|v| v == "1"),
-                id,
-            })
-            .collect())
-    }
-
-    /// Writes (or refreshes) a backend's entry; it expires after `ttl` unless refreshed.
-    pub async fn register_backend(&self, b: &BackendInfo, ttl: Duration) -> Result<()> {
-        let key = self.keys.backend(&b.id);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hset_multiple(
-                &key,
-                &[
-                    ("id", b.id.clone()),
-                    ("addr", b.addr.clone()),
-                    ("routes", b.routes.join(",")),
-                    ("heartbeat", now_ms().to_string()),
-                ],
-            )
-            .ignore()
-            .pexpire(&key, ttl.as_millis() as i64)
-            .ignore()
-            .sadd(self.keys.backends(), &b.id)
-            .ignore();
-        pipe.query_async::<()>(&mut self.conn.clone()).await?;
-        Ok(())
-    }
-
-    pub async fn unregister_backend(&self, id: &str) -> Result<()> {
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .del(self.keys.backend(id))
-            .ignore()
-            .srem(self.keys.backends(), id)
-            .ignore();
-        pipe.query_async::<()>(&mut self.conn.clone()).await?;
-        Ok(())
-    }
-
-    /// Live backends, sorted by id. Expired ids are pruned from the index (a backend has no
-    /// state to clean up).
-    pub async fn list_backends(&self) -> Result<Vec<BackendInfo>> {
-        let entries = self
-            .list_registry(&self.keys.backends(), |id| self.keys.backend(id), true)
-            .await?;
-        Ok(entries
-            .into_iter()
-            .map(|(id, h)| BackendInfo {
-                addr: h.get("addr").cloned().unwrap_or_default(),
-                routes: h
-                    .get("routes")
-                    .map(|r| {
-                        r.split(',')
-                            .filter(|s| !s.is_empty())
-                            .map(String::from)
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                id,
-            })
-            .collect())
-    }
-
+impl RedisEngine {
     async fn list_registry(
         &self,
         index: &str,
@@ -188,9 +43,137 @@ impl Store {
         }
         Ok(live)
     }
+}
+
+#[async_trait]
+impl Registry for RedisEngine {
+    /// Writes (or refreshes) an edge's entry, its lease: it expires after `ttl` unless
+    /// refreshed. Returns whether the entry existed before (false after a lease expiry, or when
+    /// Redis lost its data).
+    async fn register_edge(&self, e: &EdgeInfo, ttl: Duration) -> Result<bool> {
+        let key = self.keys.edge(&e.id);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .exists(&key)
+            .hset_multiple(
+                &key,
+                &[
+                    ("id", e.id.clone()),
+                    ("addr", e.addr.clone()),
+                    ("region", e.region.clone()),
+                    ("load", e.load.to_string()),
+                    ("draining", u8::from(e.draining).to_string()),
+                    ("heartbeat", now_ms().to_string()),
+                ],
+            )
+            .ignore()
+            .pexpire(&key, ttl.as_millis() as i64)
+            .ignore()
+            .sadd(self.keys.edges(), &e.id)
+            .ignore();
+        let (existed,): (bool,) = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(existed)
+    }
+
+    /// Removes the edge's entry (its lease) and its id from the index.
+    async fn unregister_edge(&self, id: &str) -> Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .del(self.keys.edge(id))
+            .ignore()
+            .srem(self.keys.edges(), id)
+            .ignore();
+        pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    /// Ids in the edge index, alive or not (a dead edge stays there until it is reaped).
+    async fn edge_ids(&self) -> Result<Vec<String>> {
+        Ok(self.conn.clone().smembers(self.keys.edges()).await?)
+    }
+
+    /// Whether the edge holds a live lease.
+    async fn edge_alive(&self, id: &str) -> Result<bool> {
+        Ok(self.conn.clone().exists(self.keys.edge(id)).await?)
+    }
+
+    /// Live edges, sorted by id.
+    async fn list_edges(&self) -> Result<Vec<EdgeInfo>> {
+        let entries = self
+            .list_registry(&self.keys.edges(), |id| self.keys.edge(id), false)
+            .await?;
+        Ok(entries
+            .into_iter()
+            .map(|(id, h)| EdgeInfo {
+                addr: h.get("addr").cloned().unwrap_or_default(),
+                region: h.get("region").cloned().unwrap_or_default(),
+                load: h.get("load").and_then(|v| v.parse().ok()).unwrap_or(0),
+                draining: h.get("draining").is_some_and(|v| v == "1"),
+                id,
+            })
+            .collect())
+    }
+
+    /// Writes (or refreshes) a backend's entry; it expires after `ttl` unless refreshed.
+    async fn register_backend(&self, b: &BackendInfo, ttl: Duration) -> Result<()> {
+        let key = self.keys.backend(&b.id);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset_multiple(
+                &key,
+                &[
+                    ("id", b.id.clone()),
+                    ("addr", b.addr.clone()),
+                    ("routes", b.routes.join(",")),
+                    ("heartbeat", now_ms().to_string()),
+                ],
+            )
+            .ignore()
+            .pexpire(&key, ttl.as_millis() as i64)
+            .ignore()
+            .sadd(self.keys.backends(), &b.id)
+            .ignore();
+        pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    async fn unregister_backend(&self, id: &str) -> Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .del(self.keys.backend(id))
+            .ignore()
+            .srem(self.keys.backends(), id)
+            .ignore();
+        pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    /// Live backends, sorted by id. Expired ids are pruned from the index (a backend has no
+    /// state to clean up).
+    async fn list_backends(&self) -> Result<Vec<BackendInfo>> {
+        let entries = self
+            .list_registry(&self.keys.backends(), |id| self.keys.backend(id), true)
+            .await?;
+        Ok(entries
+            .into_iter()
+            .map(|(id, h)| BackendInfo {
+                addr: h.get("addr").cloned().unwrap_or_default(),
+                routes: h
+                    .get("routes")
+                    .map(|r| {
+                        r.split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(String::from)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                id,
+            })
+            .collect())
+    }
 
     /// Rooms in which `edge` has members, from its index.
-    pub async fn edge_room_ids(&self, edge: &str) -> Result<Vec<String>> {
+    async fn edge_room_ids(&self, edge: &str) -> Result<Vec<String>> {
         Ok(self
             .conn
             .clone()
@@ -199,7 +182,7 @@ impl Store {
     }
 
     /// Uids whose claims `edge` holds, from its index.
-    pub async fn edge_session_uids(&self, edge: &str) -> Result<Vec<String>> {
+    async fn edge_session_uids(&self, edge: &str) -> Result<Vec<String>> {
         Ok(self
             .conn
             .clone()
@@ -209,7 +192,7 @@ impl Store {
 
     /// Takes the lock to clean up after `edge` (one process does it); `ttl` bounds how long a
     /// crashed reaper can hold it.
-    pub async fn lock_reaper(&self, edge: &str, me: &str, ttl: Duration) -> Result<bool> {
+    async fn lock_reaper(&self, edge: &str, me: &str, ttl: Duration) -> Result<bool> {
         let ok: Option<String> = redis::cmd("SET")
             .arg(self.keys.edge_reaper_lock(edge))
             .arg(me)
@@ -222,7 +205,7 @@ impl Store {
     }
 
     /// After a dead edge was cleaned up: drops its indexes, its id and the reaper lock.
-    pub async fn forget_edge(&self, edge: &str) -> Result<()> {
+    async fn forget_edge(&self, edge: &str) -> Result<()> {
         let mut pipe = redis::pipe();
         pipe.atomic()
             .del(self.keys.edge_rooms(edge))

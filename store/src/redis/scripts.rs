@@ -1,4 +1,4 @@
-//! Every Lua script roomcast runs in Redis. Each one is a whole state change: it runs atomically
+//! Every Lua script the Redis engine runs. Each one is a whole state change: it runs atomically
 //! and costs one round trip.
 //!
 //! Room scripts share one argument layout so they stay readable:
@@ -210,6 +210,21 @@ if v ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', ARGV[3] .. cur[1] .. ARGV[4], ARGV[5])
 return 1
+"#,
+    )
+});
+
+/// KEYS: settings hash. ARGV: name1, value1, name2, value2, … Sets each field not set yet
+/// (the first process's values win) and returns the stored value of each name, in order.
+pub static INIT_SETTINGS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local out = {}
+for i = 1, #ARGV, 2 do
+  redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
+  out[#out + 1] = redis.call('HGET', KEYS[1], ARGV[i])
+end
+return out
 "#,
     )
 });

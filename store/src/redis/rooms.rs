@@ -2,35 +2,16 @@
 
 use std::collections::HashMap;
 
+use async_trait::async_trait;
 use redis::{AsyncCommands, Script, ScriptInvocation};
-
-use super::{scripts, Result, Store, StoreError, EMPTY_ROOM_SEQ_TTL_SECS, REQUEST_DEDUPE_TTL_SECS};
 use roomcast_protocol::bus::{self, BusMessage};
+
+use super::{scripts, RedisEngine};
+use crate::engine::{HistoryEntry, Joined, Rooms};
 use crate::keys::{EDGE_CHANNEL_SUFFIX, EDGE_ROOMS_SUFFIX};
+use crate::{Result, StoreError, EMPTY_ROOM_SEQ_TTL_SECS, REQUEST_DEDUPE_TTL_SECS};
 
-/// Result of [`Store::join`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Joined {
-    /// The room's seq right after the join (the onAdd push, if any, carries it).
-    pub seq: u64,
-    /// Every member's uid, the joiner included, sorted; empty when the room has more members
-    /// than the presence limit ([`super::PresenceConfig`]).
-    pub users: Vec<String>,
-    /// How many members the room has, the joiner included.
-    pub members: u64,
-    /// False when nothing was pushed: the uid was already a member through this edge, the
-    /// join was a resume that moved an existing member, or the room is over the presence limit.
-    pub added: bool,
-}
-
-/// One recorded room push.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HistoryEntry {
-    pub seq: u64,
-    pub message: BusMessage,
-}
-
-impl Store {
+impl RedisEngine {
     /// An invocation of a room script with the shared keys and arguments filled in.
     fn room_call<'a>(&self, script: &'a Script, rid: &str) -> ScriptInvocation<'a> {
         let k = &self.keys;
@@ -50,24 +31,14 @@ impl Store {
             .arg(EMPTY_ROOM_SEQ_TTL_SECS);
         inv
     }
+}
 
-    /// Adds `uid` (on `edge`) to `rid` and pushes `route`/`body` (onAdd) to the members that
-    /// were there before. Idempotent: joining again through the same edge changes nothing and
-    /// pushes nothing.
-    pub async fn join(
-        &self,
-        rid: &str,
-        uid: &str,
-        edge: &str,
-        push: Option<(&str, &[u8])>,
-    ) -> Result<Joined> {
-        self.join_with(rid, uid, edge, push, false, 0).await
-    }
-
+#[async_trait]
+impl Rooms for RedisEngine {
     /// [`Store::join`] with the resume options: `resume` moves an existing member to `edge`
     /// without pushing onAdd; `seq_floor` raises the room's seq to at least that value first
     /// (an edge re-registering its rooms after Redis lost its data keeps numbering monotonic).
-    pub async fn join_with(
+    async fn join_with(
         &self,
         rid: &str,
         uid: &str,
@@ -103,7 +74,7 @@ impl Store {
     /// With `edge`, only removes the member if it is still registered through that edge (an
     /// edge never removes a user who has since moved elsewhere). Returns the seq of the
     /// leave, or `None` if the uid was not a member.
-    pub async fn leave(
+    async fn leave(
         &self,
         rid: &str,
         uid: &str,
@@ -123,14 +94,14 @@ impl Store {
     }
 
     /// Uids of the room's members, sorted.
-    pub async fn members(&self, rid: &str) -> Result<Vec<String>> {
+    async fn members(&self, rid: &str) -> Result<Vec<String>> {
         let mut users: Vec<String> = self.conn.clone().hkeys(self.keys.room_members(rid)).await?;
         users.sort();
         Ok(users)
     }
 
     /// The edge a member is connected through, or `None` if `uid` is not a member.
-    pub async fn member(&self, rid: &str, uid: &str) -> Result<Option<String>> {
+    async fn member(&self, rid: &str, uid: &str) -> Result<Option<String>> {
         Ok(self
             .conn
             .clone()
@@ -139,7 +110,7 @@ impl Store {
     }
 
     /// Members grouped by edge (Pomelo's groups), from the uid → edge hash.
-    pub async fn members_by_edge(&self, rid: &str) -> Result<HashMap<String, Vec<String>>> {
+    async fn members_by_edge(&self, rid: &str) -> Result<HashMap<String, Vec<String>>> {
         let all: HashMap<String, String> = self
             .conn
             .clone()
@@ -156,7 +127,7 @@ impl Store {
     }
 
     /// Uids of the room's members on one edge.
-    pub async fn group(&self, rid: &str, edge: &str) -> Result<Vec<String>> {
+    async fn group(&self, rid: &str, edge: &str) -> Result<Vec<String>> {
         Ok(self
             .conn
             .clone()
@@ -165,14 +136,14 @@ impl Store {
     }
 
     /// Ids of rooms that have members.
-    pub async fn rooms(&self) -> Result<Vec<String>> {
+    async fn rooms(&self) -> Result<Vec<String>> {
         let mut r: Vec<String> = self.conn.clone().smembers(self.keys.rooms()).await?;
         r.sort();
         Ok(r)
     }
 
     /// The room's current seq (0 if nothing was ever pushed).
-    pub async fn room_seq(&self, rid: &str) -> Result<u64> {
+    async fn room_seq(&self, rid: &str) -> Result<u64> {
         let v: Option<u64> = self.conn.clone().get(self.keys.room_seq(rid)).await?;
         Ok(v.unwrap_or(0))
     }
@@ -180,7 +151,7 @@ impl Store {
     /// Pushes to every member of the room with the next seq, in one round trip.
     /// `sender`: refuse unless this uid is a member. `request_key`: publish at most once per key
     /// (a retry returns the seq of the first publish).
-    pub async fn publish_room(
+    async fn publish_room(
         &self,
         rid: &str,
         route: &str,
@@ -211,7 +182,7 @@ impl Store {
     }
 
     /// Pushes to one member of the room (through that member's edge), in one round trip.
-    pub async fn publish_to_member(
+    async fn publish_to_member(
         &self,
         rid: &str,
         sender: Option<&str>,
@@ -253,7 +224,7 @@ impl Store {
 
     /// Pushes to the given uids wherever they are connected: one publish per edge that hosts
     /// any of them. Returns the uids that have no live session (Pomelo's "failed ids").
-    pub async fn push_to_uids(
+    async fn push_to_uids(
         &self,
         uids: &[String],
         route: &str,
@@ -293,7 +264,7 @@ impl Store {
 
     /// Publishes an edge-addressed message (kicks, drains) on that edge's channel; returns how
     /// many subscribers received it (0: the edge is not running).
-    pub async fn publish_to_edge(&self, edge: &str, msg: &BusMessage) -> Result<i64> {
+    async fn publish_to_edge(&self, edge: &str, msg: &BusMessage) -> Result<i64> {
         Ok(self
             .conn
             .clone()
@@ -302,7 +273,7 @@ impl Store {
     }
 
     /// Pushes to every session on every edge.
-    pub async fn broadcast(&self, route: &str, body: &[u8]) -> Result<()> {
+    async fn broadcast(&self, route: &str, body: &[u8]) -> Result<()> {
         let msg = BusMessage::Broadcast {
             route: route.into(),
             body: body.to_vec(),
@@ -317,7 +288,7 @@ impl Store {
 
     /// Removes every member of the room and tells edges to drop it. Returns how many members
     /// were removed.
-    pub async fn destroy(&self, rid: &str) -> Result<u64> {
+    async fn destroy(&self, rid: &str) -> Result<u64> {
         let body = bus::encode_body(&BusMessage::RoomDestroyed { rid: rid.into() });
         let n: u64 = self
             .room_call(&scripts::DESTROY, rid)
@@ -329,7 +300,7 @@ impl Store {
 
     /// Recorded pushes of the room with `after < seq <= upto`, oldest first. Entries older than
     /// the history's age bound are left out, so a caller can tell a gap from the seqs.
-    pub async fn history(&self, rid: &str, after: u64, upto: u64) -> Result<Vec<HistoryEntry>> {
+    async fn history(&self, rid: &str, after: u64, upto: u64) -> Result<Vec<HistoryEntry>> {
         if upto <= after {
             return Ok(Vec::new());
         }
@@ -338,13 +309,15 @@ impl Store {
             .clone()
             .zrangebyscore(self.keys.room_history(rid), format!("({after}"), upto)
             .await?;
-        let oldest = super::now_ms().saturating_sub(self.history.max_age.as_millis() as u64);
+        let oldest = crate::now_ms().saturating_sub(self.history.max_age.as_millis() as u64);
         let mut out = Vec::with_capacity(raw.len());
         for entry in raw {
             if entry.len() < 8 {
                 continue;
             }
-            let at = u64::from_be_bytes(entry[..8].try_into().expect("8 bytes"));
+            let mut at = [0u8; 8];
+            at.copy_from_slice(&entry[..8]);
+            let at = u64::from_be_bytes(at);
             if at < oldest {
                 continue;
             }

@@ -1,0 +1,171 @@
+//! The in-memory engine: roomcast without Redis, for one process that runs edges and the chat
+//! service together. Same semantics as the Redis scripts (checked by [`crate::conformance`]):
+//! every operation runs under one mutex, so each is atomic and pushes are published in seq
+//! order; expiring things (leases, reaper locks, dedupe markers, seqs of empty rooms, histories)
+//! carry a deadline on a monotonic clock and are ignored once it passed, and swept at most once
+//! a second so that memory does not grow with dead entries.
+//!
+//! Bounds: room history as configured ([`crate::HistoryConfig`], length and age); dedupe
+//! markers [`crate::REQUEST_DEDUPE_TTL_SECS`]; each subscription's queue [`BUS_QUEUE_LEN`]
+//! payloads (a subscriber that falls behind loses payloads, like a Redis pub/sub client, and
+//! fills room gaps from history).
+//!
+//! Files: `rooms.rs` (membership, pushes, history), `sessions.rs` (claims), `registry.rs`
+//! (edges, backends, reaper locks), `bus.rs` (in-process pub/sub on tokio channels).
+
+mod bus;
+mod registry;
+mod rooms;
+mod sessions;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use crate::engine::{BackendInfo, EdgeInfo, Engine};
+use crate::keys::Keys;
+use crate::{HistoryConfig, PresenceConfig, Result};
+
+pub use bus::BUS_QUEUE_LEN;
+
+/// How often expired entries are swept (lazily, by the next operation).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// A handle on one in-memory state. Cheap to clone; clones share the state.
+#[derive(Clone)]
+pub struct MemoryEngine {
+    keys: Keys,
+    state: Arc<Mutex<State>>,
+    history: HistoryConfig,
+    presence: PresenceConfig,
+}
+
+impl MemoryEngine {
+    /// A new, empty state. `keys` names the channels (as on Redis, for readable logs).
+    pub fn new(keys: Keys) -> MemoryEngine {
+        MemoryEngine {
+            keys,
+            state: Arc::new(Mutex::new(State::default())),
+            history: HistoryConfig::default(),
+            presence: PresenceConfig::default(),
+        }
+    }
+
+    /// Locks the state (never held across an await) after sweeping expired entries if due.
+    fn lock(&self) -> (MutexGuard<'_, State>, Instant) {
+        // A panic while holding the lock cannot leave a half-applied operation visible to
+        // callers that matter more than availability: keep serving.
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if state.last_sweep.is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY) {
+            state.sweep(now);
+            state.last_sweep = Some(now);
+        }
+        (state, now)
+    }
+}
+
+/// Something that vanishes at `expires`.
+#[derive(Debug, Clone)]
+struct Lease<T> {
+    value: T,
+    expires: Instant,
+}
+
+impl<T> Lease<T> {
+    fn live(&self, now: Instant) -> bool {
+        now < self.expires
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Every room with members, a seq, history or dedupe markers.
+    rooms: HashMap<String, rooms::Room>,
+    /// uid → claim.
+    sessions: HashMap<String, sessions::SessionClaim>,
+    /// Edge ids, alive or not, until reaped.
+    edge_index: BTreeSet<String>,
+    edge_leases: HashMap<String, Lease<EdgeInfo>>,
+    /// edge → rooms where it has members (entries removed when empty, as Redis does).
+    edge_rooms: HashMap<String, BTreeSet<String>>,
+    /// edge → uids whose claims it holds.
+    edge_sessions: HashMap<String, BTreeSet<String>>,
+    /// edge → (reaper id, deadline).
+    reaper_locks: HashMap<String, Lease<String>>,
+    backend_index: BTreeSet<String>,
+    backend_leases: HashMap<String, Lease<BackendInfo>>,
+    settings: HashMap<String, String>,
+    bus: bus::Channels,
+    last_sweep: Option<Instant>,
+}
+
+impl State {
+    fn sweep(&mut self, now: Instant) {
+        self.rooms.retain(|_, room| room.sweep(now));
+        self.edge_leases.retain(|_, l| l.live(now));
+        self.backend_leases.retain(|_, l| l.live(now));
+        self.reaper_locks.retain(|_, l| l.live(now));
+        self.bus.sweep();
+    }
+
+    fn edge_alive(&self, edge: &str, now: Instant) -> bool {
+        self.edge_leases.get(edge).is_some_and(|l| l.live(now))
+    }
+}
+
+/// Adds `value` to the set at `key`, creating it.
+fn set_add(map: &mut HashMap<String, BTreeSet<String>>, key: &str, value: &str) {
+    map.entry(key.to_string())
+        .or_default()
+        .insert(value.to_string());
+}
+
+/// Removes `value` from the set at `key`, dropping the set when it empties (as Redis does).
+fn set_remove(map: &mut HashMap<String, BTreeSet<String>>, key: &str, value: &str) {
+    if let Some(set) = map.get_mut(key) {
+        set.remove(value);
+        if set.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+#[async_trait]
+impl Engine for MemoryEngine {
+    fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    fn history_config(&self) -> HistoryConfig {
+        self.history
+    }
+
+    fn presence_config(&self) -> PresenceConfig {
+        self.presence
+    }
+
+    fn reconfigured(&self, history: HistoryConfig, presence: PresenceConfig) -> Arc<dyn Engine> {
+        Arc::new(MemoryEngine {
+            history,
+            presence,
+            ..self.clone()
+        })
+    }
+
+    async fn init_settings(&self, settings: &[(String, String)]) -> Result<Vec<String>> {
+        let (mut state, _) = self.lock();
+        Ok(settings
+            .iter()
+            .map(|(name, value)| {
+                state
+                    .settings
+                    .entry(name.clone())
+                    .or_insert_with(|| value.clone())
+                    .clone()
+            })
+            .collect())
+    }
+}
