@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 use clap::Args;
-use roomcast_protocol::ids::{IdRules, MAX_ID_BYTES};
+use roomcast_protocol::ids::IdRules;
 use roomcast_protocol::protocol::{route, ChatSend, OnChat, Sent};
 
 use crate::handler::{Context, HandlerError, HandlerResult, Router};
@@ -37,30 +37,22 @@ impl Default for ChatLimits {
     }
 }
 
-/// The chat service's command-line flags (flattened into `roomcast-chat`'s).
+/// The chat service's command-line flags (flattened into `roomcast-chat`'s). The id rules
+/// (`--max-id-bytes`, `--ascii-ids`) are the backend's ([`crate::BackendConfig`]), because
+/// every process must share them (checked at start-up).
 #[derive(Debug, Clone, Args)]
 pub struct ChatArgs {
     /// Longest chat message content, in bytes.
     #[arg(long, default_value_t = MAX_CONTENT_BYTES)]
     pub max_content_bytes: usize,
-
-    /// Longest room id or target uid, in bytes (should match the edges').
-    #[arg(long, default_value_t = MAX_ID_BYTES)]
-    pub max_id_bytes: usize,
-
-    /// Accept only printable ASCII in ids (should match the edges').
-    #[arg(long)]
-    pub ascii_ids: bool,
 }
 
 impl ChatArgs {
-    pub fn limits(&self) -> ChatLimits {
+    /// The limits, with the backend's id rules.
+    pub fn limits(&self, ids: IdRules) -> ChatLimits {
         ChatLimits {
             max_content_bytes: self.max_content_bytes,
-            ids: IdRules {
-                max_bytes: self.max_id_bytes,
-                ascii_only: self.ascii_ids,
-            },
+            ids,
         }
     }
 }

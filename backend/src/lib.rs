@@ -39,5 +39,5 @@ pub mod server;
 
 pub use channel::ChannelService;
 pub use handler::{Context, HandlerError, Router};
-pub use node::{run_cli, start, BackendConfig, RunningBackend};
+pub use node::{run_cli, start, start_with_store, BackendConfig, RunningBackend};
 pub use server::BackendServer;

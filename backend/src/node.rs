@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use clap::{Args, Parser};
-use roomcast_protocol::ids::check_node_id;
+use roomcast_protocol::ids::{check_node_id, IdRules, MAX_ID_BYTES};
 use roomcast_store::keys::Keys;
-use roomcast_store::{BackendInfo, HistoryConfig, Store};
+use roomcast_store::{BackendInfo, HistoryConfig, PresenceConfig, Settings, Store};
 use roomcast_net::tls;
 use tokio::task::JoinHandle;
 
@@ -86,6 +86,42 @@ pub struct BackendConfig {
     /// Seconds a push stays in a room's history (must match the edges').
     #[arg(long, env = "ROOMCAST_HISTORY_AGE_SECS", default_value_t = 300)]
     pub history_age_secs: u64,
+
+    /// Rooms with more members than this join and leave silently (must match the edges').
+    #[arg(long, env = "ROOMCAST_PRESENCE_MAX_MEMBERS", default_value_t = 1000)]
+    pub presence_max_members: u64,
+
+    /// Longest room id or uid, in bytes (must match the edges').
+    #[arg(long, default_value_t = MAX_ID_BYTES)]
+    pub max_id_bytes: usize,
+
+    /// Accept only printable ASCII in ids (must match the edges').
+    #[arg(long)]
+    pub ascii_ids: bool,
+}
+
+impl BackendConfig {
+    /// Rules for room ids and uids handlers receive.
+    pub fn id_rules(&self) -> IdRules {
+        IdRules {
+            max_bytes: self.max_id_bytes,
+            ascii_only: self.ascii_ids,
+        }
+    }
+
+    /// The settings every process of the deployment must share (checked at start-up).
+    pub fn settings(&self) -> Settings {
+        Settings {
+            history: HistoryConfig {
+                max_len: self.history_len,
+                max_age: Duration::from_secs(self.history_age_secs),
+            },
+            presence: PresenceConfig {
+                max_members: self.presence_max_members,
+            },
+            ids: self.id_rules(),
+        }
+    }
 }
 
 /// A started backend: serving, and registered for edges.
@@ -104,13 +140,26 @@ pub struct RunningBackend {
 /// endpoint, and registers for the route prefixes of `router` ([`Router::prefixes`]: a router
 /// with `chat.send` registers `chat.`, so edges forward every `chat.*` route here).
 pub async fn start(cfg: BackendConfig, router: Router) -> anyhow::Result<RunningBackend> {
+    check_node_id(&cfg.prefix).map_err(|e| anyhow!("bad --prefix: {e}"))?;
+    let store = Store::connect_retrying(&cfg.redis_url, Keys::new(&cfg.prefix), REDIS_STARTUP_WAIT)
+        .await
+        .with_context(|| format!("cannot connect to redis at {}", cfg.redis_url))?;
+    start_with_store(cfg, router, store).await
+}
+
+/// [`start`] on `store` (any engine, e.g. [`Store::memory`] shared with edges in the same
+/// process). The shared settings are checked against the store's first: a mismatch fails.
+pub async fn start_with_store(
+    cfg: BackendConfig,
+    router: Router,
+    store: Store,
+) -> anyhow::Result<RunningBackend> {
     tls::install_crypto_provider();
     let id = match cfg.id.clone() {
         Some(id) => id,
         None => format!("chat-{:08x}", random_u32()),
     };
     check_node_id(&id).map_err(|e| anyhow!("bad --id: {e}"))?;
-    check_node_id(&cfg.prefix).map_err(|e| anyhow!("bad --prefix: {e}"))?;
     if let Some(a) = &cfg.advertise {
         check_host_port(a).map_err(|e| anyhow!("bad --advertise: {e}"))?;
     }
@@ -119,13 +168,14 @@ pub async fn start(cfg: BackendConfig, router: Router) -> anyhow::Result<Running
         bail!("the router has no routes: nothing to serve");
     }
 
-    let store = Store::connect_retrying(&cfg.redis_url, Keys::new(&cfg.prefix), REDIS_STARTUP_WAIT)
+    let settings = cfg.settings();
+    let store = store
+        .with_history(settings.history)
+        .with_presence(settings.presence);
+    store
+        .check_settings(&settings)
         .await
-        .with_context(|| format!("cannot connect to redis at {}", cfg.redis_url))?
-        .with_history(HistoryConfig {
-            max_len: cfg.history_len,
-            max_age: Duration::from_secs(cfg.history_age_secs),
-        });
+        .context("this backend's settings differ from the deployment's")?;
 
     let server = BackendServer::bind(
         cfg.listen,
@@ -238,7 +288,7 @@ struct Cli {
 /// clap's usage and exit the process, as any command-line program does.
 pub async fn run_cli(args: impl IntoIterator<Item = String>) -> anyhow::Result<()> {
     let cli = Cli::try_parse_from(args).unwrap_or_else(|e| e.exit());
-    let router = chat::router_with(cli.chat.limits());
+    let router = chat::router_with(cli.chat.limits(cli.cfg.id_rules()));
     let backend = start(cli.cfg, router).await?;
     println!("roomcast-chat {} listening on {}", backend.id, backend.addr);
     wait_for_signal().await;
@@ -286,7 +336,10 @@ mod tests {
         assert_eq!(cli.cfg.prefix, "rc");
         assert_eq!(cli.cfg.cert, PathBuf::from("certs/backend.pem"));
         assert_eq!(cli.cfg.key, PathBuf::from("certs/backend.key"));
-        assert_eq!(cli.chat.limits(), chat::ChatLimits::default());
+        assert_eq!(
+            cli.chat.limits(cli.cfg.id_rules()),
+            chat::ChatLimits::default()
+        );
     }
 
     #[test]
@@ -305,8 +358,10 @@ mod tests {
         .expect("parses");
         assert_eq!(cli.cfg.id.as_deref(), Some("chat-7"));
         assert_eq!(cli.cfg.advertise.as_deref(), Some("chat7.internal:7000"));
-        assert!(cli.chat.limits().ids.ascii_only);
-        assert_eq!(cli.chat.limits().ids.max_bytes, 16);
+        let limits = cli.chat.limits(cli.cfg.id_rules());
+        assert!(limits.ids.ascii_only);
+        assert_eq!(limits.ids.max_bytes, 16);
+        assert!(cli.cfg.settings().ids.ascii_only);
         assert!(parse(&["--listen", "nonsense"]).is_err());
     }
 

@@ -1,6 +1,7 @@
-//! The edge's Redis pub/sub subscriber.
+//! The edge's bus subscriber (the store's [`roomcast_store::Broker`]: Redis pub/sub, or the
+//! in-memory bus).
 //!
-//! One dedicated pub/sub connection per edge carries the edge's own channel (pushes to given
+//! One subscription per edge carries the edge's own channel (pushes to given
 //! uids, kicks), the broadcast channel, and one channel per room that has local members. A
 //! room's channel is subscribed — and the subscription confirmed by Redis — *before* the edge
 //! runs the join script, so every push numbered after the join reaches the edge.
@@ -17,11 +18,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use quinn::VarInt;
-use redis::aio::PubSubSink;
 use roomcast_protocol::bus::{self, BusMessage};
 use roomcast_protocol::codec::Frame;
-use roomcast_store::keys::Keys;
 use roomcast_protocol::protocol::close;
+use roomcast_store::{Payloads, Store, SubscriptionControl};
 use tokio::sync::Mutex;
 
 use crate::fanout::{self, room_frame};
@@ -34,25 +34,23 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Bus {
-    client: redis::Client,
-    keys: Keys,
+    store: Store,
     edge: String,
     inner: Mutex<Inner>,
 }
 
 #[derive(Default)]
 struct Inner {
-    /// `None` while the pub/sub connection is down.
-    sink: Option<PubSubSink>,
+    /// `None` while the subscription is down.
+    sink: Option<Arc<dyn SubscriptionControl>>,
     /// rid → local members (or joins in progress) needing the room's channel.
     counts: HashMap<String, usize>,
 }
 
 impl Bus {
-    pub fn new(client: redis::Client, keys: Keys, edge: String) -> Bus {
+    pub fn new(store: Store, edge: String) -> Bus {
         Bus {
-            client,
-            keys,
+            store,
             edge,
             inner: Mutex::new(Inner::default()),
         }
@@ -64,14 +62,13 @@ impl Bus {
         let mut inner = self.inner.lock().await;
         let count = inner.counts.get(rid).copied().unwrap_or(0);
         if count == 0 {
-            let channel = self.keys.room_channel(rid);
-            let Some(sink) = inner.sink.as_mut() else {
-                return Err("redis pub/sub connection is down; retry shortly".into());
+            let Some(sink) = inner.sink.as_ref() else {
+                return Err("bus subscription is down; retry shortly".into());
             };
-            tokio::time::timeout(PROBE_TIMEOUT, sink.subscribe(&channel))
+            tokio::time::timeout(PROBE_TIMEOUT, sink.subscribe_room(rid))
                 .await
-                .map_err(|_| format!("subscribing to {channel} timed out"))?
-                .map_err(|e| format!("cannot subscribe to {channel}: {e}"))?;
+                .map_err(|_| format!("subscribing to room {rid} timed out"))?
+                .map_err(|e| format!("cannot subscribe to room {rid}: {e}"))?;
         }
         inner.counts.insert(rid.to_string(), count + 1);
         Ok(())
@@ -86,12 +83,11 @@ impl Bus {
         *count -= 1;
         if *count == 0 {
             inner.counts.remove(rid);
-            let channel = self.keys.room_channel(rid);
-            if let Some(sink) = inner.sink.as_mut() {
+            if let Some(sink) = inner.sink.as_ref() {
                 if let Ok(Err(e)) =
-                    tokio::time::timeout(PROBE_TIMEOUT, sink.unsubscribe(&channel)).await
+                    tokio::time::timeout(PROBE_TIMEOUT, sink.unsubscribe_room(rid)).await
                 {
-                    tracing::debug!("unsubscribe {channel}: {e}");
+                    tracing::debug!("unsubscribe room {rid}: {e}");
                 }
             }
         }
@@ -102,18 +98,13 @@ impl Bus {
         self.inner.lock().await.counts.len()
     }
 
-    /// Opens the pub/sub connection and subscribes to every channel the edge needs.
-    async fn connect(&self) -> redis::RedisResult<redis::aio::PubSubStream> {
-        let (mut sink, stream) = self.client.get_async_pubsub().await?.split();
+    /// Opens the subscription: the edge's channel, broadcasts and every room it needs.
+    async fn connect(&self) -> roomcast_store::Result<Payloads> {
         let mut inner = self.inner.lock().await;
-        let mut channels = vec![
-            self.keys.edge_channel(&self.edge),
-            self.keys.broadcast_channel(),
-        ];
-        channels.extend(inner.counts.keys().map(|rid| self.keys.room_channel(rid)));
-        sink.subscribe(&channels).await?;
-        inner.sink = Some(sink);
-        Ok(stream)
+        let rooms: Vec<String> = inner.counts.keys().cloned().collect();
+        let sub = self.store.subscribe_edge(&self.edge, &rooms).await?;
+        inner.sink = Some(sub.control);
+        Ok(sub.payloads)
     }
 
     async fn disconnected(&self) {
@@ -123,11 +114,11 @@ impl Bus {
     /// PINGs through the subscription connection.
     async fn probe(&self) -> bool {
         let sink = self.inner.lock().await.sink.clone();
-        let Some(mut sink) = sink else {
+        let Some(sink) = sink else {
             return false;
         };
         matches!(
-            tokio::time::timeout(PROBE_TIMEOUT, sink.ping::<redis::Value>()).await,
+            tokio::time::timeout(PROBE_TIMEOUT, sink.ping()).await,
             Ok(Ok(_))
         )
     }
@@ -153,15 +144,15 @@ pub async fn run(state: Arc<EdgeState>, ready: tokio::sync::oneshot::Sender<()>)
                 loop {
                     tokio::select! {
                         msg = stream.next() => match msg {
-                            Some(msg) => deliver(&state, msg.get_payload_bytes()),
+                            Some(payload) => deliver(&state, &payload),
                             None => {
-                                tracing::warn!("redis pub/sub connection lost; reconnecting");
+                                tracing::warn!("bus subscription lost; reconnecting");
                                 break;
                             }
                         },
                         _ = probe.tick() => {
                             if !state.bus.probe().await {
-                                tracing::warn!("redis pub/sub connection does not answer; replacing it");
+                                tracing::warn!("bus subscription does not answer; replacing it");
                                 break;
                             }
                         }
@@ -169,7 +160,7 @@ pub async fn run(state: Arc<EdgeState>, ready: tokio::sync::oneshot::Sender<()>)
                 }
                 state.bus.disconnected().await;
             }
-            Err(e) => tracing::warn!("redis pub/sub connect failed: {e}"),
+            Err(e) => tracing::warn!("bus subscribe failed: {e}"),
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(2));

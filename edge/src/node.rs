@@ -70,22 +70,38 @@ pub struct RunningEdge {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Starts an edge: Redis, pub/sub, registry, then the client endpoint.
+/// Starts an edge on the Redis store at `--redis-url`: Redis, pub/sub, registry, then the
+/// client endpoint.
 pub async fn start(cfg: EdgeConfig) -> anyhow::Result<RunningEdge> {
+    check_node_id(&cfg.prefix).map_err(|e| anyhow!("bad --prefix: {e}"))?;
+    let store = Store::connect_retrying(&cfg.redis_url, Keys::new(&cfg.prefix), REDIS_STARTUP_WAIT)
+        .await
+        .with_context(|| format!("cannot connect to redis at {}", cfg.redis_url))?;
+    start_with_store(cfg, store).await
+}
+
+/// Starts an edge on `store` (any engine, e.g. [`Store::memory`] shared with a chat service
+/// in the same process). The store's history and presence bounds are set from `cfg`, and the
+/// shared settings are checked against the store's (start-up fails on a mismatch).
+pub async fn start_with_store(cfg: EdgeConfig, store: Store) -> anyhow::Result<RunningEdge> {
     tls::install_crypto_provider();
     let id = cfg
         .id
         .clone()
         .unwrap_or_else(|| format!("edge-{:06x}", rand::random::<u32>() & 0xff_ffff));
     check_node_id(&id).map_err(|e| anyhow!(e))?;
-    check_node_id(&cfg.prefix).map_err(|e| anyhow!("bad --prefix: {e}"))?;
-    let store = Store::connect_retrying(&cfg.redis_url, Keys::new(&cfg.prefix), REDIS_STARTUP_WAIT)
+    let presence = roomcast_store::PresenceConfig {
+        max_members: cfg.presence_max_members,
+    };
+    let store = store.with_history(cfg.history()).with_presence(presence);
+    store
+        .check_settings(&roomcast_store::Settings {
+            history: cfg.history(),
+            presence,
+            ids: cfg.id_rules(),
+        })
         .await
-        .with_context(|| format!("cannot connect to redis at {}", cfg.redis_url))?
-        .with_history(cfg.history())
-        .with_presence(roomcast_store::PresenceConfig {
-            max_members: cfg.presence_max_members,
-        });
+        .context("this edge's settings differ from the deployment's")?;
 
     let client_limits = TransportLimits {
         // +1 for the control stream.
@@ -146,8 +162,8 @@ pub async fn start(cfg: EdgeConfig) -> anyhow::Result<RunningEdge> {
     tasks.push(tokio::spawn(bus::run(state.clone(), ready_tx)));
     tokio::time::timeout(Duration::from_secs(10), ready_rx)
         .await
-        .map_err(|_| anyhow!("redis pub/sub did not come up within 10s"))?
-        .map_err(|_| anyhow!("pub/sub task ended"))?;
+        .map_err(|_| anyhow!("the bus subscription did not come up within 10s"))?
+        .map_err(|_| anyhow!("bus task ended"))?;
     // Members a previous run of this edge id left behind (it was killed) are stale.
     let (rooms, members) = reaper::reap(&state, &id)
         .await

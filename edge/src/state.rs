@@ -100,7 +100,7 @@ impl EdgeState {
     ) -> EdgeState {
         let keys = store.keys().clone();
         EdgeState {
-            bus: Bus::new(store.client().clone(), keys.clone(), id.clone()),
+            bus: Bus::new(store.clone(), id.clone()),
             id,
             cfg,
             advertise,
