@@ -1,5 +1,6 @@
-//! The Redis room store against a real redis-server: the state a person sees in redis-cli after
-//! each operation, the pushes published, and hostile ids.
+//! The Redis engine against a real redis-server: the state a person sees in redis-cli after
+//! each operation (key names, types, TTLs), the raw pub/sub channels, and hostile ids in key
+//! names. What every engine must do is in the conformance suite (`store_conformance.rs`).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -24,34 +25,6 @@ async fn setup() -> (RedisServer, Store, redis::aio::MultiplexedConnection) {
 
 fn set(v: &[&str]) -> HashSet<String> {
     v.iter().map(|s| s.to_string()).collect()
-}
-
-#[tokio::test]
-async fn rooms_over_the_presence_limit_join_and_leave_silently() {
-    let (_r, s, mut c) = setup().await;
-    let s = s.with_presence(roomcast_store::PresenceConfig { max_members: 2 });
-    let add = Some(("onAdd", &b"{}"[..]));
-    let gone = Some(("onLeave", &b"{}"[..]));
-    assert!(s.join("big", "a", "e1", add).await.unwrap().added);
-    let b = s.join("big", "b", "e1", add).await.unwrap();
-    assert_eq!((b.added, b.seq, b.members, b.users.len()), (true, 2, 2, 2));
-    // The third member makes the room larger than the limit: no push, no list, only a count.
-    let c3 = s.join("big", "c", "e2", add).await.unwrap();
-    assert_eq!(
-        (c3.added, c3.seq, c3.members, c3.users.len()),
-        (false, 2, 3, 0)
-    );
-    // It is a member all the same.
-    assert_eq!(s.member("big", "c").await.unwrap().as_deref(), Some("e2"));
-    // Leaving a room over the limit is silent too, and consumes no seq.
-    assert_eq!(s.leave("big", "c", None, gone).await.unwrap(), Some(2));
-    // Back at the limit: leaves are pushed again.
-    assert_eq!(s.leave("big", "b", None, gone).await.unwrap(), Some(3));
-    let history: u64 = c.zcard("rc:room:{big}:history").await.unwrap();
-    assert_eq!(
-        history, 3,
-        "two onAdd and one onLeave recorded, nothing else"
-    );
 }
 
 #[tokio::test]
@@ -188,41 +161,46 @@ async fn pushes_carry_gapless_room_sequence_numbers() {
 }
 
 #[tokio::test]
-async fn publish_checks_membership_and_deduplicates_retries() {
+async fn dedupe_markers_and_presence_limits_are_visible_keys() {
     let (_r, s, mut c) = setup().await;
     s.join("lobby", "alice", "e1", None).await.unwrap();
-    let err = s
-        .publish_room("lobby", "onChat", b"x", Some("mallory"), None)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::NotMember { .. }), "{err}");
     let a = s
         .publish_room("lobby", "onChat", b"x", Some("alice"), Some("sess/7"))
         .await
         .unwrap();
-    let b = s
-        .publish_room("lobby", "onChat", b"x", Some("alice"), Some("sess/7"))
-        .await
-        .unwrap();
-    assert_eq!(a, b, "a retried request is published once");
+    let marker: u64 = c.get("rc:room:{lobby}:req:sess%2F7").await.unwrap();
+    assert_eq!(marker, a);
+    let ttl: i64 = c.ttl("rc:room:{lobby}:req:sess%2F7").await.unwrap();
+    assert!(ttl > 0 && ttl <= 300, "dedupe marker ttl {ttl}");
     let seq: u64 = c.get("rc:room:{lobby}:seq").await.unwrap();
     assert_eq!(seq, a);
-    let c2 = s
-        .publish_room("lobby", "onChat", b"x", Some("alice"), Some("sess/8"))
+
+    let s = s.with_presence(roomcast_store::PresenceConfig { max_members: 1 });
+    s.join("big", "a", "e1", Some(("onAdd", &b"{}"[..]))).await.unwrap();
+    s.join("big", "b", "e1", Some(("onAdd", &b"{}"[..]))).await.unwrap();
+    let history: u64 = c.zcard("rc:room:{big}:history").await.unwrap();
+    assert_eq!(history, 1, "only the first onAdd recorded");
+}
+
+#[tokio::test]
+async fn settings_are_a_readable_hash() {
+    let (_r, s, mut c) = setup().await;
+    s.check_settings(&roomcast_store::Settings::default())
         .await
         .unwrap();
-    assert_eq!(c2, a + 1);
-
-    // Private messages: target must be in the room.
+    let h: HashMap<String, String> = c.hgetall("rc:settings").await.unwrap();
+    assert_eq!(h["history_len"], "1000");
+    assert_eq!(h["history_age_ms"], "300000");
+    assert_eq!(h["presence_max_members"], "1000");
+    assert_eq!(h["max_id_bytes"], "128");
+    assert_eq!(h["ascii_ids"], "0");
+    // An operator can change a setting with redis-cli; processes started afterwards check it.
+    let _: () = c.hset("rc:settings", "history_len", "5").await.unwrap();
     let err = s
-        .publish_to_member("lobby", Some("alice"), "bob", "onChat", b"x")
+        .check_settings(&roomcast_store::Settings::default())
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::TargetNotInRoom { .. }), "{err}");
-    s.join("lobby", "bob", "e2", None).await.unwrap();
-    s.publish_to_member("lobby", Some("alice"), "bob", "onChat", b"x")
-        .await
-        .unwrap();
+    assert!(matches!(err, StoreError::SettingsMismatch { .. }), "{err}");
 }
 
 #[tokio::test]
@@ -438,7 +416,7 @@ async fn push_to_uids_groups_by_edge_and_reports_missing() {
 }
 
 #[tokio::test]
-async fn history_keeps_the_last_pushes_and_resume_moves_members_silently() {
+async fn history_is_a_bounded_sorted_set_with_an_expiry() {
     let r = RedisServer::start().expect("redis-server");
     let s = Store::connect(&r.url(), Keys::default())
         .await
@@ -447,7 +425,9 @@ async fn history_keeps_the_last_pushes_and_resume_moves_members_silently() {
             max_len: 5,
             max_age: Duration::from_secs(60),
         });
-    s.join("lobby", "alice", "e1", Some(("onAdd", b"a")))
+    let mut c = redis::Client::open(r.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
         .await
         .unwrap();
     for i in 0..9 {
@@ -455,37 +435,34 @@ async fn history_keeps_the_last_pushes_and_resume_moves_members_silently() {
             .await
             .unwrap();
     }
-    // seqs 1..=10 were pushed; the last 5 are kept.
-    let h = s.history("lobby", 0, 10).await.unwrap();
-    let seqs: Vec<u64> = h.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, vec![6, 7, 8, 9, 10]);
-    assert_eq!(
-        h[4].message,
-        BusMessage::Room {
-            rid: "lobby".into(),
-            route: "onChat".into(),
-            body: b"m8".to_vec()
-        }
-    );
-    let h = s.history("lobby", 8, 9).await.unwrap();
-    assert_eq!(h.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![9]);
-
-    // A resume through another edge moves the member without a push.
-    let j = s
-        .join_with("lobby", "alice", "e2", Some(("onAdd", b"a")), true, 0)
+    let scored: Vec<(Vec<u8>, u64)> = c
+        .zrange_withscores("rc:room:{lobby}:history", 0, -1)
         .await
         .unwrap();
-    assert_eq!((j.added, j.seq), (false, 10));
+    let scores: Vec<u64> = scored.iter().map(|(_, s)| *s).collect();
+    assert_eq!(scores, vec![5, 6, 7, 8, 9], "scored by seq, last 5 kept");
+    // Member = 8-byte ms timestamp + the bus payload.
+    let (seq, msg) = bus::decode(&scored[4].0[8..]).unwrap();
     assert_eq!(
-        s.member("lobby", "alice").await.unwrap().as_deref(),
-        Some("e2")
+        (seq, msg),
+        (
+            9,
+            BusMessage::Room {
+                rid: "lobby".into(),
+                route: "onChat".into(),
+                body: b"m8".to_vec()
+            }
+        )
     );
-    assert_eq!(s.edge_room_ids("e1").await.unwrap(), Vec::<String>::new());
-    assert_eq!(s.edge_room_ids("e2").await.unwrap(), vec!["lobby"]);
-    // A seq floor keeps numbering monotonic after Redis lost its data.
-    let j = s
-        .join_with("lobby", "bob", "e2", None, true, 42)
+    let pttl: i64 = c.pttl("rc:room:{lobby}:history").await.unwrap();
+    assert!(pttl > 0 && pttl <= 60_000, "history pttl {pttl}");
+    // The resume path leaves the index keys consistent.
+    s.join("lobby", "alice", "e1", None).await.unwrap();
+    s.join_with("lobby", "alice", "e2", None, true, 0)
         .await
         .unwrap();
-    assert_eq!(j.seq, 42);
+    let e1: HashSet<String> = c.smembers("rc:edge:e1:rooms").await.unwrap();
+    let e2: HashSet<String> = c.smembers("rc:edge:e2:rooms").await.unwrap();
+    assert!(e1.is_empty());
+    assert_eq!(e2, set(&["lobby"]));
 }
