@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use clap::{Args, Parser};
+use roomcast_net::tls;
 use roomcast_protocol::ids::{check_node_id, IdRules, MAX_ID_BYTES};
 use roomcast_store::keys::Keys;
 use roomcast_store::{BackendInfo, HistoryConfig, PresenceConfig, Settings, Store};
-use roomcast_net::tls;
 use tokio::task::JoinHandle;
 
 use crate::channel::ChannelService;

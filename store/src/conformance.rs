@@ -99,28 +99,64 @@ pub async fn join_and_leave_are_idempotent_and_numbered(s: Store) {
     let add = Some(("onAdd", &b"{}"[..]));
     let gone = Some(("onLeave", &b"{}"[..]));
     let j = s.join("lobby", "alice", "e1", add).await.expect("join");
-    assert_eq!((j.seq, j.added, j.users, j.members), (1, true, vec!["alice".into()], 1));
+    assert_eq!(
+        (j.seq, j.added, j.users, j.members),
+        (1, true, vec!["alice".into()], 1)
+    );
     // Idempotent: the same edge again changes nothing and pushes nothing.
     let again = s.join("lobby", "alice", "e1", add).await.expect("join");
     assert_eq!((again.seq, again.added, again.members), (1, false, 1));
     let j = s.join("lobby", "bob", "e2", add).await.expect("join");
     assert_eq!((j.seq, j.users), (2, vec!["alice".into(), "bob".into()]));
-    assert_eq!(s.member("lobby", "bob").await.expect("member").as_deref(), Some("e2"));
+    assert_eq!(
+        s.member("lobby", "bob").await.expect("member").as_deref(),
+        Some("e2")
+    );
     assert_eq!(s.members("lobby").await.expect("members"), ["alice", "bob"]);
     let by_edge = s.members_by_edge("lobby").await.expect("by edge");
-    assert_eq!((by_edge["e1"].clone(), by_edge["e2"].clone()), (vec!["alice".into()], vec!["bob".into()]));
+    assert_eq!(
+        (by_edge["e1"].clone(), by_edge["e2"].clone()),
+        (vec!["alice".into()], vec!["bob".into()])
+    );
     assert_eq!(s.group("lobby", "e1").await.expect("group"), ["alice"]);
     assert_eq!(s.rooms().await.expect("rooms"), ["lobby"]);
 
     // An edge cannot remove a member registered through another edge.
-    assert_eq!(s.leave("lobby", "bob", Some("e1"), gone).await.expect("leave"), None);
-    assert_eq!(s.leave("lobby", "bob", Some("e2"), gone).await.expect("leave"), Some(3));
-    assert_eq!(s.leave("lobby", "bob", None, gone).await.expect("leave"), None, "left twice");
+    assert_eq!(
+        s.leave("lobby", "bob", Some("e1"), gone)
+            .await
+            .expect("leave"),
+        None
+    );
+    assert_eq!(
+        s.leave("lobby", "bob", Some("e2"), gone)
+            .await
+            .expect("leave"),
+        Some(3)
+    );
+    assert_eq!(
+        s.leave("lobby", "bob", None, gone).await.expect("leave"),
+        None,
+        "left twice"
+    );
     assert!(s.group("lobby", "e2").await.expect("group").is_empty());
-    assert!(!s.members_by_edge("lobby").await.expect("by edge").contains_key("e2"));
-    assert_eq!(s.leave("lobby", "nobody", None, None).await.expect("leave"), None);
-    assert_eq!(s.leave("lobby", "alice", None, gone).await.expect("leave"), Some(4));
-    assert!(s.rooms().await.expect("rooms").is_empty(), "an empty room leaves the index");
+    assert!(!s
+        .members_by_edge("lobby")
+        .await
+        .expect("by edge")
+        .contains_key("e2"));
+    assert_eq!(
+        s.leave("lobby", "nobody", None, None).await.expect("leave"),
+        None
+    );
+    assert_eq!(
+        s.leave("lobby", "alice", None, gone).await.expect("leave"),
+        Some(4)
+    );
+    assert!(
+        s.rooms().await.expect("rooms").is_empty(),
+        "an empty room leaves the index"
+    );
     assert!(s.members("lobby").await.expect("members").is_empty());
     // Re-joining continues the numbering.
     let j = s.join("lobby", "carol", "e1", add).await.expect("join");
@@ -129,10 +165,18 @@ pub async fn join_and_leave_are_idempotent_and_numbered(s: Store) {
 }
 
 pub async fn presence_pushes_carry_their_seqs(s: Store) {
-    let mut sub = s.subscribe_edge("e9", &["lobby".into()]).await.expect("subscribe");
-    s.join("lobby", "alice", "e1", Some(("onAdd", b"{\"user\":\"alice\"}")))
+    let mut sub = s
+        .subscribe_edge("e9", &["lobby".into()])
         .await
-        .expect("join");
+        .expect("subscribe");
+    s.join(
+        "lobby",
+        "alice",
+        "e1",
+        Some(("onAdd", b"{\"user\":\"alice\"}")),
+    )
+    .await
+    .expect("join");
     let seq = s
         .publish_room("lobby", "onChat", b"hello", Some("alice"), None)
         .await
@@ -174,7 +218,11 @@ pub async fn seqs_never_repeat_and_are_gapless(s: Store) {
                 let uid = format!("u{t}-{i}");
                 let push = Some(("onAdd", &b"{}"[..]));
                 mine.push(s.join("r", &uid, "e1", push).await.expect("join").seq);
-                mine.push(s.publish_room("r", "onChat", b"x", None, None).await.expect("publish"));
+                mine.push(
+                    s.publish_room("r", "onChat", b"x", None, None)
+                        .await
+                        .expect("publish"),
+                );
                 let leave = s.leave("r", &uid, None, Some(("onLeave", b"{}"))).await;
                 mine.push(leave.expect("leave").expect("was a member"));
             }
@@ -194,7 +242,10 @@ pub async fn seqs_never_repeat_and_are_gapless(s: Store) {
 }
 
 pub async fn request_keys_publish_once(s: Store) {
-    let mut sub = s.subscribe_edge("e9", &["lobby".into()]).await.expect("subscribe");
+    let mut sub = s
+        .subscribe_edge("e9", &["lobby".into()])
+        .await
+        .expect("subscribe");
     s.join("lobby", "alice", "e1", None).await.expect("join");
     let err = s
         .publish_room("lobby", "onChat", b"x", Some("mallory"), None)
@@ -259,7 +310,11 @@ pub async fn private_messages_reach_members_only(s: Store) {
             }
         )
     );
-    assert_eq!(s.room_seq("lobby").await.expect("seq"), 0, "no seq, no history");
+    assert_eq!(
+        s.room_seq("lobby").await.expect("seq"),
+        0,
+        "no seq, no history"
+    );
     assert!(seqs(&s, "lobby").await.is_empty());
 }
 
@@ -268,7 +323,9 @@ pub async fn history_keeps_the_last_pushes_in_range(s: Store) {
         max_len: 5,
         max_age: Duration::from_secs(60),
     });
-    s.join("lobby", "alice", "e1", Some(("onAdd", b"a"))).await.expect("join");
+    s.join("lobby", "alice", "e1", Some(("onAdd", b"a")))
+        .await
+        .expect("join");
     for i in 0..9 {
         let body = format!("m{i}");
         s.publish_room("lobby", "onChat", body.as_bytes(), None, None)
@@ -277,7 +334,10 @@ pub async fn history_keeps_the_last_pushes_in_range(s: Store) {
     }
     // seqs 1..=10 were pushed; the last 5 are kept.
     let h = s.history("lobby", 0, 10).await.expect("history");
-    assert_eq!(h.iter().map(|e| e.seq).collect::<Vec<_>>(), [6, 7, 8, 9, 10]);
+    assert_eq!(
+        h.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [6, 7, 8, 9, 10]
+    );
     assert_eq!(h[4].message, room("lobby", "onChat", b"m8"));
     let range = |after, upto| {
         let s = s.clone();
@@ -290,7 +350,11 @@ pub async fn history_keeps_the_last_pushes_in_range(s: Store) {
     assert_eq!(range(7, 100).await, [8, 9, 10]);
     assert!(range(9, 9).await.is_empty());
     assert!(range(10, 5).await.is_empty());
-    assert!(s.history("elsewhere", 0, 10).await.expect("history").is_empty());
+    assert!(s
+        .history("elsewhere", 0, 10)
+        .await
+        .expect("history")
+        .is_empty());
 }
 
 pub async fn history_forgets_old_pushes(s: Store) {
@@ -298,24 +362,41 @@ pub async fn history_forgets_old_pushes(s: Store) {
         max_len: 100,
         max_age: Duration::from_millis(300),
     });
-    s.publish_room("lobby", "onChat", b"old", None, None).await.expect("publish");
+    s.publish_room("lobby", "onChat", b"old", None, None)
+        .await
+        .expect("publish");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let seq = s.publish_room("lobby", "onChat", b"new", None, None).await.expect("publish");
+    let seq = s
+        .publish_room("lobby", "onChat", b"new", None, None)
+        .await
+        .expect("publish");
     assert_eq!(seq, 2, "the seq outlives the history");
-    assert_eq!(seqs(&s, "lobby").await, [2], "pushes older than the age bound are gone");
+    assert_eq!(
+        seqs(&s, "lobby").await,
+        [2],
+        "pushes older than the age bound are gone"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(seqs(&s, "lobby").await.is_empty(), "a quiet room's history expires");
+    assert!(
+        seqs(&s, "lobby").await.is_empty(),
+        "a quiet room's history expires"
+    );
 }
 
 pub async fn resume_moves_silently_and_the_seq_floor_holds(s: Store) {
-    s.join("lobby", "alice", "e1", Some(("onAdd", b"a"))).await.expect("join");
+    s.join("lobby", "alice", "e1", Some(("onAdd", b"a")))
+        .await
+        .expect("join");
     // A resume through another edge moves the member without a push.
     let j = s
         .join_with("lobby", "alice", "e2", Some(("onAdd", b"a")), true, 0)
         .await
         .expect("resume");
     assert_eq!((j.added, j.seq, j.members), (false, 1, 1));
-    assert_eq!(s.member("lobby", "alice").await.expect("member").as_deref(), Some("e2"));
+    assert_eq!(
+        s.member("lobby", "alice").await.expect("member").as_deref(),
+        Some("e2")
+    );
     assert!(s.edge_room_ids("e1").await.expect("index").is_empty());
     assert_eq!(s.edge_room_ids("e2").await.expect("index"), ["lobby"]);
     assert!(s.group("lobby", "e1").await.expect("group").is_empty());
@@ -326,11 +407,20 @@ pub async fn resume_moves_silently_and_the_seq_floor_holds(s: Store) {
         .expect("move");
     assert_eq!((j.added, j.seq), (true, 2));
     // A seq floor raises the numbering (after the store lost its state), never lowers it.
-    let j = s.join_with("lobby", "bob", "e2", None, true, 42).await.expect("floor");
+    let j = s
+        .join_with("lobby", "bob", "e2", None, true, 42)
+        .await
+        .expect("floor");
     assert_eq!(j.seq, 42);
-    let j = s.join_with("lobby", "carol", "e2", None, true, 7).await.expect("floor");
+    let j = s
+        .join_with("lobby", "carol", "e2", None, true, 7)
+        .await
+        .expect("floor");
     assert_eq!(j.seq, 42);
-    let seq = s.publish_room("lobby", "onChat", b"x", None, None).await.expect("publish");
+    let seq = s
+        .publish_room("lobby", "onChat", b"x", None, None)
+        .await
+        .expect("publish");
     assert_eq!(seq, 43);
 }
 
@@ -344,15 +434,31 @@ pub async fn rooms_over_the_presence_limit_are_silent(s: Store) {
     // The third member makes the room larger than the limit: no push, no list, only a count.
     let c = s.join("big", "c", "e2", add).await.expect("join");
     assert_eq!((c.added, c.seq, c.members, c.users.len()), (false, 2, 3, 0));
-    assert_eq!(s.member("big", "c").await.expect("member").as_deref(), Some("e2"));
+    assert_eq!(
+        s.member("big", "c").await.expect("member").as_deref(),
+        Some("e2")
+    );
     // Idempotent re-join above the limit: still no list.
     let again = s.join("big", "c", "e2", add).await.expect("join");
-    assert_eq!((again.added, again.users.len(), again.members), (false, 0, 3));
+    assert_eq!(
+        (again.added, again.users.len(), again.members),
+        (false, 0, 3)
+    );
     // Leaving a room over the limit is silent too, and consumes no seq.
-    assert_eq!(s.leave("big", "c", None, gone).await.expect("leave"), Some(2));
+    assert_eq!(
+        s.leave("big", "c", None, gone).await.expect("leave"),
+        Some(2)
+    );
     // Back at the limit: leaves are pushed again.
-    assert_eq!(s.leave("big", "b", None, gone).await.expect("leave"), Some(3));
-    assert_eq!(seqs(&s, "big").await, [1, 2, 3], "two onAdd and one onLeave recorded");
+    assert_eq!(
+        s.leave("big", "b", None, gone).await.expect("leave"),
+        Some(3)
+    );
+    assert_eq!(
+        seqs(&s, "big").await,
+        [1, 2, 3],
+        "two onAdd and one onLeave recorded"
+    );
     // 0 = no limit.
     let s = s.with_presence(PresenceConfig { max_members: 0 });
     for uid in ["d", "e", "f"] {
@@ -361,52 +467,105 @@ pub async fn rooms_over_the_presence_limit_are_silent(s: Store) {
 }
 
 pub async fn session_claims_are_global_and_owned(s: Store) {
-    s.register_edge(&edge("e1"), Duration::from_secs(30)).await.expect("register");
+    s.register_edge(&edge("e1"), Duration::from_secs(30))
+        .await
+        .expect("register");
     let granted = Claim::Granted { replaced: None };
     let claim = |uid: &'static str, e: &'static str, sess: &'static str, resume| {
         let s = s.clone();
         async move { s.claim_session(uid, e, sess, resume).await.expect("claim") }
     };
     assert_eq!(claim("alice", "e1", "s1", None).await, granted);
-    assert_eq!(claim("alice", "e1", "s1", None).await, granted, "claiming again is granted");
+    assert_eq!(
+        claim("alice", "e1", "s1", None).await,
+        granted,
+        "claiming again is granted"
+    );
     let taken = Claim::Taken { edge: "e1".into() };
     assert_eq!(claim("alice", "e2", "s2", None).await, taken);
-    assert_eq!(claim("alice", "e1", "s3", None).await, taken, "another session on the same edge");
-    assert_eq!(claim("alice", "e2", "s2", Some("s9")).await, taken, "resume of another session");
-    assert!(!s.release_session("alice", "s2").await.expect("release"), "only the owner releases");
-    assert_eq!(s.session_edge("alice").await.expect("edge").as_deref(), Some("e1"));
-    assert_eq!(s.session_name("alice").await.expect("name").as_deref(), Some("s1"));
+    assert_eq!(
+        claim("alice", "e1", "s3", None).await,
+        taken,
+        "another session on the same edge"
+    );
+    assert_eq!(
+        claim("alice", "e2", "s2", Some("s9")).await,
+        taken,
+        "resume of another session"
+    );
+    assert!(
+        !s.release_session("alice", "s2").await.expect("release"),
+        "only the owner releases"
+    );
+    assert_eq!(
+        s.session_edge("alice").await.expect("edge").as_deref(),
+        Some("e1")
+    );
+    assert_eq!(
+        s.session_name("alice").await.expect("name").as_deref(),
+        Some("s1")
+    );
     // A resume names the session it continues: it may take over a live claim.
     assert_eq!(
         claim("alice", "e1", "s4", Some("s1")).await,
-        Claim::Granted { replaced: Some(("e1".into(), "s1".into())) }
+        Claim::Granted {
+            replaced: Some(("e1".into(), "s1".into()))
+        }
     );
     assert_eq!(s.edge_session_uids("e1").await.expect("index"), ["alice"]);
     // A claim held through an edge without a lease is taken over.
     s.unregister_edge("e1").await.expect("unregister");
     assert_eq!(
         claim("alice", "e2", "s2", None).await,
-        Claim::Granted { replaced: Some(("e1".into(), "s4".into())) }
+        Claim::Granted {
+            replaced: Some(("e1".into(), "s4".into()))
+        }
     );
-    assert!(s.edge_session_uids("e1").await.expect("index").is_empty(), "old index updated");
+    assert!(
+        s.edge_session_uids("e1").await.expect("index").is_empty(),
+        "old index updated"
+    );
     assert_eq!(s.edge_session_uids("e2").await.expect("index"), ["alice"]);
     assert!(s.release_session("alice", "s2").await.expect("release"));
     assert_eq!(s.session_edge("alice").await.expect("edge"), None);
     assert_eq!(s.session_name("alice").await.expect("name"), None);
     assert!(s.edge_session_uids("e2").await.expect("index").is_empty());
-    assert!(!s.release_session("alice", "s2").await.expect("release"), "released once");
+    assert!(
+        !s.release_session("alice", "s2").await.expect("release"),
+        "released once"
+    );
 }
 
 pub async fn release_of_edge_only_frees_that_edges_claims(s: Store) {
-    s.register_edge(&edge("e1"), Duration::from_secs(30)).await.expect("register");
-    s.register_edge(&edge("e2"), Duration::from_secs(30)).await.expect("register");
-    s.claim_session("alice", "e1", "s1", None).await.expect("claim");
-    s.claim_session("bob", "e2", "s2", None).await.expect("claim");
-    assert!(!s.release_session_of_edge("alice", "e2").await.expect("release"));
-    assert!(s.release_session_of_edge("alice", "e1").await.expect("release"));
-    assert!(!s.release_session_of_edge("alice", "e1").await.expect("release"));
+    s.register_edge(&edge("e1"), Duration::from_secs(30))
+        .await
+        .expect("register");
+    s.register_edge(&edge("e2"), Duration::from_secs(30))
+        .await
+        .expect("register");
+    s.claim_session("alice", "e1", "s1", None)
+        .await
+        .expect("claim");
+    s.claim_session("bob", "e2", "s2", None)
+        .await
+        .expect("claim");
+    assert!(!s
+        .release_session_of_edge("alice", "e2")
+        .await
+        .expect("release"));
+    assert!(s
+        .release_session_of_edge("alice", "e1")
+        .await
+        .expect("release"));
+    assert!(!s
+        .release_session_of_edge("alice", "e1")
+        .await
+        .expect("release"));
     assert_eq!(s.session_edge("alice").await.expect("edge"), None);
-    assert_eq!(s.session_edge("bob").await.expect("edge").as_deref(), Some("e2"));
+    assert_eq!(
+        s.session_edge("bob").await.expect("edge").as_deref(),
+        Some("e2")
+    );
     assert!(s.edge_session_uids("e1").await.expect("index").is_empty());
 }
 
@@ -419,25 +578,46 @@ pub async fn registry_leases_expire(s: Store) {
         draining: false,
     };
     let ttl = Duration::from_millis(300);
-    assert!(!s.register_edge(&e, ttl).await.expect("register"), "new lease");
-    assert!(s.register_edge(&e, ttl).await.expect("register"), "refresh of a live lease");
+    assert!(
+        !s.register_edge(&e, ttl).await.expect("register"),
+        "new lease"
+    );
+    assert!(
+        s.register_edge(&e, ttl).await.expect("register"),
+        "refresh of a live lease"
+    );
     let b = BackendInfo {
         id: "b1".into(),
         addr: "127.0.0.1:9000".into(),
         routes: vec!["chat.".into(), "game.".into()],
     };
     s.register_backend(&b, ttl).await.expect("register");
-    let long = BackendInfo { id: "b2".into(), ..b.clone() };
-    s.register_backend(&long, Duration::from_secs(30)).await.expect("register");
+    let long = BackendInfo {
+        id: "b2".into(),
+        ..b.clone()
+    };
+    s.register_backend(&long, Duration::from_secs(30))
+        .await
+        .expect("register");
     assert_eq!(s.list_edges().await.expect("edges"), vec![e.clone()]);
     assert!(s.edge_alive("e1").await.expect("alive"));
-    assert_eq!(s.list_backends().await.expect("backends"), vec![b, long.clone()]);
+    assert_eq!(
+        s.list_backends().await.expect("backends"),
+        vec![b, long.clone()]
+    );
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(s.list_edges().await.expect("edges").is_empty());
     assert!(!s.edge_alive("e1").await.expect("alive"));
-    assert_eq!(s.edge_ids().await.expect("ids"), ["e1"], "a dead edge stays until reaped");
+    assert_eq!(
+        s.edge_ids().await.expect("ids"),
+        ["e1"],
+        "a dead edge stays until reaped"
+    );
     assert_eq!(s.list_backends().await.expect("backends"), vec![long]);
-    assert!(!s.register_edge(&e, ttl).await.expect("register"), "an expired lease is new again");
+    assert!(
+        !s.register_edge(&e, ttl).await.expect("register"),
+        "an expired lease is new again"
+    );
     s.unregister_edge("e1").await.expect("unregister");
     s.unregister_backend("b2").await.expect("unregister");
     assert!(s.edge_ids().await.expect("ids").is_empty());
@@ -448,22 +628,40 @@ pub async fn reaper_lock_is_exclusive(s: Store) {
     let ttl = Duration::from_millis(300);
     assert!(s.lock_reaper("dead", "a", ttl).await.expect("lock"));
     assert!(!s.lock_reaper("dead", "b", ttl).await.expect("lock"));
-    assert!(!s.lock_reaper("dead", "a", ttl).await.expect("lock"), "not reentrant");
-    assert!(s.lock_reaper("other", "b", ttl).await.expect("lock"), "one lock per edge");
+    assert!(
+        !s.lock_reaper("dead", "a", ttl).await.expect("lock"),
+        "not reentrant"
+    );
+    assert!(
+        s.lock_reaper("other", "b", ttl).await.expect("lock"),
+        "one lock per edge"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(s.lock_reaper("dead", "b", ttl).await.expect("lock"), "a crashed reaper's lock expires");
+    assert!(
+        s.lock_reaper("dead", "b", ttl).await.expect("lock"),
+        "a crashed reaper's lock expires"
+    );
     s.forget_edge("dead").await.expect("forget");
-    assert!(s.lock_reaper("dead", "c", ttl).await.expect("lock"), "forget_edge drops the lock");
+    assert!(
+        s.lock_reaper("dead", "c", ttl).await.expect("lock"),
+        "forget_edge drops the lock"
+    );
 }
 
 pub async fn edge_indexes_follow_members_and_claims(s: Store) {
-    s.register_edge(&edge("e1"), Duration::from_secs(30)).await.expect("register");
+    s.register_edge(&edge("e1"), Duration::from_secs(30))
+        .await
+        .expect("register");
     s.join("b-room", "alice", "e1", None).await.expect("join");
     s.join("a-room", "alice", "e1", None).await.expect("join");
     s.join("a-room", "bob", "e1", None).await.expect("join");
     s.join("a-room", "carol", "e2", None).await.expect("join");
-    s.claim_session("alice", "e1", "s1", None).await.expect("claim");
-    s.claim_session("bob", "e1", "s2", None).await.expect("claim");
+    s.claim_session("alice", "e1", "s1", None)
+        .await
+        .expect("claim");
+    s.claim_session("bob", "e1", "s2", None)
+        .await
+        .expect("claim");
     let mut rooms = s.edge_room_ids("e1").await.expect("index");
     rooms.sort();
     assert_eq!(rooms, ["a-room", "b-room"]);
@@ -476,51 +674,97 @@ pub async fn edge_indexes_follow_members_and_claims(s: Store) {
     s.leave("b-room", "alice", None, None).await.expect("leave");
     assert_eq!(s.edge_room_ids("e1").await.expect("index"), ["a-room"]);
     s.leave("a-room", "alice", None, None).await.expect("leave");
-    assert_eq!(s.edge_room_ids("e1").await.expect("index"), ["a-room"], "bob is still there");
+    assert_eq!(
+        s.edge_room_ids("e1").await.expect("index"),
+        ["a-room"],
+        "bob is still there"
+    );
     // The edge dies; a reaper cleans up through the indexes, then forgets the edge.
     s.unregister_edge("e1").await.expect("unregister");
-    s.register_edge(&edge("e1"), Duration::from_secs(30)).await.expect("register");
+    s.register_edge(&edge("e1"), Duration::from_secs(30))
+        .await
+        .expect("register");
     s.forget_edge("e1").await.expect("forget");
     assert!(s.edge_room_ids("e1").await.expect("index").is_empty());
     assert!(s.edge_session_uids("e1").await.expect("index").is_empty());
     assert!(!s.edge_ids().await.expect("ids").contains(&"e1".to_string()));
-    assert_eq!(s.edge_room_ids("e2").await.expect("index"), ["a-room"], "other edges untouched");
+    assert_eq!(
+        s.edge_room_ids("e2").await.expect("index"),
+        ["a-room"],
+        "other edges untouched"
+    );
 }
 
 pub async fn bus_delivers_a_room_only_after_a_confirmed_subscription(s: Store) {
     let mut sub = s.subscribe_edge("e1", &[]).await.expect("subscribe");
     sub.control.ping().await.expect("ping");
-    s.publish_room("lobby", "onChat", b"before", None, None).await.expect("publish");
-    sub.control.subscribe_room("lobby").await.expect("subscribe room");
-    s.publish_room("lobby", "onChat", b"after", None, None).await.expect("publish");
+    s.publish_room("lobby", "onChat", b"before", None, None)
+        .await
+        .expect("publish");
+    sub.control
+        .subscribe_room("lobby")
+        .await
+        .expect("subscribe room");
+    s.publish_room("lobby", "onChat", b"after", None, None)
+        .await
+        .expect("publish");
     assert_eq!(
         next(&mut sub.payloads, WAIT).await,
         Some((2, room("lobby", "onChat", b"after"))),
         "only pushes after the confirmed subscription"
     );
     // The edge's own channel and the broadcast channel come with every subscription.
-    let drain = BusMessage::Drain { reason: "test".into() };
+    let drain = BusMessage::Drain {
+        reason: "test".into(),
+    };
     assert_eq!(s.publish_to_edge("e1", &drain).await.expect("publish"), 1);
     assert_eq!(next(&mut sub.payloads, WAIT).await, Some((0, drain)));
-    assert_eq!(s.publish_to_edge("e7", &BusMessage::Drain { reason: "x".into() }).await.expect("publish"), 0);
+    assert_eq!(
+        s.publish_to_edge("e7", &BusMessage::Drain { reason: "x".into() })
+            .await
+            .expect("publish"),
+        0
+    );
     s.broadcast("onNews", b"all").await.expect("broadcast");
-    let news = BusMessage::Broadcast { route: "onNews".into(), body: b"all".to_vec() };
+    let news = BusMessage::Broadcast {
+        route: "onNews".into(),
+        body: b"all".to_vec(),
+    };
     assert_eq!(next(&mut sub.payloads, WAIT).await, Some((0, news)));
     // Rooms named at subscribe time are confirmed too.
-    let mut sub2 = s.subscribe_edge("e2", &["lobby".into()]).await.expect("subscribe");
-    let seq = s.publish_room("lobby", "onChat", b"both", None, None).await.expect("publish");
+    let mut sub2 = s
+        .subscribe_edge("e2", &["lobby".into()])
+        .await
+        .expect("subscribe");
+    let seq = s
+        .publish_room("lobby", "onChat", b"both", None, None)
+        .await
+        .expect("publish");
     for p in [&mut sub.payloads, &mut sub2.payloads] {
         assert_eq!(next(p, WAIT).await.map(|m| m.0), Some(seq));
     }
 }
 
 pub async fn unsubscribe_stops_room_delivery(s: Store) {
-    let mut sub = s.subscribe_edge("e1", &["lobby".into(), "hall".into()]).await.expect("subscribe");
-    sub.control.unsubscribe_room("lobby").await.expect("unsubscribe");
-    s.publish_room("lobby", "onChat", b"gone", None, None).await.expect("publish");
-    s.publish_room("hall", "onChat", b"kept", None, None).await.expect("publish");
+    let mut sub = s
+        .subscribe_edge("e1", &["lobby".into(), "hall".into()])
+        .await
+        .expect("subscribe");
+    sub.control
+        .unsubscribe_room("lobby")
+        .await
+        .expect("unsubscribe");
+    s.publish_room("lobby", "onChat", b"gone", None, None)
+        .await
+        .expect("publish");
+    s.publish_room("hall", "onChat", b"kept", None, None)
+        .await
+        .expect("publish");
     // Payloads of one subscription arrive in publish order: the first one is the hall's.
-    assert_eq!(next(&mut sub.payloads, WAIT).await, Some((1, room("hall", "onChat", b"kept"))));
+    assert_eq!(
+        next(&mut sub.payloads, WAIT).await,
+        Some((1, room("hall", "onChat", b"kept")))
+    );
     assert_eq!(next(&mut sub.payloads, QUIET).await, None);
     sub.control.ping().await.expect("still alive");
 }
@@ -528,53 +772,119 @@ pub async fn unsubscribe_stops_room_delivery(s: Store) {
 pub async fn push_to_uids_groups_by_edge_and_reports_missing(s: Store) {
     let mut e1 = s.subscribe_edge("e1", &[]).await.expect("subscribe");
     let mut e2 = s.subscribe_edge("e2", &[]).await.expect("subscribe");
-    s.register_edge(&edge("e1"), Duration::from_secs(30)).await.expect("register");
-    s.register_edge(&edge("e2"), Duration::from_secs(30)).await.expect("register");
-    s.claim_session("alice", "e1", "s1", None).await.expect("claim");
-    s.claim_session("bob", "e1", "s2", None).await.expect("claim");
-    s.claim_session("carol", "e2", "s3", None).await.expect("claim");
+    s.register_edge(&edge("e1"), Duration::from_secs(30))
+        .await
+        .expect("register");
+    s.register_edge(&edge("e2"), Duration::from_secs(30))
+        .await
+        .expect("register");
+    s.claim_session("alice", "e1", "s1", None)
+        .await
+        .expect("claim");
+    s.claim_session("bob", "e1", "s2", None)
+        .await
+        .expect("claim");
+    s.claim_session("carol", "e2", "s3", None)
+        .await
+        .expect("claim");
     let uids = ["ghost", "alice", "bob", "carol", "nobody"].map(String::from);
     let missing = s.push_to_uids(&uids, "onX", b"1").await.expect("push");
     assert_eq!(missing, ["ghost", "nobody"]);
-    assert!(s.push_to_uids(&[], "onX", b"1").await.expect("push").is_empty());
-    let Some((0, BusMessage::Users { mut uids, route, body })) = next(&mut e1.payloads, WAIT).await else {
+    assert!(s
+        .push_to_uids(&[], "onX", b"1")
+        .await
+        .expect("push")
+        .is_empty());
+    let Some((
+        0,
+        BusMessage::Users {
+            mut uids,
+            route,
+            body,
+        },
+    )) = next(&mut e1.payloads, WAIT).await
+    else {
         panic!("expected one Users push on e1");
     };
     uids.sort();
-    assert_eq!((uids, route, body), (vec!["alice".into(), "bob".into()], "onX".into(), b"1".to_vec()));
-    assert_eq!(next(&mut e1.payloads, QUIET).await, None, "one publish per edge");
+    assert_eq!(
+        (uids, route, body),
+        (
+            vec!["alice".into(), "bob".into()],
+            "onX".into(),
+            b"1".to_vec()
+        )
+    );
+    assert_eq!(
+        next(&mut e1.payloads, QUIET).await,
+        None,
+        "one publish per edge"
+    );
     let got = next(&mut e2.payloads, WAIT).await.expect("a push on e2");
-    assert_eq!(got, (0, BusMessage::Users { uids: vec!["carol".into()], route: "onX".into(), body: b"1".to_vec() }));
+    assert_eq!(
+        got,
+        (
+            0,
+            BusMessage::Users {
+                uids: vec!["carol".into()],
+                route: "onX".into(),
+                body: b"1".to_vec()
+            }
+        )
+    );
 }
 
 pub async fn destroy_removes_everything_and_tells_edges(s: Store) {
-    let mut sub = s.subscribe_edge("e1", &["lobby".into()]).await.expect("subscribe");
+    let mut sub = s
+        .subscribe_edge("e1", &["lobby".into()])
+        .await
+        .expect("subscribe");
     s.join("lobby", "alice", "e1", None).await.expect("join");
     s.join("lobby", "bob", "e2", None).await.expect("join");
     s.join("hall", "bob", "e2", None).await.expect("join");
-    assert_eq!(s.room_seq("lobby").await.expect("seq"), 0, "a join without a push takes no seq");
+    assert_eq!(
+        s.room_seq("lobby").await.expect("seq"),
+        0,
+        "a join without a push takes no seq"
+    );
     assert_eq!(s.destroy("lobby").await.expect("destroy"), 2);
     assert!(s.members("lobby").await.expect("members").is_empty());
-    assert!(s.members_by_edge("lobby").await.expect("by edge").is_empty());
+    assert!(s
+        .members_by_edge("lobby")
+        .await
+        .expect("by edge")
+        .is_empty());
     assert!(s.group("lobby", "e1").await.expect("group").is_empty());
     assert_eq!(s.rooms().await.expect("rooms"), ["hall"]);
     assert!(s.edge_room_ids("e1").await.expect("index").is_empty());
     assert_eq!(s.edge_room_ids("e2").await.expect("index"), ["hall"]);
     assert_eq!(
         next(&mut sub.payloads, WAIT).await,
-        Some((1, BusMessage::RoomDestroyed { rid: "lobby".into() }))
+        Some((
+            1,
+            BusMessage::RoomDestroyed {
+                rid: "lobby".into()
+            }
+        ))
     );
     // The numbering goes on if the room is used again.
-    let j = s.join("lobby", "alice", "e1", Some(("onAdd", b"{}"))).await.expect("join");
+    let j = s
+        .join("lobby", "alice", "e1", Some(("onAdd", b"{}")))
+        .await
+        .expect("join");
     assert_eq!((j.seq, j.members), (2, 1));
     assert_eq!(s.destroy("empty").await.expect("destroy"), 0);
 }
 
 pub async fn hostile_ids_stay_apart(s: Store) {
-    s.join("lobby", "alice", "e1", Some(("onAdd", b"{}"))).await.expect("join");
+    s.join("lobby", "alice", "e1", Some(("onAdd", b"{}")))
+        .await
+        .expect("join");
     let evil_room = "lobby}:members {x";
     let evil_user = "bob' .. redis.call('FLUSHALL') .. '\"*";
-    s.join(evil_room, evil_user, "e1", None).await.expect("join");
+    s.join(evil_room, evil_user, "e1", None)
+        .await
+        .expect("join");
     s.publish_room(evil_room, "onChat", b"x", Some(evil_user), Some("a:b*"))
         .await
         .expect("publish");
@@ -588,39 +898,77 @@ pub async fn hostile_ids_stay_apart(s: Store) {
     // Non-ASCII ids round-trip.
     s.join("salón ☕", "zoë", "e1", None).await.expect("join");
     assert_eq!(s.members("salón ☕").await.expect("members"), ["zoë"]);
-    s.claim_session("zoë", "e1", "s", None).await.expect("claim");
-    assert_eq!(s.session_edge("zoë").await.expect("edge").as_deref(), Some("e1"));
+    s.claim_session("zoë", "e1", "s", None)
+        .await
+        .expect("claim");
+    assert_eq!(
+        s.session_edge("zoë").await.expect("edge").as_deref(),
+        Some("e1")
+    );
 }
 
 pub async fn settings_are_written_once_and_checked(s: Store) {
     let first = Settings::default();
-    s.check_settings(&first).await.expect("the first process writes its settings");
-    s.check_settings(&first).await.expect("the same settings pass");
+    s.check_settings(&first)
+        .await
+        .expect("the first process writes its settings");
+    s.check_settings(&first)
+        .await
+        .expect("the same settings pass");
     let other = Settings {
-        history: HistoryConfig { max_len: 5, ..first.history },
+        history: HistoryConfig {
+            max_len: 5,
+            ..first.history
+        },
         ..first
     };
-    let err = s.check_settings(&other).await.expect_err("a different history length");
+    let err = s
+        .check_settings(&other)
+        .await
+        .expect_err("a different history length");
     match &err {
         StoreError::SettingsMismatch { name, ours, stored } => {
-            assert_eq!((name.as_str(), ours.as_str(), stored.as_str()), ("history_len", "5", "1000"));
+            assert_eq!(
+                (name.as_str(), ours.as_str(), stored.as_str()),
+                ("history_len", "5", "1000")
+            );
         }
         e => panic!("expected a settings mismatch, got {e}"),
     }
     let text = err.to_string();
-    assert!(text.contains("history_len") && text.contains('5') && text.contains("1000"), "{text}");
+    assert!(
+        text.contains("history_len") && text.contains('5') && text.contains("1000"),
+        "{text}"
+    );
     let ascii = Settings {
-        ids: IdRules { ascii_only: true, ..first.ids },
+        ids: IdRules {
+            ascii_only: true,
+            ..first.ids
+        },
         ..first
     };
-    let err = s.check_settings(&ascii).await.expect_err("different id rules");
-    assert!(matches!(err, StoreError::SettingsMismatch { ref name, .. } if name == "ascii_ids"), "{err}");
+    let err = s
+        .check_settings(&ascii)
+        .await
+        .expect_err("different id rules");
+    assert!(
+        matches!(err, StoreError::SettingsMismatch { ref name, .. } if name == "ascii_ids"),
+        "{err}"
+    );
     let presence = Settings {
         presence: PresenceConfig { max_members: 7 },
         ..first
     };
-    let err = s.check_settings(&presence).await.expect_err("a different presence limit");
-    assert!(matches!(err, StoreError::SettingsMismatch { ref name, .. } if name == "presence_max_members"), "{err}");
+    let err = s
+        .check_settings(&presence)
+        .await
+        .expect_err("a different presence limit");
+    assert!(
+        matches!(err, StoreError::SettingsMismatch { ref name, .. } if name == "presence_max_members"),
+        "{err}"
+    );
     // The mismatching processes wrote nothing: the first values still hold.
-    s.check_settings(&first).await.expect("still the first settings");
+    s.check_settings(&first)
+        .await
+        .expect("still the first settings");
 }

@@ -184,8 +184,7 @@ pub trait Rooms: Send + Sync {
 
     /// Pushes to the given uids wherever they are logged in (their session claim): one publish
     /// per edge hosting any of them. Returns the uids with no live session, in input order.
-    async fn push_to_uids(&self, uids: &[String], route: &str, body: &[u8])
-        -> Result<Vec<String>>;
+    async fn push_to_uids(&self, uids: &[String], route: &str, body: &[u8]) -> Result<Vec<String>>;
 
     /// Publishes an edge-addressed message (kicks, drains) on that edge's channel; returns how
     /// many subscriptions received it (0: the edge is not running).

@@ -30,8 +30,8 @@ use roomcast_protocol::protocol::Status;
 use crate::keys::Keys;
 
 pub use engine::{
-    BackendInfo, Broker, Claim, EdgeInfo, Engine, HistoryEntry, Joined, Payloads, Registry,
-    Rooms, Sessions, Subscription, SubscriptionControl,
+    BackendInfo, Broker, Claim, EdgeInfo, Engine, HistoryEntry, Joined, Payloads, Registry, Rooms,
+    Sessions, Subscription, SubscriptionControl,
 };
 pub use settings::Settings;
 

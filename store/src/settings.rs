@@ -31,7 +31,10 @@ impl Settings {
                 self.presence.max_members.to_string(),
             ),
             ("max_id_bytes".into(), self.ids.max_bytes.to_string()),
-            ("ascii_ids".into(), u8::from(self.ids.ascii_only).to_string()),
+            (
+                "ascii_ids".into(),
+                u8::from(self.ids.ascii_only).to_string(),
+            ),
         ]
     }
 

@@ -326,7 +326,7 @@ async fn rooms_over_the_presence_limit_join_silently_and_answer_with_a_count() {
         &["edge-a", "edge-b"],
         &["chat-a"],
         &["--presence-max-members", "2"],
-        &[],
+        &["--presence-max-members", "2"],
     );
     let alice = env.connect_to(0, "alice").await;
     let bob = env.connect_to(1, "bob").await;

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use redis::AsyncCommands;
+use roomcast_e2e::redis_server::RedisServer;
 use roomcast_protocol::bus::{self, BusMessage};
 use roomcast_store::keys::Keys;
 use roomcast_store::{BackendInfo, Claim, EdgeInfo, Store, StoreError};
-use roomcast_e2e::redis_server::RedisServer;
 
 async fn setup() -> (RedisServer, Store, redis::aio::MultiplexedConnection) {
     let r = RedisServer::start().expect("redis-server");
@@ -176,8 +176,12 @@ async fn dedupe_markers_and_presence_limits_are_visible_keys() {
     assert_eq!(seq, a);
 
     let s = s.with_presence(roomcast_store::PresenceConfig { max_members: 1 });
-    s.join("big", "a", "e1", Some(("onAdd", &b"{}"[..]))).await.unwrap();
-    s.join("big", "b", "e1", Some(("onAdd", &b"{}"[..]))).await.unwrap();
+    s.join("big", "a", "e1", Some(("onAdd", &b"{}"[..])))
+        .await
+        .unwrap();
+    s.join("big", "b", "e1", Some(("onAdd", &b"{}"[..])))
+        .await
+        .unwrap();
     let history: u64 = c.zcard("rc:room:{big}:history").await.unwrap();
     assert_eq!(history, 1, "only the first onAdd recorded");
 }

@@ -142,9 +142,8 @@ impl Broker for MemoryEngine {
         let mut channels = vec![self.keys.edge_channel(edge), self.keys.broadcast_channel()];
         channels.extend(rooms.iter().map(|rid| self.keys.room_channel(rid)));
         let (id, rx) = self.lock().0.bus.add(channels);
-        let payloads = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|p| (p, rx))
-        });
+        let payloads =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (p, rx)) });
         Ok(Subscription {
             control: Arc::new(MemorySubscription {
                 state: self.state.clone(),

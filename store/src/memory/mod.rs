@@ -59,7 +59,10 @@ impl MemoryEngine {
         // callers that matter more than availability: keep serving.
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        if state.last_sweep.is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY) {
+        if state
+            .last_sweep
+            .is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY)
+        {
             state.sweep(now);
             state.last_sweep = Some(now);
         }

@@ -10,9 +10,7 @@ use roomcast_protocol::bus::{self, BusMessage};
 
 use super::{set_add, set_remove, MemoryEngine, State};
 use crate::engine::{HistoryEntry, Joined, Rooms};
-use crate::{
-    HistoryConfig, Result, StoreError, EMPTY_ROOM_SEQ_TTL_SECS, REQUEST_DEDUPE_TTL_SECS,
-};
+use crate::{HistoryConfig, Result, StoreError, EMPTY_ROOM_SEQ_TTL_SECS, REQUEST_DEDUPE_TTL_SECS};
 
 /// One room; kept while it has members, a live seq, history or dedupe markers.
 #[derive(Default)]
@@ -373,12 +371,7 @@ impl Rooms for MemoryEngine {
         Ok(())
     }
 
-    async fn push_to_uids(
-        &self,
-        uids: &[String],
-        route: &str,
-        body: &[u8],
-    ) -> Result<Vec<String>> {
+    async fn push_to_uids(&self, uids: &[String], route: &str, body: &[u8]) -> Result<Vec<String>> {
         let (mut state, _) = self.lock();
         let mut by_edge: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut missing = Vec::new();
@@ -416,9 +409,7 @@ impl Rooms for MemoryEngine {
             body: body.to_vec(),
         };
         let payload = Bytes::from(bus::encode(0, &msg));
-        state
-            .bus
-            .publish(&self.keys.broadcast_channel(), &payload);
+        state.bus.publish(&self.keys.broadcast_channel(), &payload);
         Ok(())
     }
 

@@ -224,12 +224,7 @@ impl Rooms for RedisEngine {
 
     /// Pushes to the given uids wherever they are connected: one publish per edge that hosts
     /// any of them. Returns the uids that have no live session (Pomelo's "failed ids").
-    async fn push_to_uids(
-        &self,
-        uids: &[String],
-        route: &str,
-        body: &[u8],
-    ) -> Result<Vec<String>> {
+    async fn push_to_uids(&self, uids: &[String], route: &str, body: &[u8]) -> Result<Vec<String>> {
         if uids.is_empty() {
             return Ok(Vec::new());
         }
