@@ -122,6 +122,16 @@ impl Channels {
         }
     }
 
+    /// Ends every subscription (their streams end once drained; pings fail).
+    pub(super) fn close_all(&mut self) {
+        self.subs.clear();
+        self.channels.clear();
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.subs.len()
+    }
+
     /// Drops subscriptions whose stream was dropped.
     pub(super) fn sweep(&mut self) {
         let closed: Vec<u64> = self

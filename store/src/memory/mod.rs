@@ -53,6 +53,26 @@ impl MemoryEngine {
         }
     }
 
+    /// What the state holds now (expired entries swept first), for metrics and tests.
+    pub fn stats(&self) -> MemoryStats {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        state.sweep(now);
+        state.last_sweep = Some(now);
+        MemoryStats {
+            rooms: state.rooms.len(),
+            sessions: state.sessions.len(),
+            edges: state.edge_index.len(),
+            subscriptions: state.bus.len(),
+        }
+    }
+
+    /// Ends every bus subscription, as a Redis restart drops pub/sub connections: edges see
+    /// their stream end and subscribe again (operators use it to test that path).
+    pub fn disconnect_subscriptions(&self) {
+        self.lock().0.bus.close_all();
+    }
+
     /// Locks the state (never held across an await) after sweeping expired entries if due.
     fn lock(&self) -> (MutexGuard<'_, State>, Instant) {
         // A panic while holding the lock cannot leave a half-applied operation visible to
@@ -68,6 +88,19 @@ impl MemoryEngine {
         }
         (state, now)
     }
+}
+
+/// Counts of what a [`MemoryEngine`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Rooms with members, a live seq, history or dedupe markers.
+    pub rooms: usize,
+    /// Session claims.
+    pub sessions: usize,
+    /// Edge ids in the index (alive or not yet reaped).
+    pub edges: usize,
+    /// Open bus subscriptions.
+    pub subscriptions: usize,
 }
 
 /// Something that vanishes at `expires`.
