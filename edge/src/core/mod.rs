@@ -317,14 +317,10 @@ impl<H> EdgeCore<H> {
             return false;
         };
         s.uid = Some(uid.to_string());
-        let previous = self.by_uid.insert(uid.to_string(), sid);
         if let Some(old) = replaced {
             self.kick(uid, old, out);
-        } else if let Some(prev) = previous.filter(|p| *p != sid) {
-            // Two claims for one uid cannot both be granted; keep the index pointing at the
-            // newest and leave the older session as it is.
-            tracing::debug!(uid, prev, sid, "uid bound again on this edge");
         }
+        self.by_uid.insert(uid.to_string(), sid);
         true
     }
 
@@ -335,14 +331,14 @@ impl<H> EdgeCore<H> {
         if self.detached.get(uid).is_some_and(|d| d.token == token) {
             self.detached.remove(uid);
         }
-        let live = self
-            .sessions
-            .iter_mut()
-            .find(|(_, s)| s.token == token && s.uid.as_deref() == Some(uid));
-        if let Some((sid, s)) = live {
+        let live = self.by_uid.get(uid).copied();
+        let Some((sid, s)) = live.and_then(|sid| Some((sid, self.sessions.get_mut(&sid)?))) else {
+            return;
+        };
+        if s.token == token {
             s.replaced = true;
             out.push(Effect::Close {
-                sid: *sid,
+                sid,
                 code: close::REPLACED,
                 reason: "session resumed on another connection",
             });
