@@ -59,10 +59,10 @@ pub async fn serve(state: Arc<EdgeState>, incoming: quinn::Incoming) {
         control: tokio::sync::Mutex::new(None),
         span: span.clone(),
     });
-    state
-        .cell()
-        .core
-        .open(sid, token.clone(), session.clone(), Instant::now());
+    let handle = session.clone();
+    with_core(&state, |c, out| {
+        c.open(sid, token.clone(), handle, Instant::now(), out)
+    });
     run(state, session, conn, ctrl_send, ctrl_recv, token)
         .instrument(span)
         .await;

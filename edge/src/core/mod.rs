@@ -32,6 +32,9 @@ use roomcast_protocol::protocol::close;
 pub use limits::{TokenBucket, Verdict};
 pub use rooms::{Action, LocalRooms, SessionId};
 
+/// The close reason of `close::SHUTDOWN`.
+const DRAIN_REASON: &str = "edge draining: reconnect through the gate and resume";
+
 /// Settings the core needs (a subset of the edge configuration).
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -266,8 +269,16 @@ impl<H> EdgeCore<H> {
 
     // ---- sessions ---------------------------------------------------------------------------
 
-    /// A connection completed its handshake and got session `sid` named `token`.
-    pub fn open(&mut self, sid: SessionId, token: String, handle: H, now: Instant) {
+    /// A connection completed its handshake and got session `sid` named `token`. On a draining
+    /// edge (a connection accepted just before the drain began) it is closed at once.
+    pub fn open(
+        &mut self,
+        sid: SessionId,
+        token: String,
+        handle: H,
+        now: Instant,
+        out: &mut Vec<Effect>,
+    ) {
         let limiter = TokenBucket::new(self.cfg.rate_limit, self.cfg.rate_burst, now);
         self.sessions.insert(
             sid,
@@ -280,6 +291,13 @@ impl<H> EdgeCore<H> {
                 replaced: false,
             },
         );
+        if self.drain_deadline.is_some() {
+            out.push(Effect::Close {
+                sid,
+                code: close::SHUTDOWN,
+                reason: DRAIN_REASON,
+            });
+        }
     }
 
     /// A request arrived on session `sid`: the rate limit decides. A flood closes the session
@@ -654,7 +672,7 @@ impl<H> EdgeCore<H> {
             out.push(Effect::Close {
                 sid: *sid,
                 code: close::SHUTDOWN,
-                reason: "edge draining: reconnect through the gate and resume",
+                reason: DRAIN_REASON,
             });
         }
     }

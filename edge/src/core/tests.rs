@@ -212,7 +212,7 @@ impl Sim {
         let sid = self.next_sid;
         self.next_sid += 1;
         let now = self.now;
-        self.core.open(sid, format!("edge-1.{sid}"), sid, now);
+        self.run(|c, out| c.open(sid, format!("edge-1.{sid}"), sid, now, out));
         sid
     }
 
@@ -470,6 +470,9 @@ fn drain_closes_every_session_and_leaves_the_unresumed_at_the_drain_deadline() {
     assert_eq!(sim.leaves.len(), 1);
     assert_eq!(sim.leaves[0].0, "bob");
     assert!(sim.core.drained());
+    // A connection accepted just before the drain began is closed as soon as it opens.
+    let late = sim.connect();
+    assert_eq!(sim.closed.last(), Some(&(late, close::SHUTDOWN)));
 }
 
 #[test]
