@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use quinn::{Connection, Endpoint};
+use roomcast_net::stream::{read_frame, write_frame};
 use roomcast_protocol::codec::Frame;
 use roomcast_protocol::protocol::{code, DEFAULT_MAX_FRAME};
 use roomcast_store::{BackendInfo, Store};
-use roomcast_net::stream::{read_frame, write_frame};
 
 /// How long a backend that failed an attempt is skipped (unless no other backend is left).
 const SUSPECT_FOR: Duration = Duration::from_secs(5);

@@ -6,26 +6,26 @@
 //! room's channel is subscribed — and the subscription confirmed by Redis — *before* the edge
 //! runs the join script, so every push numbered after the join reaches the edge.
 //!
+//! Which rooms need a channel (the per-room subscription counts) is the core's business
+//! ([`crate::core`]); this module only carries out subscribe/unsubscribe and hands what arrives
+//! to the core.
+//!
 //! Pub/sub is at-most-once. If the connection drops, the subscriber reconnects with backoff,
 //! subscribes to everything again, and asks each room feed to fill what it missed from history.
 //! A connection that stays open but deaf is caught by a PING every [`PROBE_EVERY`]: no answer
 //! within [`PROBE_TIMEOUT`] and the connection is replaced.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use quinn::VarInt;
 use roomcast_protocol::bus::{self, BusMessage};
 use roomcast_protocol::codec::Frame;
-use roomcast_protocol::protocol::close;
 use roomcast_store::{Payloads, Store, SubscriptionControl};
 use tokio::sync::Mutex;
 
-use crate::fanout::{self, room_frame};
-use crate::outbound::StreamKey;
+use crate::fanout::{room_frame, with_core};
 use crate::state::EdgeState;
 
 /// How often the subscription connection is probed.
@@ -43,8 +43,6 @@ pub struct Bus {
 struct Inner {
     /// `None` while the subscription is down.
     sink: Option<Arc<dyn SubscriptionControl>>,
-    /// rid → local members (or joins in progress) needing the room's channel.
-    counts: HashMap<String, usize>,
 }
 
 impl Bus {
@@ -56,53 +54,47 @@ impl Bus {
         }
     }
 
-    /// Makes sure the room's channel is subscribed (confirmed by Redis) and counts one more
-    /// local user of it. Pair every successful call with [`Bus::release`].
-    pub async fn acquire(&self, rid: &str) -> Result<(), String> {
-        let mut inner = self.inner.lock().await;
-        let count = inner.counts.get(rid).copied().unwrap_or(0);
-        if count == 0 {
-            let Some(sink) = inner.sink.as_ref() else {
-                return Err("bus subscription is down; retry shortly".into());
-            };
-            tokio::time::timeout(PROBE_TIMEOUT, sink.subscribe_room(rid))
-                .await
-                .map_err(|_| format!("subscribing to room {rid} timed out"))?
-                .map_err(|e| format!("cannot subscribe to room {rid}: {e}"))?;
+    /// Subscribes the room's channel and waits for Redis to confirm, unless `wanted()` (asked
+    /// under this bus's lock, so subscribes and unsubscribes of one room apply in the order
+    /// their decisions were made) says no local user needs it any more.
+    pub async fn subscribe(&self, rid: &str, wanted: impl FnOnce() -> bool) -> Result<(), String> {
+        let inner = self.inner.lock().await;
+        if !wanted() {
+            return Ok(());
         }
-        inner.counts.insert(rid.to_string(), count + 1);
+        let Some(sink) = inner.sink.as_ref() else {
+            return Err("bus subscription is down; retry shortly".into());
+        };
+        tokio::time::timeout(PROBE_TIMEOUT, sink.subscribe_room(rid))
+            .await
+            .map_err(|_| format!("subscribing to room {rid} timed out"))?
+            .map_err(|e| format!("cannot subscribe to room {rid}: {e}"))?;
         Ok(())
     }
 
-    /// Drops one local user of the room's channel; unsubscribes after the last one.
-    pub async fn release(&self, rid: &str) {
-        let mut inner = self.inner.lock().await;
-        let Some(count) = inner.counts.get_mut(rid) else {
+    /// Unsubscribes the room's channel, unless `wanted()` (asked under this bus's lock) says a
+    /// join needs it again.
+    pub async fn unsubscribe(&self, rid: &str, wanted: impl FnOnce() -> bool) {
+        let inner = self.inner.lock().await;
+        if wanted() {
             return;
-        };
-        *count -= 1;
-        if *count == 0 {
-            inner.counts.remove(rid);
-            if let Some(sink) = inner.sink.as_ref() {
-                if let Ok(Err(e)) =
-                    tokio::time::timeout(PROBE_TIMEOUT, sink.unsubscribe_room(rid)).await
-                {
-                    tracing::debug!("unsubscribe room {rid}: {e}");
-                }
+        }
+        if let Some(sink) = inner.sink.as_ref() {
+            if let Ok(Err(e)) = tokio::time::timeout(PROBE_TIMEOUT, sink.unsubscribe_room(rid)).await
+            {
+                tracing::debug!("unsubscribe room {rid}: {e}");
             }
         }
     }
 
-    /// Number of room channels currently subscribed.
-    pub async fn room_subscriptions(&self) -> usize {
-        self.inner.lock().await.counts.len()
-    }
-
-    /// Opens the subscription: the edge's channel, broadcasts and every room it needs.
-    async fn connect(&self) -> roomcast_store::Result<Payloads> {
+    /// Opens the subscription: the edge's channel, broadcasts and those of `rooms()` (read under
+    /// this bus's lock).
+    async fn connect(
+        &self,
+        rooms: impl FnOnce() -> Vec<String>,
+    ) -> roomcast_store::Result<Payloads> {
         let mut inner = self.inner.lock().await;
-        let rooms: Vec<String> = inner.counts.keys().cloned().collect();
-        let sub = self.store.subscribe_edge(&self.edge, &rooms).await?;
+        let sub = self.store.subscribe_edge(&self.edge, &rooms()).await?;
         inner.sink = Some(sub.control);
         Ok(sub.payloads)
     }
@@ -130,7 +122,7 @@ pub async fn run(state: Arc<EdgeState>, ready: tokio::sync::oneshot::Sender<()>)
     let mut ready = Some(ready);
     let mut delay = Duration::from_millis(100);
     loop {
-        match state.bus.connect().await {
+        match state.bus.connect(|| state.cell().core.wanted_rooms()).await {
             Ok(mut stream) => {
                 delay = Duration::from_millis(100);
                 if let Some(r) = ready.take() {
@@ -169,12 +161,11 @@ pub async fn run(state: Arc<EdgeState>, ready: tokio::sync::oneshot::Sender<()>)
 
 /// After a reconnect: every room feed fetches what was published while the edge was deaf.
 async fn refill_all(state: Arc<EdgeState>) {
-    let feeds = state.local.lock().expect("local lock").rooms.feeds();
-    for (rid, last) in feeds {
+    let feeds = state.cell().core.feeds();
+    for (rid, _) in feeds {
         match state.store.room_seq(&rid).await {
-            Ok(seq) if seq > last => fanout::fill(state.clone(), rid, last, seq).await,
-            Ok(_) => {}
-            Err(e) => tracing::warn!("cannot check {rid} for missed pushes: {e}"),
+            Ok(seq) => with_core(&state, |c, out| c.room_seq_checked(&rid, seq, out)),
+            Err(e) => tracing::warn!(room = %rid, "cannot check for missed pushes: {e}"),
         }
     }
 }
@@ -204,61 +195,28 @@ pub fn deliver(state: &Arc<EdgeState>, payload: &[u8]) {
             let Some(frame) = room_frame(seq, &msg) else {
                 return;
             };
-            let local = &mut *state.local.lock().expect("local lock");
-            let actions = local.rooms.push(rid, seq, frame);
-            fanout::apply(state, local, rid, actions);
+            with_core(state, |c, out| c.room_push(rid, seq, frame, out));
         }
         BusMessage::Users { uids, route, body } => {
             let Some(frame) = session_frame(route, body) else {
                 return;
             };
-            let local = state.local.lock().expect("local lock");
-            for uid in uids {
-                if let Some(s) = local
-                    .by_uid
-                    .get(&uid)
-                    .and_then(|sid| local.sessions.get(sid))
-                {
-                    s.outbound.push(&StreamKey::Session, 0, frame.clone());
-                }
-            }
+            with_core(state, |c, out| c.users_push(&uids, &frame, out));
         }
         BusMessage::Broadcast { route, body } => {
             let Some(frame) = session_frame(route, body) else {
                 return;
             };
-            let local = state.local.lock().expect("local lock");
-            for s in local.sessions.values() {
-                s.outbound.push(&StreamKey::Session, 0, frame.clone());
-            }
+            with_core(state, |c, out| c.broadcast(frame, out));
         }
         BusMessage::RoomDestroyed { ref rid } => {
             let Some(frame) = room_frame(seq, &msg) else {
                 return;
             };
-            let dropped = {
-                let mut local = state.local.lock().expect("local lock");
-                let members = local.rooms.drop_room(rid);
-                let key = StreamKey::Room(rid.clone());
-                for sid in &members {
-                    if let Some(s) = local.sessions.get(sid) {
-                        s.rooms.lock().expect("rooms lock").remove(rid);
-                        s.outbound.push(&key, seq, frame.clone());
-                        s.outbound.finish(&key);
-                    }
-                }
-                members.len()
-            };
-            let state = state.clone();
-            let rid = rid.clone();
-            tokio::spawn(async move {
-                for _ in 0..dropped {
-                    state.bus.release(&rid).await;
-                }
-            });
+            with_core(state, |c, out| c.room_destroyed(rid, seq, frame, out));
         }
         BusMessage::Drain { reason } => {
-            tracing::info!("drain requested: {reason}");
+            tracing::info!(%reason, "drain requested");
             state.drain_requested.notify_one();
         }
         BusMessage::Kick {
@@ -266,18 +224,8 @@ pub fn deliver(state: &Arc<EdgeState>, payload: &[u8]) {
             session,
             reason,
         } => {
-            let local = state.local.lock().expect("local lock");
-            let target = local
-                .by_uid
-                .get(&uid)
-                .and_then(|sid| local.sessions.get(sid))
-                .filter(|s| s.token == session);
-            if let Some(s) = target {
-                tracing::info!("closing session {session} of {uid}: {reason}");
-                s.replaced.store(true, std::sync::atomic::Ordering::Relaxed);
-                s.conn
-                    .close(VarInt::from_u32(close::REPLACED), reason.as_bytes());
-            }
+            tracing::info!(%uid, %session, %reason, "kick");
+            with_core(state, |c, out| c.kick(&uid, &session, out));
         }
     }
 }

@@ -5,33 +5,44 @@
 //! backends, and fans out the pushes it receives through Redis pub/sub to its local sessions,
 //! encoding each message once.
 //!
-//! Layout, one concern per module:
+//! Layout: a sans-IO core, and the QUIC code as one driver of it (as quinn sits on quinn-proto).
+//!
+//! Plain code (no tokio, no quinn, no Redis; time passed in):
+//! - [`core`]: the edge core, [`core::EdgeCore`]: sessions, uid bindings, detached sessions and
+//!   their grace deadlines, room feeds, bus subscription counts, draining. Inputs in, effects
+//!   out; deterministic tests with a fake clock in `core/tests.rs`.
+//!   - [`core::rooms`]: the room feeds: which local sessions are in which room, from which
+//!     seq on, in-order delivery, gap fills and catch-ups.
+//!   - [`core::limits`]: the per-session request rate limit and the flood rule.
+//! - [`gate`]: rendezvous hashing of uids onto live edges.
 //! - [`config`]: command-line / environment configuration and its documented defaults.
-//! - [`gate`]: rendezvous hashing of uids onto live edges (plain code).
-//! - [`limits`]: the per-session request rate limit (token bucket), plain code.
-//! - [`rooms`]: which local sessions are in which room, from which seq on (plain code).
+//!
+//! The driver (IO):
+//! - [`state`]: the shared state of a running edge: the core behind one lock, store, bus, caches.
+//! - [`session`]: one client connection: handshake, request streams, reporting its end to the
+//!   core; the timer task that runs the core's deadlines.
+//! - [`routes`]: the built-in routes (`gate.*`, `connector.enter/leave/resume`): token checks,
+//!   store claims and joins, reported to the core; forwarding of service routes.
+//! - [`fanout`]: carrying out the core's effects: queue pushes, finish streams, close
+//!   connections (under the core lock), then history fetches, unsubscribes, claim checks, leaves.
 //! - [`outbound`]: per-session push streams, each with a bounded queue and its own writer.
-//! - [`session`]: one client connection: handshake, request streams, cleanup on close.
-//! - [`routes`]: the built-in routes (`gate.queryEntry`, `connector.enter`, `connector.leave`).
-//! - [`bus`]: the Redis pub/sub subscriber (room subscriptions, probing, reconnects).
-//! - [`fanout`]: carrying out the room feeds' actions: deliver, report gaps, fetch history.
+//! - [`bus`]: the Redis pub/sub subscriber (subscribe/unsubscribe, probing, reconnects); what
+//!   arrives goes to the core.
 //! - [`backends`]: the backend registry cache and QUIC forwarding with timeouts and failover.
 //! - [`reaper`]: cleanup after dead edges (expired leases), one reaper per dead edge.
 //! - [`registry`]: the edge's own registration heartbeat and the cache of live edges.
-//! - [`state`]: the shared state of a running edge (sessions, local rooms, caches).
-//! - [`node`]: wiring: start, run until a signal, shut down.
+//! - [`node`]: wiring: start, run until a signal, drain and shut down.
 
 pub mod backends;
 pub mod bus;
 pub mod config;
+pub mod core;
 pub mod fanout;
 pub mod gate;
-pub mod limits;
 pub mod node;
 pub mod outbound;
 pub mod reaper;
 pub mod registry;
-pub mod rooms;
 pub mod routes;
 pub mod session;
 pub mod state;

@@ -8,16 +8,17 @@ use anyhow::{anyhow, Context};
 use clap::Parser;
 use quinn::{Endpoint, VarInt};
 use roomcast_common::auth::{Minter, Verifier};
-use roomcast_protocol::ids::check_node_id;
-use roomcast_store::keys::Keys;
 use roomcast_net::net;
-use roomcast_protocol::protocol::{close, BACKEND_ALPN, CLIENT_ALPN};
-use roomcast_store::Store;
 use roomcast_net::tls::{self, TransportLimits};
+use roomcast_protocol::ids::check_node_id;
+use roomcast_protocol::protocol::{close, BACKEND_ALPN, CLIENT_ALPN};
+use roomcast_store::keys::Keys;
+use roomcast_store::Store;
 use tokio::task::JoinHandle;
 
 use crate::backends::BackendPool;
 use crate::config::EdgeConfig;
+use crate::fanout::with_core;
 use crate::state::EdgeState;
 use crate::{bus, reaper, registry, session};
 
@@ -176,13 +177,16 @@ pub async fn start_with_store(cfg: EdgeConfig, store: Store) -> anyhow::Result<R
         .context("cannot register the edge in redis")?;
     tasks.push(tokio::spawn(registry::run(state.clone())));
     tasks.push(tokio::spawn(reaper::run(state.clone())));
+    tasks.push(tokio::spawn(session::run_timer(state.clone())));
     let accept_state = state.clone();
     let accept_endpoint = endpoint.clone();
     tasks.push(tokio::spawn(async move {
         while let Some(incoming) = accept_endpoint.accept().await {
-            if accept_state.draining()
-                || accept_state.session_count() >= accept_state.cfg.max_sessions
-            {
+            let (draining, sessions) = {
+                let cell = accept_state.cell();
+                (cell.core.draining(), cell.core.session_count())
+            };
+            if draining || sessions >= accept_state.cfg.max_sessions {
                 // Cheap for a full or draining edge: no handshake; the client tries elsewhere.
                 incoming.refuse();
                 continue;
@@ -219,40 +223,34 @@ impl RunningEdge {
     /// removed.
     pub async fn shutdown(self) {
         let state = &self.state;
-        state.set_draining();
+        state.cell().core.start_draining();
         if let Err(e) = registry::refresh_once(state).await {
             tracing::warn!("could not mark edge {} as draining: {e}", self.id);
         }
         // Let every gate's cache (refreshed each second) see the draining flag first.
         tokio::time::sleep(crate::config::REGISTRY_REFRESH + Duration::from_millis(200)).await;
-        let sessions: Vec<_> = state
-            .local
-            .lock()
-            .expect("local lock")
-            .sessions
-            .values()
-            .cloned()
-            .collect();
-        for s in &sessions {
-            s.conn.close(
-                VarInt::from_u32(close::SHUTDOWN),
-                b"edge draining: reconnect through the gate and resume",
-            );
-        }
+        // Every session is closed with code 3; each detaches (keeping its rooms) once its task
+        // notices, and the core's drain deadline ends the detached ones that did not resume
+        // elsewhere (the timer task makes them leave).
+        with_core(state, |c, out| c.drain(std::time::Instant::now(), out));
+        state.timer.notify_one();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(state.cfg.drain_secs);
-        // Closed sessions detach (keeping their rooms) once their tasks notice the close.
-        while state.session_count() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let mut round = 0u32;
         loop {
-            let waiting = session::unresumed(state).await;
-            if waiting.is_empty() || tokio::time::Instant::now() >= deadline {
-                for (uid, d) in waiting {
-                    session::leave_all(state, &uid, &d.token, &d.rooms).await;
-                }
+            if state.cell().core.drained() {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Kicks from the edges the clients resumed on end detached sessions; asking the
+            // store as well covers a kick lost on the bus.
+            if round % 5 == 4 {
+                session::check_detached(state).await;
+            }
+            // After the deadline, give the claim checks and leaves a moment to run.
+            if tokio::time::Instant::now() >= deadline + Duration::from_secs(2) {
+                break;
+            }
+            round += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if let Err(e) = state.store.unregister_edge(&self.id).await {
             tracing::warn!("could not unregister edge {}: {e}", self.id);

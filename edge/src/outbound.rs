@@ -78,7 +78,7 @@ impl Outbound {
     /// Queues an encoded frame (the push numbered `seq`); never waits.
     pub fn push(&self, key: &StreamKey, seq: u64, bytes: Bytes) {
         let stream = {
-            let mut streams = self.streams.lock().expect("streams lock");
+            let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
             // Fan-out calls this once per recipient: look up by reference, and allocate a key
             // only for a stream's first push.
             match streams.get(key) {
@@ -91,27 +91,24 @@ impl Outbound {
             }
         };
         let overflowed = {
-            let mut q = stream.queue.lock().expect("queue lock");
-            let overflowed = q.items.len() >= self.cap;
-            if overflowed {
-                drop_oldest(&mut q.items, self.cap / 4);
-            }
-            q.items.push_back(Item::Frame { seq, bytes });
-            overflowed
+            let mut q = stream.queue.lock().unwrap_or_else(|e| e.into_inner());
+            enqueue(&mut q.items, self.cap, Item::Frame { seq, bytes })
         };
         stream.wake.notify_one();
         if overflowed {
             let n = self.overflows.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::debug!(
-                "session {} overflowed {:?} ({n} times)",
-                self.conn.stable_id(),
-                key
+                conn = self.conn.stable_id(),
+                ?key,
+                overflows = n,
+                "push queue overflowed"
             );
-            if n > OVERFLOWS_BEFORE_DISCONNECT {
+            if too_slow(n) {
                 tracing::warn!(
-                    "session {} is a slow consumer (queue of {} overflowed {n} times); closing",
-                    self.conn.stable_id(),
-                    self.cap,
+                    conn = self.conn.stable_id(),
+                    queue = self.cap,
+                    overflows = n,
+                    "slow consumer; closing"
                 );
                 self.conn.close(
                     VarInt::from_u32(close::SLOW_CONSUMER),
@@ -123,8 +120,17 @@ impl Outbound {
 
     /// Finishes a room's stream after what is queued on it has been written.
     pub fn finish(&self, key: &StreamKey) {
-        if let Some(stream) = self.streams.lock().expect("streams lock").remove(key) {
-            stream.queue.lock().expect("queue lock").finished = true;
+        if let Some(stream) = self
+            .streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key)
+        {
+            stream
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .finished = true;
             stream.wake.notify_one();
         }
     }
@@ -133,9 +139,15 @@ impl Outbound {
     pub fn queued(&self) -> usize {
         self.streams
             .lock()
-            .expect("streams lock")
+            .unwrap_or_else(|e| e.into_inner())
             .values()
-            .map(|s| s.queue.lock().expect("queue lock").items.len())
+            .map(|s| {
+                s.queue
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .items
+                    .len()
+            })
             .sum()
     }
 
@@ -157,7 +169,7 @@ impl Outbound {
             };
             loop {
                 let next = {
-                    let mut q = s.queue.lock().expect("queue lock");
+                    let mut q = s.queue.lock().unwrap_or_else(|e| e.into_inner());
                     match q.items.pop_front() {
                         Some(item) => Some(item),
                         None if q.finished => break,
@@ -185,6 +197,22 @@ impl Outbound {
         });
         stream
     }
+}
+
+/// Queues `item` on a queue bounded by `cap`: a full queue first drops its oldest quarter
+/// behind one gap marker. Returns whether it overflowed.
+fn enqueue(items: &mut VecDeque<Item>, cap: usize, item: Item) -> bool {
+    let overflowed = items.len() >= cap;
+    if overflowed {
+        drop_oldest(items, cap / 4);
+    }
+    items.push_back(item);
+    overflowed
+}
+
+/// Whether `overflows` without the queue draining in between make the session a slow consumer.
+fn too_slow(overflows: u32) -> bool {
+    overflows > OVERFLOWS_BEFORE_DISCONNECT
 }
 
 /// Drops the `n` oldest frames, merging them (and a gap already at the front) into one gap.
@@ -240,6 +268,33 @@ mod tests {
         // A second overflow extends the same marker.
         drop_oldest(&mut q, 2);
         assert_eq!(shape(&q), vec!["gap 1-5", "6", "7", "8"]);
+    }
+
+    #[test]
+    fn a_full_queue_keeps_its_bound_and_marks_what_it_dropped() {
+        let cap = 8;
+        let mut q = VecDeque::new();
+        let mut overflows = 0;
+        for seq in 1..=40 {
+            let item = Item::Frame {
+                seq,
+                bytes: Bytes::new(),
+            };
+            if enqueue(&mut q, cap, item) {
+                overflows += 1;
+            }
+            assert!(q.len() <= cap, "bound kept");
+        }
+        // The newest frames stay, everything older is one gap marker.
+        let s = shape(&q);
+        assert_eq!(
+            s.first().unwrap(),
+            &format!("gap 1-{}", 40 - (q.len() as u64 - 1))
+        );
+        assert_eq!(s.last().unwrap(), "40");
+        assert!(overflows > 0);
+        assert!(!too_slow(OVERFLOWS_BEFORE_DISCONNECT));
+        assert!(too_slow(OVERFLOWS_BEFORE_DISCONNECT + 1));
     }
 
     #[test]

@@ -7,11 +7,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use quinn::VarInt;
-use roomcast_protocol::protocol::close;
 use roomcast_store::{Claim, EdgeInfo};
 
 use crate::config::REGISTRY_REFRESH;
+use crate::fanout::with_core;
 use crate::state::EdgeState;
 
 /// This edge's registry entry as of now.
@@ -32,7 +31,7 @@ pub async fn refresh_once(state: &EdgeState) -> roomcast_store::Result<bool> {
         .register_edge(&own_entry(state), state.cfg.lease_ttl())
         .await?;
     let edges = state.store.list_edges().await?;
-    *state.edges.write().expect("edges lock") = edges;
+    *state.edges.write().unwrap_or_else(|e| e.into_inner()) = edges;
     state.backends.refresh(&state.store).await?;
     Ok(!existed)
 }
@@ -71,35 +70,31 @@ pub async fn run(state: Arc<EdgeState>) {
 /// membership (without onAdd, keeping each room's seq at least where this edge saw it).
 pub async fn reregister(state: &Arc<EdgeState>) -> roomcast_store::Result<()> {
     let (sessions, feeds) = {
-        let local = state.local.lock().expect("local lock");
-        let sessions: Vec<_> = local.sessions.values().cloned().collect();
-        let feeds: Vec<_> = local
-            .rooms
+        let cell = state.cell();
+        let core = &cell.core;
+        let feeds: Vec<_> = core
             .feeds()
             .into_iter()
             .map(|(rid, last)| {
-                let members = local.rooms.members(&rid);
+                let members = core.members(&rid);
                 (rid, last, members)
             })
             .collect();
-        (sessions, feeds)
+        (core.logged_in(), feeds)
     };
     let mut uids = std::collections::HashMap::new();
-    for s in &sessions {
-        let Some(uid) = s.uid() else { continue };
+    for (sid, uid, token) in sessions {
         match state
             .store
-            .claim_session(&uid, &state.id, &s.token, Some(&s.token))
+            .claim_session(&uid, &state.id, &token, Some(&token))
             .await?
         {
             Claim::Granted { .. } => {
-                uids.insert(s.sid, uid);
+                uids.insert(sid, uid);
             }
             Claim::Taken { edge } => {
-                tracing::warn!("{uid} logged in on {edge} while redis was empty; closing ours");
-                s.replaced.store(true, Ordering::Relaxed);
-                s.conn
-                    .close(VarInt::from_u32(close::REPLACED), b"logged in elsewhere");
+                tracing::warn!(%uid, %edge, "logged in elsewhere while redis was empty; closing ours");
+                with_core(state, |c, out| c.replaced_elsewhere(sid, out));
             }
         }
     }

@@ -5,17 +5,18 @@ use std::sync::Arc;
 use bytes::Bytes;
 use roomcast_protocol::bus::BusMessage;
 use roomcast_protocol::codec::Frame;
+use roomcast_protocol::protocol::Status;
 use roomcast_protocol::protocol::{
     code, route, DevToken, DevTokenRequest, Enter, Entered, EntryAnswer, Leave, OnUser, QueryEntry,
     Resume, ResumeAnswer, Resumed,
 };
-use roomcast_protocol::protocol::Status;
 use roomcast_store::Claim;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::core::{JoinKind, JoinRefused, JoinStart};
+use crate::fanout::{run_later, spawn_later, with_core, with_core_later};
 use crate::gate;
-use crate::outbound::StreamKey;
 use crate::state::{EdgeState, SessionHandle};
 
 /// A failed request: the status code and a message for a person (the same type backends use).
@@ -70,7 +71,7 @@ pub async fn notify(
     route_name: String,
     body: Bytes,
 ) {
-    if is_backend_route(&route_name) && session.uid().is_some() {
+    if is_backend_route(&route_name) && uid_of(state, session).is_some() {
         let _ = forward(state, session, 0, route_name, body).await;
     } else {
         tracing::debug!("ignoring notify `{route_name}`");
@@ -105,7 +106,7 @@ fn query_entry(state: &EdgeState, body: &[u8]) -> RouteResult {
     let q: QueryEntry = parse(route::QUERY_ENTRY, body)?;
     check(state, "uid", &q.uid)?;
     let region = q.region.as_deref().unwrap_or(&state.cfg.region);
-    let edges = state.edges.read().expect("edges lock");
+    let edges = state.edges.read().unwrap_or_else(|e| e.into_inner());
     let edge = gate::choose(&q.uid, &edges, region)
         .ok_or_else(|| RouteError::new(code::BACKEND_UNAVAILABLE, "no live edge is registered"))?;
     let (host, port) = edge
@@ -181,6 +182,11 @@ fn dev_token(state: &EdgeState, body: &[u8]) -> RouteResult {
     json(&DevToken { token })
 }
 
+/// The session's uid, once bound.
+fn uid_of(state: &EdgeState, session: &SessionHandle) -> Option<String> {
+    state.cell().core.uid(session.sid).map(str::to_string)
+}
+
 /// `connector.enter {token, rid, username?}`: binds the session to the token's uid (once,
 /// globally unique), joins the room and pushes onAdd to the members already there.
 async fn enter(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8]) -> RouteResult {
@@ -190,8 +196,7 @@ async fn enter(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8]
     let _ops = session.ops.lock().await;
     bind(state, session, &uid, None).await?;
 
-    let already = session.rooms.lock().expect("rooms lock").contains(&req.rid);
-    if already {
+    if start_join(state, session, &req.rid).await? == JoinStart::Already {
         // Idempotent: the store changes nothing and pushes nothing for a repeated join.
         let joined = state.store.join(&req.rid, &uid, &state.id, None).await?;
         return json(&Entered {
@@ -200,22 +205,6 @@ async fn enter(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8]
             members: joined.members,
         });
     }
-    let in_rooms = session.rooms.lock().expect("rooms lock").len();
-    if in_rooms >= state.cfg.max_rooms_per_session {
-        return Err(RouteError::new(
-            code::LIMIT_EXCEEDED,
-            format!(
-                "a session may be in at most {} rooms",
-                state.cfg.max_rooms_per_session
-            ),
-        ));
-    }
-    // Subscribe first: every push numbered after the join is then sure to reach this edge.
-    state
-        .bus
-        .acquire(&req.rid)
-        .await
-        .map_err(|e| RouteError::new(code::STORE_UNAVAILABLE, e))?;
     let on_add = OnUser::body(&uid);
     let joined = match state
         .store
@@ -224,12 +213,12 @@ async fn enter(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8]
     {
         Ok(j) => j,
         Err(e) => {
-            state.bus.release(&req.rid).await;
+            with_core(state, |c, out| c.join_failed(session.sid, &req.rid, out));
             return Err(e.into());
         }
     };
     // A catch-up here covers pushes the feed delivered before this join was recorded.
-    let _ = join_local(state, session, &req.rid, joined.seq, None).await;
+    let _ = finish_join(state, session, &req.rid, joined.seq, JoinKind::Enter).await;
     json(&Entered {
         users: joined.users,
         seq: joined.seq,
@@ -237,43 +226,69 @@ async fn enter(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8]
     })
 }
 
-/// Records the local membership (from `join_seq`, or after `since` for a resume) and replays
-/// what the member needs from history. Returns the gap history could not cover.
-async fn join_local(
+/// Counts the session as a user of the room's channel and, if the channel is not confirmed
+/// yet, subscribes it: every push numbered after the join is then sure to reach this edge.
+async fn start_join(
     state: &Arc<EdgeState>,
     session: &Arc<SessionHandle>,
     rid: &str,
-    join_seq: u64,
-    since: Option<u64>,
+) -> Result<JoinStart, RouteError> {
+    let start = state
+        .cell()
+        .core
+        .begin_join(session.sid, rid)
+        .map_err(|e| match e {
+            JoinRefused::TooManyRooms { max } => RouteError::new(
+                code::LIMIT_EXCEEDED,
+                format!("a session may be in at most {max} rooms"),
+            ),
+            JoinRefused::NotLoggedIn => RouteError::new(
+                code::NOT_ENTERED,
+                "the session is not logged in (or is closing)",
+            ),
+        })?;
+    if start == JoinStart::Subscribe {
+        let wanted = || state.cell().core.wants_room(rid);
+        if let Err(e) = state.bus.subscribe(rid, wanted).await {
+            with_core(state, |c, out| c.join_failed(session.sid, rid, out));
+            return Err(RouteError::new(code::STORE_UNAVAILABLE, e));
+        }
+        state.cell().core.subscribed(rid);
+    }
+    Ok(start)
+}
+
+/// Records the store's join in the core and replays what the member needs from history.
+/// Returns the gap the answer reports (a rejoin's, or what history could not replay).
+async fn finish_join(
+    state: &Arc<EdgeState>,
+    session: &Arc<SessionHandle>,
+    rid: &str,
+    seq: u64,
+    kind: JoinKind,
 ) -> Option<(u64, u64)> {
-    let actions = {
-        let local = &mut *state.local.lock().expect("local lock");
-        let (_, actions) = local.rooms.join(rid, session.sid, join_seq, since);
-        actions
-    };
-    session
-        .rooms
-        .lock()
-        .expect("rooms lock")
-        .insert(rid.to_string());
-    let mut gap = None;
-    for action in actions {
-        if let crate::rooms::Action::CatchUp {
-            rid,
-            sid,
-            after,
-            upto,
-        } = action
-        {
-            gap = crate::fanout::catch_up(state.clone(), rid, sid, after, upto).await;
+    let (mut gap, later) =
+        with_core_later(state, |c, out| c.joined(session.sid, rid, seq, kind, out));
+    let mut other = Vec::new();
+    for l in later {
+        if matches!(l, crate::fanout::Later::Fetch { .. }) {
+            // Awaited: the answer reports what the replay could not cover.
+            let g = run_later(state.clone(), l).await;
+            gap = gap.or(g);
+        } else {
+            other.push(l);
         }
     }
+    spawn_later(state, other);
     gap
 }
 
 /// `connector.resume {username, session, rooms}`: continues a lost session on this connection.
-/// The old connection (if still open anywhere) is closed, membership moves here without
-/// onLeave/onAdd, and each room replays what the client missed before live pushes continue.
+/// The old connection (if still open anywhere) is closed. Where the member is still in the
+/// room (inside the grace period) membership moves here without onLeave/onAdd and the room
+/// replays what the client missed before live pushes continue; where it already left (grace
+/// period over, or its edge reaped), it joins again (onAdd to the others, never to itself) and
+/// the answer reports the seqs since its last one as a gap.
 async fn resume(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8]) -> RouteResult {
     let req: Resume = parse(route::RESUME, body)?;
     check(state, "session", &req.session)?;
@@ -291,30 +306,30 @@ async fn resume(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8
     }
     let uid = authenticate(state, &req.token, &req.username, req.rooms.keys())?;
     let _ops = session.ops.lock().await;
-    if session.uid().is_some() {
+    if uid_of(state, session).is_some() {
         return Err(RouteError::new(
             code::BAD_REQUEST,
             "connector.resume must be the first login of a connection",
         ));
     }
+    // Also ends a detached session of this uid on this edge without a leave.
     bind(state, session, &uid, Some(&req.session)).await?;
-    // A detached session of this uid on this edge is superseded: its grace timer must not
-    // make the member leave.
-    state
-        .local
-        .lock()
-        .expect("local lock")
-        .detached
-        .remove(&uid);
     let mut answer = ResumeAnswer {
         rooms: Default::default(),
     };
     for (rid, since) in req.rooms {
-        state
-            .bus
-            .acquire(&rid)
-            .await
-            .map_err(|e| RouteError::new(code::STORE_UNAVAILABLE, e))?;
+        if start_join(state, session, &rid).await? == JoinStart::Already {
+            continue;
+        }
+        // Whether the member is still in the room decides between a silent move and a rejoin
+        // (the join script reports no onAdd for a silent large room either way).
+        let was_member = match state.store.member(&rid, &uid).await {
+            Ok(m) => m.is_some(),
+            Err(e) => {
+                with_core(state, |c, out| c.join_failed(session.sid, &rid, out));
+                return Err(e.into());
+            }
+        };
         let on_add = OnUser::body(&uid);
         let joined = match state
             .store
@@ -330,12 +345,17 @@ async fn resume(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8
         {
             Ok(j) => j,
             Err(e) => {
-                state.bus.release(&rid).await;
+                with_core(state, |c, out| c.join_failed(session.sid, &rid, out));
                 return Err(e.into());
             }
         };
-        // Already member here (resumed on the same edge): the member's seq is its join seq.
-        let gap = join_local(state, session, &rid, joined.seq, Some(since)).await;
+        let kind = if joined.added || !was_member {
+            tracing::debug!(room = %rid, since, seq = joined.seq, "late resume: joined again");
+            JoinKind::Rejoin { since }
+        } else {
+            JoinKind::Resume { since }
+        };
+        let gap = finish_join(state, session, &rid, joined.seq, kind).await;
         answer.rooms.insert(
             rid,
             Resumed {
@@ -356,7 +376,7 @@ async fn bind(
     uid: &str,
     resume: Option<&str>,
 ) -> Result<(), RouteError> {
-    match session.uid() {
+    match uid_of(state, session) {
         Some(bound) if bound == uid => return Ok(()),
         Some(bound) => {
             return Err(RouteError::new(
@@ -368,24 +388,27 @@ async fn bind(
         }
         None => {}
     }
-    match state
+    let replaced = match state
         .store
         .claim_session(uid, &state.id, &session.token, resume)
         .await?
     {
-        Claim::Granted { replaced: None } => {}
+        Claim::Granted { replaced: None } => None,
         Claim::Granted {
             replaced: Some((edge, old)),
         } => {
-            // The resumed connection may still be open somewhere: close it.
-            let kick = BusMessage::Kick {
-                uid: uid.to_string(),
-                session: old,
-                reason: "session resumed on another connection".into(),
-            };
-            if let Err(e) = state.store.publish_to_edge(&edge, &kick).await {
-                tracing::warn!("could not ask edge {edge} to close the old session of {uid}: {e}");
+            if edge != state.id {
+                // The resumed connection may still be open on that edge: ask it to close it.
+                let kick = BusMessage::Kick {
+                    uid: uid.to_string(),
+                    session: old.clone(),
+                    reason: "session resumed on another connection".into(),
+                };
+                if let Err(e) = state.store.publish_to_edge(&edge, &kick).await {
+                    tracing::warn!(%edge, "could not ask the edge to close the old session: {e}");
+                }
             }
+            Some(old)
         }
         Claim::Taken { edge } => {
             return Err(RouteError::new(
@@ -393,14 +416,18 @@ async fn bind(
                 format!("`{uid}` is already logged in (session on edge {edge})"),
             ))
         }
+    };
+    // On this edge, the old session is closed (live) or forgotten (detached) right here.
+    let bound = with_core(state, |c, out| {
+        c.bind(session.sid, uid, replaced.as_deref(), out)
+    });
+    if !bound {
+        return Err(RouteError::new(
+            code::NOT_ENTERED,
+            "the session closed while logging in",
+        ));
     }
-    *session.uid.lock().expect("uid lock") = Some(uid.to_string());
-    state
-        .local
-        .lock()
-        .expect("local lock")
-        .by_uid
-        .insert(uid.to_string(), session.sid);
+    session.span.record("uid", uid);
     Ok(())
 }
 
@@ -408,9 +435,9 @@ async fn bind(
 async fn leave(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8]) -> RouteResult {
     let req: Leave = parse(route::LEAVE, body)?;
     check(state, "rid", &req.rid)?;
-    let uid = session.uid().ok_or_else(not_entered(route::LEAVE))?;
+    let uid = uid_of(state, session).ok_or_else(not_entered(route::LEAVE))?;
     let _ops = session.ops.lock().await;
-    if !session.rooms.lock().expect("rooms lock").contains(&req.rid) {
+    if !state.cell().core.in_room(session.sid, &req.rid) {
         return Err(RouteError::new(
             code::NOT_MEMBER,
             format!("`{uid}` is not in room `{}`", req.rid),
@@ -426,15 +453,7 @@ async fn leave(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8]
             Some((route::ON_LEAVE, &on_leave)),
         )
         .await?;
-    state
-        .local
-        .lock()
-        .expect("local lock")
-        .rooms
-        .leave(&req.rid, session.sid);
-    session.rooms.lock().expect("rooms lock").remove(&req.rid);
-    session.outbound.finish(&StreamKey::Room(req.rid.clone()));
-    state.bus.release(&req.rid).await;
+    with_core(state, |c, out| c.left(session.sid, &req.rid, out));
     json(&serde_json::json!({}))
 }
 
@@ -455,7 +474,7 @@ async fn forward(
     route_name: String,
     body: Bytes,
 ) -> Frame {
-    let Some(uid) = session.uid() else {
+    let Some(uid) = uid_of(state, session) else {
         return Frame::error_response(
             id,
             code::NOT_ENTERED,

@@ -1,22 +1,23 @@
 //! One client connection: the handshake on the control stream, one task per request stream,
 //! and cleanup (leave every room, release the uid) when the connection ends.
 
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
+use roomcast_net::stream::{read_frame, write_frame};
 use roomcast_protocol::codec::Frame;
 use roomcast_protocol::protocol::{close, code, route, OnUser, PROTOCOL_VERSION};
-use roomcast_net::stream::{read_frame, write_frame};
 use tokio::time::timeout;
+use tracing::Instrument;
 
 use crate::config::REQUEST_READ_TIMEOUT;
-use crate::limits::Verdict;
+use crate::core::Admission;
+use crate::fanout::with_core;
 use crate::outbound::Outbound;
 use crate::routes;
-use crate::state::{Detached, EdgeState, SessionHandle};
+use crate::state::{EdgeState, SessionHandle};
 
 /// Serves one incoming connection until it closes.
 pub async fn serve(state: Arc<EdgeState>, incoming: quinn::Incoming) {
@@ -42,52 +43,64 @@ pub async fn serve(state: Arc<EdgeState>, incoming: quinn::Incoming) {
         return;
     };
     let sid = state.next_session_id();
+    let token = format!("{}.{}.{:08x}", state.id, sid, rand::random::<u32>());
+    let span = tracing::info_span!(
+        "session",
+        edge = %state.id,
+        session = %token,
+        uid = tracing::field::Empty
+    );
     let session = Arc::new(SessionHandle {
         sid,
-        token: format!("{}.{}.{:08x}", state.id, sid, rand::random::<u32>()),
+        token: token.clone(),
         outbound: Outbound::new(conn.clone(), state.cfg.push_queue),
         conn: conn.clone(),
-        uid: Mutex::new(None),
-        rooms: Mutex::new(BTreeSet::new()),
         ops: tokio::sync::Mutex::new(()),
-        replaced: AtomicBool::new(false),
-        limiter: Mutex::new(crate::limits::TokenBucket::new(
-            state.cfg.rate_limit,
-            state.cfg.rate_burst,
-            std::time::Instant::now(),
-        )),
         control: tokio::sync::Mutex::new(None),
+        span: span.clone(),
     });
-    state
-        .local
-        .lock()
-        .expect("local lock")
-        .sessions
-        .insert(sid, session.clone());
+    let handle = session.clone();
+    with_core(&state, |c, out| {
+        c.open(sid, token.clone(), handle, Instant::now(), out)
+    });
+    run(state, session, conn, ctrl_send, ctrl_recv, token)
+        .instrument(span)
+        .await;
+}
+
+async fn run(
+    state: Arc<EdgeState>,
+    session: Arc<SessionHandle>,
+    conn: Connection,
+    ctrl_send: SendStream,
+    ctrl_recv: RecvStream,
+    token: String,
+) {
     let welcome = Frame::Welcome {
         version: PROTOCOL_VERSION,
         edge: state.id.clone(),
-        session: session.token.clone(),
+        session: token,
         max_frame: state.cfg.max_frame as u32,
     };
-    tokio::spawn(control_stream(
-        conn.clone(),
-        session.clone(),
-        ctrl_send,
-        ctrl_recv,
-        welcome,
-        state.cfg.max_frame,
-    ));
-    tracing::debug!(
-        "session {} open from {}",
-        session.token,
-        conn.remote_address()
+    tokio::spawn(
+        control_stream(
+            conn.clone(),
+            session.clone(),
+            ctrl_send,
+            ctrl_recv,
+            welcome,
+            state.cfg.max_frame,
+        )
+        .in_current_span(),
     );
+    tracing::debug!(remote = %conn.remote_address(), "session open");
 
     let ended = loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
-                tokio::spawn(request_stream(state.clone(), session.clone(), send, recv));
+                tokio::spawn(
+                    request_stream(state.clone(), session.clone(), send, recv).in_current_span(),
+                );
             }
             Err(e) => break e,
         }
@@ -99,7 +112,7 @@ pub async fn serve(state: Arc<EdgeState>, incoming: quinn::Incoming) {
         quinn::ConnectionError::ApplicationClosed(c) if c.error_code.into_inner() == u64::from(close::NORMAL)
     );
     cleanup(&state, &session, on_purpose).await;
-    tracing::debug!("session {} closed", session.token);
+    tracing::debug!(on_purpose, "session closed: {ended}");
 }
 
 /// Waits for the control stream and a supported `Hello`. On failure the connection is closed
@@ -223,14 +236,12 @@ async fn request_stream(
             ))
         }
         Ok(Ok(Some(Frame::Request { id, route, body }))) => {
-            let verdict = session
-                .limiter
-                .lock()
-                .expect("limiter lock")
-                .check(std::time::Instant::now());
-            match verdict {
-                Verdict::Allow => Some(routes::dispatch(&state, &session, id, route, body).await),
-                Verdict::Refuse => Some(Frame::error_response(
+            let admission = with_core(&state, |c, out| c.admit(session.sid, Instant::now(), out));
+            match admission {
+                Admission::Serve => {
+                    Some(routes::dispatch(&state, &session, id, route, body).await)
+                }
+                Admission::Refuse => Some(Frame::error_response(
                     id,
                     code::LIMIT_EXCEEDED,
                     format!(
@@ -238,14 +249,8 @@ async fn request_stream(
                         state.cfg.rate_limit, state.cfg.rate_burst
                     ),
                 )),
-                Verdict::Disconnect => {
-                    tracing::warn!("closing session {}: sustained request flood", session.token);
-                    session.conn.close(
-                        VarInt::from_u32(close::ABUSE),
-                        b"request rate limit exceeded again and again",
-                    );
-                    None
-                }
+                // Closed by the core's effect (close::ABUSE) for a sustained flood.
+                Admission::Drop => None,
             }
         }
         Ok(Ok(Some(Frame::Notify { route, .. }))) if recv.is_0rtt() => {
@@ -273,96 +278,49 @@ async fn request_stream(
     let _ = send.finish();
 }
 
-/// Detaches the session from its rooms on this edge. A session closed on purpose leaves its
-/// rooms (onLeave) and releases its uid now; a lost one gets the resume grace period first; a
-/// replaced one (resumed elsewhere) leaves nothing: its rooms and uid belong to the new session.
+/// Detaches the session from the core. A session closed on purpose leaves its rooms (onLeave)
+/// and releases its uid now; a lost one gets the resume grace period first (the timer task
+/// ends it); a replaced one (resumed elsewhere) leaves nothing: its rooms and uid belong to the
+/// new session.
 async fn cleanup(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, on_purpose: bool) {
+    // Waits for a membership change in progress, so it is part of what is cleaned up.
     let _ops = session.ops.lock().await;
-    let rooms: Vec<String> = std::mem::take(&mut *session.rooms.lock().expect("rooms lock"))
-        .into_iter()
-        .collect();
-    let uid = session.uid();
-    let replaced = session.replaced.load(Ordering::Relaxed);
-    {
-        let mut local = state.local.lock().expect("local lock");
-        for rid in &rooms {
-            local.rooms.leave(rid, session.sid);
-        }
-        local.sessions.remove(&session.sid);
-        if let Some(uid) = &uid {
-            if local.by_uid.get(uid) == Some(&session.sid) {
-                local.by_uid.remove(uid);
-            }
-            if !replaced && !on_purpose {
-                local.detached.insert(
-                    uid.clone(),
-                    Detached {
-                        token: session.token.clone(),
-                        rooms: rooms.clone(),
-                    },
-                );
-            }
-        }
-    }
-    for rid in &rooms {
-        state.bus.release(rid).await;
-    }
-    let Some(uid) = uid else {
-        return;
-    };
-    if replaced {
-        return;
-    }
-    if on_purpose {
-        leave_all(state, &uid, &session.token, &rooms).await;
-        return;
-    }
-    let state = state.clone();
-    let token = session.token.clone();
-    let grace = state.cfg.resume_grace();
-    tokio::spawn(async move {
-        tokio::time::sleep(grace).await;
-        let detached = {
-            let mut local = state.local.lock().expect("local lock");
-            match local.detached.get(&uid) {
-                Some(d) if d.token == token => local.detached.remove(&uid),
-                _ => None, // resumed on this edge
-            }
-        };
-        let Some(detached) = detached else {
-            return;
-        };
-        match state.store.session_name(&uid).await {
-            Ok(Some(current)) if current != token => return, // resumed on another edge
-            Err(e) => tracing::warn!("cannot check the session of {uid}: {e}"),
-            _ => {}
-        }
-        leave_all(&state, &uid, &token, &detached.rooms).await;
+    with_core(state, |c, out| {
+        c.closed(session.sid, on_purpose, Instant::now(), out)
     });
+    state.timer.notify_one();
 }
 
-/// Detached sessions that have not resumed anywhere yet (their claim is still theirs).
-pub async fn unresumed(state: &Arc<EdgeState>) -> Vec<(String, Detached)> {
-    let detached: Vec<(String, Detached)> = state
-        .local
-        .lock()
-        .expect("local lock")
-        .detached
-        .iter()
-        .map(|(u, d)| (u.clone(), d.clone()))
-        .collect();
-    let mut waiting = Vec::new();
-    for (uid, d) in detached {
-        match state.store.session_name(&uid).await {
-            Ok(Some(current)) if current != d.token => {
-                state
-                    .local
-                    .lock()
-                    .expect("local lock")
-                    .detached
-                    .remove(&uid);
+/// Runs the core's deadlines (grace periods, the drain deadline) until the process ends: one
+/// task and one timer for the whole edge, re-armed whenever the core may have an earlier one.
+pub async fn run_timer(state: Arc<EdgeState>) {
+    loop {
+        let notified = state.timer.notified();
+        let next = state.cell().core.poll_timeout();
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
+                    _ = notified => {}
+                }
             }
-            _ => waiting.push((uid, d)),
+            None => notified.await,
+        }
+        with_core(&state, |c, out| c.handle_timeout(Instant::now(), out));
+    }
+}
+
+/// Forgets detached sessions whose claim the store shows taken by another session (resumed
+/// elsewhere, in case the kick on the bus was lost). Returns how many are still waiting.
+pub async fn check_detached(state: &Arc<EdgeState>) -> usize {
+    let detached = state.cell().core.detached();
+    let mut waiting = 0;
+    for (uid, token) in detached {
+        match state.store.session_name(&uid).await {
+            Ok(Some(current)) if current != token => {
+                with_core(state, |c, out| c.kick(&uid, &token, out));
+            }
+            _ => waiting += 1,
         }
     }
     waiting
@@ -378,10 +336,10 @@ pub async fn leave_all(state: &Arc<EdgeState>, uid: &str, token: &str, rooms: &[
             .leave(rid, uid, Some(&state.id), Some((route::ON_LEAVE, &body)))
             .await
         {
-            tracing::warn!("could not remove {uid} from room {rid}: {e}");
+            tracing::warn!(%uid, room = %rid, "could not leave: {e}");
         }
     }
     if let Err(e) = state.store.release_session(uid, token).await {
-        tracing::warn!("could not release the session of {uid}: {e}");
+        tracing::warn!(%uid, session = %token, "could not release the session: {e}");
     }
 }

@@ -1,8 +1,7 @@
 //! The shared state of a running edge.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock};
 
 use quinn::Connection;
 use roomcast_store::keys::Keys;
@@ -11,8 +10,11 @@ use roomcast_store::{EdgeInfo, Store};
 use crate::backends::BackendPool;
 use crate::bus::Bus;
 use crate::config::EdgeConfig;
+use crate::core::{CoreConfig, EdgeCore, Effect, SessionId};
 use crate::outbound::Outbound;
-use crate::rooms::{LocalRooms, SessionId};
+
+/// The edge core as the QUIC driver instantiates it: each session's handle is its connection.
+pub type Core = EdgeCore<std::sync::Arc<SessionHandle>>;
 
 pub struct EdgeState {
     pub id: String,
@@ -21,16 +23,19 @@ pub struct EdgeState {
     pub advertise: String,
     pub store: Store,
     pub keys: Keys,
-    /// Local sessions and room memberships. A std mutex: it is held only for map look-ups,
-    /// never across an await, so the fan-out never waits on IO while holding it.
-    pub local: Mutex<Local>,
+    /// Sessions, uids, rooms, grace periods, bus subscription counts, draining: see
+    /// [`crate::core`]. A std mutex: it is held only while the core runs and its effects are
+    /// queued (never across an await), so the fan-out never waits on IO while holding it, and
+    /// pushes are queued in each room's seq order.
+    core: Mutex<CoreCell>,
+    /// Wakes the timer task when the core may have an earlier deadline.
+    pub timer: tokio::sync::Notify,
     pub bus: Bus,
     pub backends: BackendPool,
     /// Live edges as last read from the registry (refreshed every second); the gate answers
     /// from this cache so a gate query costs no Redis round trip.
     pub edges: RwLock<Vec<EdgeInfo>>,
     next_sid: AtomicU64,
-    draining: AtomicBool,
     /// Verifies client tokens.
     pub verifier: roomcast_common::auth::Verifier,
     /// Set in development mode only: mints tokens for `gate.devToken`.
@@ -39,25 +44,33 @@ pub struct EdgeState {
     pub drain_requested: tokio::sync::Notify,
 }
 
-#[derive(Default)]
-pub struct Local {
-    pub rooms: LocalRooms,
-    pub sessions: HashMap<SessionId, Arc<SessionHandle>>,
-    /// uid → session, for pushes addressed to uids.
-    pub by_uid: HashMap<String, SessionId>,
-    /// Sessions whose connection ended less than the resume grace period ago, by uid: their
-    /// members stay in their rooms (no onLeave) until the grace period ends or they resume.
-    pub detached: HashMap<String, Detached>,
+/// The core and a reused effect buffer, so running the core allocates nothing per event.
+pub struct CoreCell {
+    pub core: Core,
+    scratch: Vec<Effect>,
 }
 
-/// A session between the loss of its connection and the end of its grace period.
-#[derive(Debug, Clone)]
-pub struct Detached {
-    pub token: String,
-    pub rooms: Vec<String>,
+impl CoreCell {
+    /// Runs `f` on the core and hands its effects to `apply` (still under the lock), reusing
+    /// the buffer.
+    pub fn run<R>(
+        &mut self,
+        f: impl FnOnce(&mut Core, &mut Vec<Effect>) -> R,
+        apply: impl FnOnce(&Core, &mut Vec<Effect>),
+    ) -> R {
+        let mut out = std::mem::take(&mut self.scratch);
+        let r = f(&mut self.core, &mut out);
+        if !out.is_empty() {
+            apply(&self.core, &mut out);
+        }
+        out.clear();
+        self.scratch = out;
+        r
+    }
 }
 
-/// One client connection.
+/// One client connection: what the driver needs to carry out effects on it. Everything about
+/// the session's state (uid, rooms, limiter) is in the core.
 pub struct SessionHandle {
     pub sid: SessionId,
     /// Globally unique session name recorded in Redis (`rc:session:<uid>` → `session`), so
@@ -65,25 +78,13 @@ pub struct SessionHandle {
     pub token: String,
     pub conn: Connection,
     pub outbound: Outbound,
-    /// Set by the first `connector.enter`; never changes afterwards.
-    pub uid: Mutex<Option<String>>,
-    /// Rooms the session is in (mirrors `Local::rooms`, for cleanup and limits).
-    pub rooms: Mutex<BTreeSet<String>>,
     /// Serialises this session's membership changes (enter/leave/close), which span several
     /// awaits, so two concurrent requests cannot interleave them.
     pub ops: tokio::sync::Mutex<()>,
-    /// Set when another connection resumed this session: cleanup then leaves nothing.
-    pub replaced: AtomicBool,
-    /// The session's request rate limit.
-    pub limiter: Mutex<crate::limits::TokenBucket>,
     /// The control stream's send side, for notices to the client (drain).
     pub control: tokio::sync::Mutex<Option<quinn::SendStream>>,
-}
-
-impl SessionHandle {
-    pub fn uid(&self) -> Option<String> {
-        self.uid.lock().expect("uid lock").clone()
-    }
+    /// The session's span (edge, session, uid once bound).
+    pub span: tracing::Span,
 }
 
 impl EdgeState {
@@ -99,6 +100,13 @@ impl EdgeState {
         ),
     ) -> EdgeState {
         let keys = store.keys().clone();
+        let core_cfg = CoreConfig {
+            resume_grace: cfg.resume_grace(),
+            drain: std::time::Duration::from_secs(cfg.drain_secs),
+            rate_limit: cfg.rate_limit,
+            rate_burst: cfg.rate_burst,
+            max_rooms_per_session: cfg.max_rooms_per_session,
+        };
         EdgeState {
             bus: Bus::new(store.clone(), id.clone()),
             id,
@@ -106,11 +114,14 @@ impl EdgeState {
             advertise,
             keys,
             store,
-            local: Mutex::new(Local::default()),
+            core: Mutex::new(CoreCell {
+                core: EdgeCore::new(core_cfg),
+                scratch: Vec::new(),
+            }),
+            timer: tokio::sync::Notify::new(),
             backends,
             edges: RwLock::new(Vec::new()),
             next_sid: AtomicU64::new(1),
-            draining: AtomicBool::new(false),
             drain_requested: tokio::sync::Notify::new(),
             verifier: auth.0,
             minter: auth.1,
@@ -121,16 +132,18 @@ impl EdgeState {
         self.next_sid.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Whether the edge is draining (the gate stops choosing it, clients are moved).
-    pub fn draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+    /// The core, locked. Poisoning is ignored: the core's methods keep it consistent at
+    /// every return, and a panic in a driver callback must not take the edge down with it.
+    pub fn cell(&self) -> MutexGuard<'_, CoreCell> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn set_draining(&self) {
-        self.draining.store(true, Ordering::Relaxed);
+    /// Whether the edge is draining (the gate stops choosing it, clients are moved).
+    pub fn draining(&self) -> bool {
+        self.cell().core.draining()
     }
 
     pub fn session_count(&self) -> usize {
-        self.local.lock().expect("local lock").sessions.len()
+        self.cell().core.session_count()
     }
 }

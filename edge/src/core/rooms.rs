@@ -184,9 +184,10 @@ impl LocalRooms {
         feed.pending.insert(seq, frame);
         if feed.pending.len() > MAX_BUFFERED {
             // The gap is not being filled fast enough: declare it lost and move on.
-            let upto = *feed.pending.keys().next().expect("non-empty") - 1;
-            feed.skip_to(rid, upto, &mut actions);
-            feed.drain(&mut actions);
+            if let Some(first) = feed.pending.keys().next().copied() {
+                feed.skip_to(rid, first - 1, &mut actions);
+                feed.drain(&mut actions);
+            }
         }
         feed.request_fill(rid, &mut actions);
         actions
