@@ -4,10 +4,10 @@ mod support;
 
 use bytes::{Bytes, BytesMut};
 use roomcast_client::{Client, ClientError};
-use roomcast_protocol::codec::Frame;
-use roomcast_protocol::protocol::{self, code};
 use roomcast_net::stream::{read_frame, write_frame};
 use roomcast_net::tls;
+use roomcast_protocol::codec::Frame;
+use roomcast_protocol::protocol::{self, code};
 use support::{collect_route, expect_error, Env, WAIT};
 
 /// Writes raw bytes on a fresh request stream and returns the edge's answer.

@@ -569,8 +569,8 @@ async fn zero_rtt_carries_only_replay_safe_requests() {
 
     // A state-changing request sent as early data is refused, never executed. (The SDK never
     // sends one; a raw QUIC client does, to prove the edge checks.)
-    use roomcast_protocol::codec::Frame;
     use roomcast_net::stream::{read_frame, write_frame};
+    use roomcast_protocol::codec::Frame;
     let config =
         support::raw_client_config(&env, roomcast_protocol::protocol::CLIENT_ALPN, None, true);
     let endpoint = support::raw_endpoint();

@@ -8,9 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use roomcast_client::{Client, ClientError};
 use roomcast_common::auth::{Claims, Minter};
+use roomcast_net::stream::{read_frame, write_frame};
 use roomcast_protocol::codec::Frame;
 use roomcast_protocol::protocol::{self, code};
-use roomcast_net::stream::{read_frame, write_frame};
 use support::{expect_error, token, Env, TEST_JWT_SECRET, WAIT};
 
 async fn enter(c: &Client, body: serde_json::Value) -> Result<Bytes, ClientError> {

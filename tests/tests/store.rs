@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use redis::AsyncCommands;
+use roomcast_e2e::redis_server::RedisServer;
 use roomcast_protocol::bus::{self, BusMessage};
 use roomcast_store::keys::Keys;
 use roomcast_store::{BackendInfo, Claim, EdgeInfo, Store, StoreError};
-use roomcast_e2e::redis_server::RedisServer;
 
 async fn setup() -> (RedisServer, Store, redis::aio::MultiplexedConnection) {
     let r = RedisServer::start().expect("redis-server");
