@@ -9,7 +9,8 @@
 
 use bytes::Bytes;
 use clap::Args;
-use roomcast_protocol::ids::{IdRules, MAX_ID_BYTES};
+use roomcast_common::config::IdArgs;
+use roomcast_protocol::ids::IdRules;
 use roomcast_protocol::protocol::{route, ChatSend, OnChat, Sent};
 
 use crate::handler::{Context, HandlerError, HandlerResult, Router};
@@ -41,26 +42,19 @@ impl Default for ChatLimits {
 #[derive(Debug, Clone, Args)]
 pub struct ChatArgs {
     /// Longest chat message content, in bytes.
-    #[arg(long, default_value_t = MAX_CONTENT_BYTES)]
+    #[arg(long, env = "ROOMCAST_MAX_CONTENT_BYTES", default_value_t = MAX_CONTENT_BYTES)]
     pub max_content_bytes: usize,
 
-    /// Longest room id or target uid, in bytes (should match the edges').
-    #[arg(long, default_value_t = MAX_ID_BYTES)]
-    pub max_id_bytes: usize,
-
-    /// Accept only printable ASCII in ids (should match the edges').
-    #[arg(long)]
-    pub ascii_ids: bool,
+    /// `--max-id-bytes`, `--ascii-ids` for `rid` and `target` (the same flags as the edges').
+    #[command(flatten)]
+    pub ids: IdArgs,
 }
 
 impl ChatArgs {
     pub fn limits(&self) -> ChatLimits {
         ChatLimits {
             max_content_bytes: self.max_content_bytes,
-            ids: IdRules {
-                max_bytes: self.max_id_bytes,
-                ascii_only: self.ascii_ids,
-            },
+            ids: self.ids.rules(),
         }
     }
 }

@@ -8,15 +8,15 @@
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use clap::{Args, Parser};
+use roomcast_common::config::{BackendTls, RedisArgs, RoomArgs, TlsArgs};
+use roomcast_net::tls;
 use roomcast_protocol::ids::check_node_id;
 use roomcast_store::keys::Keys;
-use roomcast_store::{BackendInfo, HistoryConfig, Store};
-use roomcast_net::tls;
+use roomcast_store::{BackendInfo, HistoryConfig, PresenceConfig, Store};
 use tokio::task::JoinHandle;
 
 use crate::channel::ChannelService;
@@ -51,41 +51,18 @@ pub struct BackendConfig {
     #[arg(long, env = "ROOMCAST_BACKEND_ADVERTISE")]
     pub advertise: Option<String>,
 
-    /// Redis holding the cluster's state.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
-    pub redis_url: String,
+    /// `--redis-url`, `--prefix` (shared with the edges: `roomcast_common::config`).
+    #[command(flatten)]
+    pub redis: RedisArgs,
 
-    /// Prefix of every Redis key and channel (must match the edges').
-    #[arg(long, env = "ROOMCAST_PREFIX", default_value = "rc")]
-    pub prefix: String,
+    /// `--cert`, `--key`, `--ca`.
+    #[command(flatten)]
+    pub tls: TlsArgs<BackendTls>,
 
-    /// Certificate presented to edges (signed by the cluster CA).
-    #[arg(
-        long,
-        env = "ROOMCAST_BACKEND_CERT",
-        default_value = "certs/backend.pem"
-    )]
-    pub cert: PathBuf,
-
-    /// Private key of `--cert`.
-    #[arg(
-        long,
-        env = "ROOMCAST_BACKEND_KEY",
-        default_value = "certs/backend.key"
-    )]
-    pub key: PathBuf,
-
-    /// The cluster CA: edges must present a certificate it signed (mutual TLS).
-    #[arg(long, env = "ROOMCAST_CA", default_value = "certs/ca.pem")]
-    pub ca: PathBuf,
-
-    /// Pushes kept per room for resume and gap filling (must match the edges').
-    #[arg(long, env = "ROOMCAST_HISTORY_LEN", default_value_t = 1000)]
-    pub history_len: u64,
-
-    /// Seconds a push stays in a room's history (must match the edges').
-    #[arg(long, env = "ROOMCAST_HISTORY_AGE_SECS", default_value_t = 300)]
-    pub history_age_secs: u64,
+    /// `--history-len`, `--history-age-secs`, `--presence-max-members`: the same settings as
+    /// the edges', applied by this backend's Redis scripts.
+    #[command(flatten)]
+    pub rooms: RoomArgs,
 }
 
 /// A started backend: serving, and registered for edges.
@@ -95,6 +72,8 @@ pub struct RunningBackend {
     pub addr: SocketAddr,
     /// The host:port in the registry.
     pub advertise: String,
+    /// The presence limit its store applies to joins and leaves (`--presence-max-members`).
+    pub presence: PresenceConfig,
     registration: Registration,
     server: ServerHandle,
     serving: JoinHandle<()>,
@@ -110,7 +89,7 @@ pub async fn start(cfg: BackendConfig, router: Router) -> anyhow::Result<Running
         None => format!("chat-{:08x}", random_u32()),
     };
     check_node_id(&id).map_err(|e| anyhow!("bad --id: {e}"))?;
-    check_node_id(&cfg.prefix).map_err(|e| anyhow!("bad --prefix: {e}"))?;
+    check_node_id(&cfg.redis.prefix).map_err(|e| anyhow!("bad --prefix: {e}"))?;
     if let Some(a) = &cfg.advertise {
         check_host_port(a).map_err(|e| anyhow!("bad --advertise: {e}"))?;
     }
@@ -119,20 +98,31 @@ pub async fn start(cfg: BackendConfig, router: Router) -> anyhow::Result<Running
         bail!("the router has no routes: nothing to serve");
     }
 
-    let store = Store::connect_retrying(&cfg.redis_url, Keys::new(&cfg.prefix), REDIS_STARTUP_WAIT)
-        .await
-        .with_context(|| format!("cannot connect to redis at {}", cfg.redis_url))?
-        .with_history(HistoryConfig {
-            max_len: cfg.history_len,
-            max_age: Duration::from_secs(cfg.history_age_secs),
-        });
+    let redis = &cfg.redis;
+    // Joins and leaves made through this store (the channel service, services of your own)
+    // must apply the same presence limit as the edges', not the store's default.
+    let presence = PresenceConfig {
+        max_members: cfg.rooms.presence_max_members,
+    };
+    let store = Store::connect_retrying(
+        &redis.redis_url,
+        Keys::new(&redis.prefix),
+        REDIS_STARTUP_WAIT,
+    )
+    .await
+    .with_context(|| format!("cannot connect to redis at {}", redis.redis_url))?
+    .with_history(HistoryConfig {
+        max_len: cfg.rooms.history_len,
+        max_age: cfg.rooms.history_age(),
+    })
+    .with_presence(presence);
 
     let server = BackendServer::bind(
         cfg.listen,
-        &cfg.cert,
-        &cfg.key,
+        &cfg.tls.cert,
+        &cfg.tls.key,
         // Mutual TLS: only edges (certificates from the cluster CA) may connect.
-        Some(&cfg.ca),
+        Some(&cfg.tls.ca),
         router,
         ChannelService::new(store.clone()),
     )?;
@@ -168,6 +158,7 @@ pub async fn start(cfg: BackendConfig, router: Router) -> anyhow::Result<Running
         id,
         addr,
         advertise,
+        presence,
         registration,
         server: handle,
         serving,
@@ -274,6 +265,7 @@ async fn wait_for_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("roomcast-chat").chain(args.iter().copied()))
@@ -283,9 +275,10 @@ mod tests {
     fn defaults() {
         let cli = parse(&[]).expect("defaults parse");
         assert_eq!(cli.cfg.listen, "127.0.0.1:0".parse().unwrap());
-        assert_eq!(cli.cfg.prefix, "rc");
-        assert_eq!(cli.cfg.cert, PathBuf::from("certs/backend.pem"));
-        assert_eq!(cli.cfg.key, PathBuf::from("certs/backend.key"));
+        assert_eq!(cli.cfg.redis.prefix, "rc");
+        assert_eq!(cli.cfg.tls.cert, PathBuf::from("certs/backend.pem"));
+        assert_eq!(cli.cfg.tls.key, PathBuf::from("certs/backend.key"));
+        assert_eq!(cli.cfg.rooms.presence_max_members, 1000);
         assert_eq!(cli.chat.limits(), chat::ChatLimits::default());
     }
 
@@ -301,13 +294,29 @@ mod tests {
             "--max-id-bytes",
             "16",
             "--ascii-ids",
+            "--presence-max-members",
+            "2",
         ])
         .expect("parses");
+        assert_eq!(cli.cfg.rooms.presence_max_members, 2);
         assert_eq!(cli.cfg.id.as_deref(), Some("chat-7"));
         assert_eq!(cli.cfg.advertise.as_deref(), Some("chat7.internal:7000"));
         assert!(cli.chat.limits().ids.ascii_only);
         assert_eq!(cli.chat.limits().ids.max_bytes, 16);
         assert!(parse(&["--listen", "nonsense"]).is_err());
+    }
+
+    /// README promises an environment variable for every flag.
+    #[test]
+    fn every_flag_has_an_environment_variable() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        let missing: Vec<String> = cmd
+            .get_arguments()
+            .filter(|a| a.get_env().is_none() && a.get_id() != "help")
+            .map(|a| format!("--{}", a.get_id()))
+            .collect();
+        assert!(missing.is_empty(), "flags without env: {missing:?}");
     }
 
     #[test]
