@@ -43,7 +43,7 @@ impl Default for ChatLimits {
 #[derive(Debug, Clone, Args)]
 pub struct ChatArgs {
     /// Longest chat message content, in bytes.
-    #[arg(long, default_value_t = MAX_CONTENT_BYTES)]
+    #[arg(long, env = "ROOMCAST_MAX_CONTENT_BYTES", default_value_t = MAX_CONTENT_BYTES)]
     pub max_content_bytes: usize,
 }
 

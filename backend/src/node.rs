@@ -8,13 +8,13 @@
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use clap::{Args, Parser};
+use roomcast_common::config::{BackendTls, IdArgs, RedisArgs, RoomArgs, TlsArgs};
 use roomcast_net::tls;
-use roomcast_protocol::ids::{check_node_id, IdRules, MAX_ID_BYTES};
+use roomcast_protocol::ids::{check_node_id, IdRules};
 use roomcast_store::keys::Keys;
 use roomcast_store::{BackendInfo, HistoryConfig, PresenceConfig, Settings, Store};
 use tokio::task::JoinHandle;
@@ -51,73 +51,40 @@ pub struct BackendConfig {
     #[arg(long, env = "ROOMCAST_BACKEND_ADVERTISE")]
     pub advertise: Option<String>,
 
-    /// Redis holding the cluster's state.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
-    pub redis_url: String,
+    /// `--redis-url`, `--prefix` (shared with the edges: `roomcast_common::config`).
+    #[command(flatten)]
+    pub redis: RedisArgs,
 
-    /// Prefix of every Redis key and channel (must match the edges').
-    #[arg(long, env = "ROOMCAST_PREFIX", default_value = "rc")]
-    pub prefix: String,
+    /// `--cert`, `--key`, `--ca`.
+    #[command(flatten)]
+    pub tls: TlsArgs<BackendTls>,
 
-    /// Certificate presented to edges (signed by the cluster CA).
-    #[arg(
-        long,
-        env = "ROOMCAST_BACKEND_CERT",
-        default_value = "certs/backend.pem"
-    )]
-    pub cert: PathBuf,
+    /// `--history-len`, `--history-age-secs`, `--presence-max-members`: the same settings as
+    /// the edges', applied by this backend's Redis scripts.
+    #[command(flatten)]
+    pub rooms: RoomArgs,
 
-    /// Private key of `--cert`.
-    #[arg(
-        long,
-        env = "ROOMCAST_BACKEND_KEY",
-        default_value = "certs/backend.key"
-    )]
-    pub key: PathBuf,
-
-    /// The cluster CA: edges must present a certificate it signed (mutual TLS).
-    #[arg(long, env = "ROOMCAST_CA", default_value = "certs/ca.pem")]
-    pub ca: PathBuf,
-
-    /// Pushes kept per room for resume and gap filling (must match the edges').
-    #[arg(long, env = "ROOMCAST_HISTORY_LEN", default_value_t = 1000)]
-    pub history_len: u64,
-
-    /// Seconds a push stays in a room's history (must match the edges').
-    #[arg(long, env = "ROOMCAST_HISTORY_AGE_SECS", default_value_t = 300)]
-    pub history_age_secs: u64,
-
-    /// Rooms with more members than this join and leave silently (must match the edges').
-    #[arg(long, env = "ROOMCAST_PRESENCE_MAX_MEMBERS", default_value_t = 1000)]
-    pub presence_max_members: u64,
-
-    /// Longest room id or uid, in bytes (must match the edges').
-    #[arg(long, default_value_t = MAX_ID_BYTES)]
-    pub max_id_bytes: usize,
-
-    /// Accept only printable ASCII in ids (must match the edges').
-    #[arg(long)]
-    pub ascii_ids: bool,
+    /// `--max-id-bytes`, `--ascii-ids`: rules for room ids and uids handlers receive (the same
+    /// flags as the edges').
+    #[command(flatten)]
+    pub ids: IdArgs,
 }
 
 impl BackendConfig {
     /// Rules for room ids and uids handlers receive.
     pub fn id_rules(&self) -> IdRules {
-        IdRules {
-            max_bytes: self.max_id_bytes,
-            ascii_only: self.ascii_ids,
-        }
+        self.ids.rules()
     }
 
     /// The settings every process of the deployment must share (checked at start-up).
     pub fn settings(&self) -> Settings {
         Settings {
             history: HistoryConfig {
-                max_len: self.history_len,
-                max_age: Duration::from_secs(self.history_age_secs),
+                max_len: self.rooms.history_len,
+                max_age: self.rooms.history_age(),
             },
             presence: PresenceConfig {
-                max_members: self.presence_max_members,
+                max_members: self.rooms.presence_max_members,
             },
             ids: self.id_rules(),
         }
@@ -131,6 +98,8 @@ pub struct RunningBackend {
     pub addr: SocketAddr,
     /// The host:port in the registry.
     pub advertise: String,
+    /// The presence limit its store applies to joins and leaves (`--presence-max-members`).
+    pub presence: PresenceConfig,
     registration: Registration,
     server: ServerHandle,
     serving: JoinHandle<()>,
@@ -140,10 +109,11 @@ pub struct RunningBackend {
 /// endpoint, and registers for the route prefixes of `router` ([`Router::prefixes`]: a router
 /// with `chat.send` registers `chat.`, so edges forward every `chat.*` route here).
 pub async fn start(cfg: BackendConfig, router: Router) -> anyhow::Result<RunningBackend> {
-    check_node_id(&cfg.prefix).map_err(|e| anyhow!("bad --prefix: {e}"))?;
-    let store = Store::connect_retrying(&cfg.redis_url, Keys::new(&cfg.prefix), REDIS_STARTUP_WAIT)
+    let (url, prefix) = (&cfg.redis.redis_url, &cfg.redis.prefix);
+    check_node_id(prefix).map_err(|e| anyhow!("bad --prefix: {e}"))?;
+    let store = Store::connect_retrying(url, Keys::new(prefix), REDIS_STARTUP_WAIT)
         .await
-        .with_context(|| format!("cannot connect to redis at {}", cfg.redis_url))?;
+        .with_context(|| format!("cannot connect to redis at {url}"))?;
     start_with_store(cfg, router, store).await
 }
 
@@ -179,10 +149,10 @@ pub async fn start_with_store(
 
     let server = BackendServer::bind(
         cfg.listen,
-        &cfg.cert,
-        &cfg.key,
+        &cfg.tls.cert,
+        &cfg.tls.key,
         // Mutual TLS: only edges (certificates from the cluster CA) may connect.
-        Some(&cfg.ca),
+        Some(&cfg.tls.ca),
         router,
         ChannelService::new(store.clone()),
     )?;
@@ -218,6 +188,7 @@ pub async fn start_with_store(
         id,
         addr,
         advertise,
+        presence: settings.presence,
         registration,
         server: handle,
         serving,
@@ -324,6 +295,7 @@ async fn wait_for_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("roomcast-chat").chain(args.iter().copied()))
@@ -333,9 +305,10 @@ mod tests {
     fn defaults() {
         let cli = parse(&[]).expect("defaults parse");
         assert_eq!(cli.cfg.listen, "127.0.0.1:0".parse().unwrap());
-        assert_eq!(cli.cfg.prefix, "rc");
-        assert_eq!(cli.cfg.cert, PathBuf::from("certs/backend.pem"));
-        assert_eq!(cli.cfg.key, PathBuf::from("certs/backend.key"));
+        assert_eq!(cli.cfg.redis.prefix, "rc");
+        assert_eq!(cli.cfg.tls.cert, PathBuf::from("certs/backend.pem"));
+        assert_eq!(cli.cfg.tls.key, PathBuf::from("certs/backend.key"));
+        assert_eq!(cli.cfg.rooms.presence_max_members, 1000);
         assert_eq!(
             cli.chat.limits(cli.cfg.id_rules()),
             chat::ChatLimits::default()
@@ -354,8 +327,11 @@ mod tests {
             "--max-id-bytes",
             "16",
             "--ascii-ids",
+            "--presence-max-members",
+            "2",
         ])
         .expect("parses");
+        assert_eq!(cli.cfg.rooms.presence_max_members, 2);
         assert_eq!(cli.cfg.id.as_deref(), Some("chat-7"));
         assert_eq!(cli.cfg.advertise.as_deref(), Some("chat7.internal:7000"));
         let limits = cli.chat.limits(cli.cfg.id_rules());
@@ -363,6 +339,19 @@ mod tests {
         assert_eq!(limits.ids.max_bytes, 16);
         assert!(cli.cfg.settings().ids.ascii_only);
         assert!(parse(&["--listen", "nonsense"]).is_err());
+    }
+
+    /// README promises an environment variable for every flag.
+    #[test]
+    fn every_flag_has_an_environment_variable() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        let missing: Vec<String> = cmd
+            .get_arguments()
+            .filter(|a| a.get_env().is_none() && a.get_id() != "help")
+            .map(|a| format!("--{}", a.get_id()))
+            .collect();
+        assert!(missing.is_empty(), "flags without env: {missing:?}");
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! Edge configuration. Every flag has an environment variable and a documented default
-//! (`README.md` lists them).
+//! (`README.md` lists them). Flags shared with the backends (Redis, TLS, room settings, id
+//! rules) are defined once in [`roomcast_common::config`] and flattened in here.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use roomcast_common::config::{EdgeTls, IdArgs, RedisArgs, RoomArgs, TlsArgs};
 
 #[derive(Debug, Clone, Args)]
 pub struct EdgeConfig {
@@ -25,96 +27,75 @@ pub struct EdgeConfig {
     #[arg(long, env = "ROOMCAST_REGION", default_value = "local")]
     pub region: String,
 
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
-    pub redis_url: String,
+    /// `--redis-url`, `--prefix`.
+    #[command(flatten)]
+    pub redis: RedisArgs,
 
-    /// Prefix of every Redis key and channel.
-    #[arg(long, env = "ROOMCAST_PREFIX", default_value = "rc")]
-    pub prefix: String,
+    /// `--cert`, `--key`, `--ca`.
+    #[command(flatten)]
+    pub tls: TlsArgs<EdgeTls>,
 
-    /// Certificate presented to clients.
-    #[arg(long, env = "ROOMCAST_EDGE_CERT", default_value = "certs/edge.pem")]
-    pub cert: PathBuf,
+    /// `--history-len`, `--history-age-secs`, `--presence-max-members`.
+    #[command(flatten)]
+    pub rooms: RoomArgs,
 
-    #[arg(long, env = "ROOMCAST_EDGE_KEY", default_value = "certs/edge.key")]
-    pub key: PathBuf,
-
-    /// CA that signs backend certificates (the cluster CA).
-    #[arg(long, env = "ROOMCAST_CA", default_value = "certs/ca.pem")]
-    pub ca: PathBuf,
+    /// `--max-id-bytes`, `--ascii-ids`.
+    #[command(flatten)]
+    pub ids: IdArgs,
 
     /// Largest frame accepted from a client, in bytes (length prefix excluded).
-    #[arg(long, default_value_t = roomcast_protocol::protocol::DEFAULT_MAX_FRAME)]
+    #[arg(
+        long,
+        env = "ROOMCAST_MAX_FRAME",
+        default_value_t = roomcast_protocol::protocol::DEFAULT_MAX_FRAME
+    )]
     pub max_frame: usize,
 
     /// Requests one client may have in flight (QUIC bidirectional stream limit).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, env = "ROOMCAST_MAX_REQUESTS_IN_FLIGHT", default_value_t = 32)]
     pub max_requests_in_flight: u32,
 
     /// Rooms one session may be in at once.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, env = "ROOMCAST_MAX_ROOMS_PER_SESSION", default_value_t = 64)]
     pub max_rooms_per_session: usize,
 
     /// Frames queued per push stream before the session is closed as a slow consumer. Larger
     /// than the history length, so a full replay after a resume fits.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, env = "ROOMCAST_PUSH_QUEUE", default_value_t = 4096)]
     pub push_queue: usize,
 
-    /// Longest user id or room id, in bytes.
-    #[arg(long, default_value_t = roomcast_protocol::ids::MAX_ID_BYTES)]
-    pub max_id_bytes: usize,
-
-    /// Accept only printable ASCII in user ids and room ids (default: any UTF-8 without
-    /// control characters).
-    #[arg(long)]
-    pub ascii_ids: bool,
-
     /// Milliseconds a client has to open its control stream and send `Hello`.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, env = "ROOMCAST_HANDSHAKE_TIMEOUT_MS", default_value_t = 5000)]
     pub handshake_timeout_ms: u64,
 
     /// Sessions (client connections) one edge accepts; further connections are refused.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, env = "ROOMCAST_MAX_SESSIONS", default_value_t = 100_000)]
     pub max_sessions: usize,
 
     /// Requests per second one session may make (token bucket refill rate); excess gets 429.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, env = "ROOMCAST_RATE_LIMIT", default_value_t = 100)]
     pub rate_limit: u32,
 
     /// Requests one session may make in a burst; sustained excess closes the connection.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, env = "ROOMCAST_RATE_BURST", default_value_t = 200)]
     pub rate_burst: u32,
 
     /// Milliseconds a backend has to answer one attempt before the edge tries another.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, env = "ROOMCAST_BACKEND_ATTEMPT_MS", default_value_t = 2000)]
     pub backend_attempt_ms: u64,
 
     /// Milliseconds before a forwarded request fails with 504, all attempts included.
-    #[arg(long, default_value_t = 6000)]
+    #[arg(long, env = "ROOMCAST_BACKEND_DEADLINE_MS", default_value_t = 6000)]
     pub backend_deadline_ms: u64,
 
     /// Seconds a client connection may stay silent before it is closed.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, env = "ROOMCAST_IDLE_TIMEOUT_SECS", default_value_t = 30)]
     pub idle_timeout_secs: u64,
 
     /// Milliseconds a lost session keeps its rooms, so that a client that reconnects and
     /// resumes in time is not reported as leaving and re-joining.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, env = "ROOMCAST_RESUME_GRACE_MS", default_value_t = 10_000)]
     pub resume_grace_ms: u64,
-
-    /// Rooms with more members than this get no onAdd/onLeave pushes and no member list in
-    /// enter/resume answers (only the count): a room filling up to N members would otherwise
-    /// cost O(N²) pushes. 0 = no limit.
-    #[arg(long, env = "ROOMCAST_PRESENCE_MAX_MEMBERS", default_value_t = 1000)]
-    pub presence_max_members: u64,
-
-    /// Pushes kept per room for resume and gap filling (must match the backends').
-    #[arg(long, env = "ROOMCAST_HISTORY_LEN", default_value_t = 1000)]
-    pub history_len: u64,
-
-    /// Seconds a push stays in a room's history (must match the backends').
-    #[arg(long, env = "ROOMCAST_HISTORY_AGE_SECS", default_value_t = 300)]
-    pub history_age_secs: u64,
 
     /// Secret for HS256 client tokens (shared by every edge, and whoever issues tokens).
     #[arg(long, env = "ROOMCAST_JWT_SECRET", hide_env_values = true)]
@@ -140,7 +121,7 @@ pub struct EdgeConfig {
     pub lease_ttl_ms: u64,
 
     /// Seconds a draining edge waits for its clients to move before it exits.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, env = "ROOMCAST_DRAIN_SECS", default_value_t = 10)]
     pub drain_secs: u64,
 }
 
@@ -150,10 +131,7 @@ impl EdgeConfig {
     }
 
     pub fn id_rules(&self) -> roomcast_protocol::ids::IdRules {
-        roomcast_protocol::ids::IdRules {
-            max_bytes: self.max_id_bytes,
-            ascii_only: self.ascii_ids,
-        }
+        self.ids.rules()
     }
 
     pub fn handshake_timeout(&self) -> Duration {
@@ -170,8 +148,8 @@ impl EdgeConfig {
 
     pub fn history(&self) -> roomcast_store::HistoryConfig {
         roomcast_store::HistoryConfig {
-            max_len: self.history_len,
-            max_age: Duration::from_secs(self.history_age_secs),
+            max_len: self.rooms.history_len,
+            max_age: self.rooms.history_age(),
         }
     }
 
@@ -184,3 +162,50 @@ impl EdgeConfig {
 pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the edge refreshes its registry entry and its caches of edges and backends.
 pub const REGISTRY_REFRESH: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        cfg: EdgeConfig,
+    }
+
+    /// README promises an environment variable for every flag.
+    #[test]
+    fn every_flag_has_an_environment_variable() {
+        let cmd = Cli::command();
+        let missing: Vec<String> = cmd
+            .get_arguments()
+            .filter(|a| a.get_env().is_none() && a.get_id() != "help")
+            .map(|a| format!("--{}", a.get_id()))
+            .collect();
+        assert!(missing.is_empty(), "flags without env: {missing:?}");
+    }
+
+    #[test]
+    fn shared_flags_parse_into_their_groups() {
+        let cli = Cli::try_parse_from([
+            "roomcast-edge",
+            "--redis-url",
+            "redis://r:1/",
+            "--cert",
+            "e.pem",
+            "--presence-max-members",
+            "3",
+            "--history-len",
+            "9",
+            "--max-id-bytes",
+            "8",
+        ])
+        .unwrap();
+        assert_eq!(cli.cfg.redis.redis_url, "redis://r:1/");
+        assert_eq!(cli.cfg.tls.cert, PathBuf::from("e.pem"));
+        assert_eq!(cli.cfg.rooms.presence_max_members, 3);
+        assert_eq!(cli.cfg.history().max_len, 9);
+        assert_eq!(cli.cfg.id_rules().max_bytes, 8);
+    }
+}

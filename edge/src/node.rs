@@ -74,10 +74,11 @@ pub struct RunningEdge {
 /// Starts an edge on the Redis store at `--redis-url`: Redis, pub/sub, registry, then the
 /// client endpoint.
 pub async fn start(cfg: EdgeConfig) -> anyhow::Result<RunningEdge> {
-    check_node_id(&cfg.prefix).map_err(|e| anyhow!("bad --prefix: {e}"))?;
-    let store = Store::connect_retrying(&cfg.redis_url, Keys::new(&cfg.prefix), REDIS_STARTUP_WAIT)
+    let (url, prefix) = (&cfg.redis.redis_url, &cfg.redis.prefix);
+    check_node_id(prefix).map_err(|e| anyhow!("bad --prefix: {e}"))?;
+    let store = Store::connect_retrying(url, Keys::new(prefix), REDIS_STARTUP_WAIT)
         .await
-        .with_context(|| format!("cannot connect to redis at {}", cfg.redis_url))?;
+        .with_context(|| format!("cannot connect to redis at {url}"))?;
     start_with_store(cfg, store).await
 }
 
@@ -92,7 +93,7 @@ pub async fn start_with_store(cfg: EdgeConfig, store: Store) -> anyhow::Result<R
         .unwrap_or_else(|| format!("edge-{:06x}", rand::random::<u32>() & 0xff_ffff));
     check_node_id(&id).map_err(|e| anyhow!(e))?;
     let presence = roomcast_store::PresenceConfig {
-        max_members: cfg.presence_max_members,
+        max_members: cfg.rooms.presence_max_members,
     };
     let store = store.with_history(cfg.history()).with_presence(presence);
     store
@@ -113,7 +114,8 @@ pub async fn start_with_store(cfg: EdgeConfig, store: Store) -> anyhow::Result<R
         // Only `Hello` and `gate.queryEntry` are served from early data (session.rs).
         early_data: true,
     };
-    let server_config = tls::server_config(&cfg.cert, &cfg.key, CLIENT_ALPN, &client_limits, None)?;
+    let (cert, key) = (&cfg.tls.cert, &cfg.tls.key);
+    let server_config = tls::server_config(cert, key, CLIENT_ALPN, &client_limits, None)?;
     let endpoint = net::endpoint(cfg.listen, Some(server_config))?;
     let addr = endpoint.local_addr()?;
     let advertise = cfg.advertise.clone().unwrap_or_else(|| {
@@ -135,11 +137,11 @@ pub async fn start_with_store(cfg: EdgeConfig, store: Store) -> anyhow::Result<R
         early_data: false,
     };
     let backend_config = tls::client_config(
-        &cfg.ca,
+        &cfg.tls.ca,
         BACKEND_ALPN,
         &backend_limits,
         // Mutual TLS: backends accept only peers with a certificate from the cluster CA.
-        Some((&cfg.cert, &cfg.key)),
+        Some((cert, key)),
     )?;
     let backend_endpoint = net::endpoint(net::any_addr_for(&addr), None)?;
     let pool = BackendPool::new(
@@ -305,10 +307,8 @@ struct DrainCli {
     /// The edge to drain.
     #[arg(long)]
     id: String,
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
-    redis_url: String,
-    #[arg(long, env = "ROOMCAST_PREFIX", default_value = "rc")]
-    prefix: String,
+    #[command(flatten)]
+    redis: roomcast_common::config::RedisArgs,
     /// Logged by the edge.
     #[arg(long, default_value = "admin request")]
     reason: String,
@@ -318,9 +318,9 @@ struct DrainCli {
 async fn drain_cli(args: &[String]) -> anyhow::Result<()> {
     let cli = DrainCli::try_parse_from(args).unwrap_or_else(|e| e.exit());
     check_node_id(&cli.id).map_err(|e| anyhow!(e))?;
-    let store = Store::connect(&cli.redis_url, Keys::new(&cli.prefix))
+    let store = Store::connect(&cli.redis.redis_url, Keys::new(&cli.redis.prefix))
         .await
-        .with_context(|| format!("cannot connect to redis at {}", cli.redis_url))?;
+        .with_context(|| format!("cannot connect to redis at {}", cli.redis.redis_url))?;
     let msg = roomcast_protocol::bus::BusMessage::Drain { reason: cli.reason };
     let receivers = store.publish_to_edge(&cli.id, &msg).await?;
     if receivers == 0 {

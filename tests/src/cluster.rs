@@ -2,7 +2,8 @@
 //!
 //! Every node is a child process of the `roomcast-dev` binary (`roomcast-dev edge …` /
 //! `roomcast-dev chat …`), started on a free loopback port; a test can `kill -9` one. Nodes are
-//! killed (by their own pid) when dropped.
+//! killed (by their own pid) when dropped, and get SIGTERM from the kernel if the process that
+//! started them dies (see [`crate::child`]).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -81,7 +82,7 @@ pub struct Node {
 impl Node {
     /// Spawns `bin <role> <args>` and waits (up to 30 s) for its `… listening on <addr>` line.
     pub fn spawn(bin: &Path, role: Role, id: &str, args: &[String]) -> Result<Node> {
-        let mut child = Command::new(bin)
+        let mut child = crate::child::die_with_parent(&mut Command::new(bin))
             .arg(role.subcommand())
             .arg("--id")
             .arg(id)
@@ -158,21 +159,14 @@ impl Node {
 
     /// SIGTERM, then wait up to `grace` for a clean exit (SIGKILL after that).
     pub fn terminate(&mut self, grace: Duration) {
-        #[cfg(unix)]
-        {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(self.child.id().to_string())
-                .status();
-            let deadline = std::time::Instant::now() + grace;
-            while std::time::Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        self.kill();
+        crate::child::terminate_all(&mut [&mut self.child], grace);
+    }
+
+    /// [`terminate`](Self::terminate) for several nodes at once: all get SIGTERM together and
+    /// share one `grace`, so stopping N nodes takes at most `grace`, not N times it.
+    pub fn terminate_all(nodes: &mut [Node], grace: Duration) {
+        let mut children: Vec<&mut Child> = nodes.iter_mut().map(|n| &mut n.child).collect();
+        crate::child::terminate_all(&mut children, grace);
     }
 }
 

@@ -4,6 +4,7 @@
 //! Layout:
 //! - [`redis_server`]: starts a private `redis-server` on a free loopback port, kills it on drop.
 //! - [`ceilings`]: the machine's raw UDP and Redis ceilings, measured beside each scenario.
+//! - [`child`]: children that never outlive their parent (`PR_SET_PDEATHSIG`), bounded SIGTERM.
 //! - [`cluster`]: certificates for tests, and edge/backend child processes that can be killed.
 //! - [`scenarios`]: `roomcast-dev bench <scenario>`, the benchmark scenarios of BENCHMARKS.md.
 //! - [`stack`]: `roomcast-dev up`, the one-command local stack of README.
@@ -11,6 +12,7 @@
 //! The end-to-end tests themselves are in `tests/tests/`.
 
 pub mod ceilings;
+pub mod child;
 pub mod cluster;
 pub mod redis_server;
 pub mod scenarios;

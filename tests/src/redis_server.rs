@@ -2,7 +2,8 @@
 //!
 //! The server runs with `--bind 127.0.0.1 --save "" --appendonly no` (nothing is ever written to
 //! disk) in its own temporary directory, which holds its log (`redis.log`) and is removed on drop.
-//! It is killed by its own pid when dropped.
+//! It is killed by its own pid when dropped, and gets SIGTERM from the kernel if the process that
+//! started it dies (see [`crate::child`]).
 //!
 //! It never touches a Redis it did not start: readiness is only accepted once the server that
 //! answers on the port reports our child's pid (`INFO server`), so a port taken in the meantime
@@ -139,7 +140,7 @@ fn spawn(program: &str, port: u16, dir: &Path) -> Result<Child> {
         .append(true)
         .open(dir.join(LOG_FILE))
         .with_context(|| format!("cannot create the log file in {}", dir.display()))?;
-    let mut child = Command::new(program)
+    let mut child = crate::child::die_with_parent(&mut Command::new(program))
         .args(["--port", &port.to_string()])
         .args(["--bind", "127.0.0.1"])
         .args(["--save", ""])

@@ -1,4 +1,11 @@
 //! `roomcast-dev up`: Redis, two edges and one chat backend on this machine, in one command.
+//!
+//! Stopping: SIGINT (Ctrl-C), SIGTERM (`kill <pid>`) and SIGHUP (terminal closed) all stop every
+//! child: the nodes get SIGTERM together (edges drain, bounded by `--drain-secs` =
+//! [`EDGE_DRAIN_SECS`]) and are killed if still running after [`STOP_GRACE`]; then the private
+//! redis-server is killed. If the stack itself dies hard (`kill -9`), the kernel sends each child
+//! SIGTERM (`PR_SET_PDEATHSIG`, see [`crate::child`]), so no child outlives it either way.
+//! Once ready the stack prints every child's pid (`pid N`), so they can be checked.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,6 +15,12 @@ use clap::Args;
 
 use crate::cluster::{Certs, ClusterConfig, Node};
 use crate::redis_server::RedisServer;
+
+/// How long an edge of the dev stack waits for its clients to move when stopped: every edge
+/// stops at once, so there is nowhere to move to and a long wait would only delay the exit.
+pub const EDGE_DRAIN_SECS: u64 = 2;
+/// How long the nodes get, together, to exit after SIGTERM before they are killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(6);
 
 #[derive(Debug, Clone, Args)]
 pub struct StackArgs {
@@ -26,8 +39,25 @@ pub struct StackArgs {
     pub prefix: String,
 }
 
-/// Runs the stack until Ctrl-C. `bin` is this very binary (nodes are its subcommands).
+/// Runs the stack until SIGINT, SIGTERM or SIGHUP. `bin` is this very binary (nodes are its
+/// subcommands).
 pub fn run(bin: &Path, args: StackArgs) -> Result<()> {
+    // A worker thread, so signals are noticed while the main thread starts the children (which
+    // it must do itself: `PR_SET_PDEATHSIG` follows the spawning thread).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    // Handlers first: a signal during start-up must also stop what was already started.
+    let mut signals = {
+        let _guard = rt.enter();
+        let mut signals = StopSignals::new()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        rt.spawn(async move {
+            let _ = tx.send(signals.recv().await);
+        });
+        rx
+    };
     let mut own_redis = None;
     let redis_url = match &args.redis_url {
         Some(url) => url.clone(),
@@ -50,16 +80,37 @@ pub fn run(bin: &Path, args: StackArgs) -> Result<()> {
         dev_tokens: true,
     };
     let mut nodes: Vec<Node> = Vec::new();
-    let chat = cluster.chat("chat-1", &[])?;
-    nodes.push(chat);
-    for i in 0..args.edges {
-        let port = args.first_port + i as u16;
-        let edge = cluster.edge_on(
-            &format!("edge-{}", i + 1),
-            &format!("127.0.0.1:{port}"),
-            &[],
-        )?;
-        nodes.push(edge);
+    let drain = EDGE_DRAIN_SECS.to_string();
+    // Started one by one; a signal meanwhile is noticed between two starts.
+    let stopped = (|| -> Result<Option<&'static str>> {
+        nodes.push(cluster.chat("chat-1", &[])?);
+        for i in 0..args.edges {
+            if let Ok(sig) = signals.try_recv() {
+                return Ok(Some(sig));
+            }
+            let port = args
+                .first_port
+                .checked_add(i as u16)
+                .context("--first-port + --edges exceeds 65535")?;
+            nodes.push(cluster.edge_on(
+                &format!("edge-{}", i + 1),
+                &format!("127.0.0.1:{port}"),
+                &["--drain-secs", &drain],
+            )?);
+        }
+        Ok(signals.try_recv().ok())
+    })();
+    let stopped = match stopped {
+        Ok(s) => s,
+        Err(e) => {
+            stop(&mut nodes, own_redis);
+            return Err(e);
+        }
+    };
+    if let Some(sig) = stopped {
+        println!("{sig} received during start-up: stopping…");
+        stop(&mut nodes, own_redis);
+        return Ok(());
     }
     let gate = nodes
         .iter()
@@ -74,13 +125,21 @@ pub fn run(bin: &Path, args: StackArgs) -> Result<()> {
         .to_string();
     println!();
     println!("roomcast is up:");
-    println!("  redis    {redis_url} (key prefix `{}`)", args.prefix);
+    match &own_redis {
+        Some(r) => println!(
+            "  redis    {redis_url} (key prefix `{}`) pid {}",
+            args.prefix,
+            r.pid()
+        ),
+        None => println!("  redis    {redis_url} (key prefix `{}`)", args.prefix),
+    }
     for n in &nodes {
         println!(
-            "  {:<8} {:<8} {}",
+            "  {:<8} {:<8} {:<21} pid {}",
             format!("{:?}", n.role).to_lowercase(),
             n.id,
-            n.addr
+            n.addr,
+            n.pid()
         );
     }
     println!();
@@ -97,20 +156,68 @@ pub fn run(bin: &Path, args: StackArgs) -> Result<()> {
     println!("Inspect the room:");
     println!("  redis-cli -p {redis_port} HGETALL 'rc:room:{{lobby}}:members'");
     println!();
-    println!("Ctrl-C stops everything.");
+    println!("Ctrl-C (or SIGTERM, SIGHUP) stops everything.");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let _ = tokio::signal::ctrl_c().await;
-    });
-    println!("stopping…");
-    for n in nodes.iter_mut().rev() {
-        n.terminate(Duration::from_secs(5));
-    }
-    drop(own_redis);
+    let sig = rt.block_on(&mut signals).unwrap_or("signal");
+    println!("{sig} received: stopping…");
+    stop(&mut nodes, own_redis);
     Ok(())
+}
+
+/// Stops the nodes (together, bounded by [`STOP_GRACE`]), then the private redis-server, so the
+/// edges can still clean up their Redis state while they exit.
+fn stop(nodes: &mut [Node], redis: Option<RedisServer>) {
+    Node::terminate_all(nodes, STOP_GRACE);
+    drop(redis);
+}
+
+/// The signals that stop the stack: SIGINT, SIGTERM, SIGHUP.
+struct StopSignals {
+    #[cfg(unix)]
+    streams: Vec<(&'static str, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignals {
+    /// Installs the handlers; must run inside a tokio runtime.
+    fn new() -> Result<StopSignals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut streams = Vec::new();
+            for (name, kind) in [
+                ("SIGINT", SignalKind::interrupt()),
+                ("SIGTERM", SignalKind::terminate()),
+                ("SIGHUP", SignalKind::hangup()),
+            ] {
+                let s = signal(kind).with_context(|| format!("cannot handle {name}"))?;
+                streams.push((name, s));
+            }
+            Ok(StopSignals { streams })
+        }
+        #[cfg(not(unix))]
+        Ok(StopSignals {})
+    }
+
+    /// Waits for the first of the signals; its name.
+    async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            let futs = self.streams.iter_mut().map(|(name, s)| {
+                Box::pin(async move {
+                    s.recv().await;
+                    *name
+                })
+            });
+            futures::future::select_all(futs).await.0
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    }
 }
 
 fn random_u64() -> u64 {

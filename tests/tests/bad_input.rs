@@ -4,10 +4,10 @@ mod support;
 
 use bytes::{Bytes, BytesMut};
 use roomcast_client::{Client, ClientError};
-use roomcast_protocol::codec::Frame;
-use roomcast_protocol::protocol::{self, code};
 use roomcast_net::stream::{read_frame, write_frame};
 use roomcast_net::tls;
+use roomcast_protocol::codec::Frame;
+use roomcast_protocol::protocol::{self, code};
 use support::{collect_route, expect_error, Env, WAIT};
 
 /// Writes raw bytes on a fresh request stream and returns the edge's answer.
@@ -103,10 +103,59 @@ async fn bad_input_gets_clear_errors_and_the_edge_keeps_serving() {
     let (c, m) = raw(&alice, &push).await;
     assert_eq!(c, code::MALFORMED_FRAME);
     assert!(m.contains("expected a Request or Notify"), "{m}");
+    // A Response is an edge → client frame: from the client it is malformed (422).
+    let response = Frame::Response {
+        id: 7,
+        code: 200,
+        message: String::new(),
+        body: Bytes::from_static(b"{}"),
+    }
+    .to_bytes()
+    .unwrap();
+    let (c, m) = raw(&alice, &response).await;
+    assert_eq!(c, code::MALFORMED_FRAME, "{m}");
+    assert!(m.contains("got Response"), "{m}");
+    // `length` 0 is refused as soon as the 4 length bytes arrive.
+    let (c, m) = raw(&alice, &[0, 0, 0, 0]).await;
+    assert_eq!(
+        (c, m.as_str()),
+        (code::MALFORMED_FRAME, "empty frame (length 0)")
+    );
 
     // Chat bodies, through the backend.
     alice.enter("lobby").await.unwrap();
     collect_route(&mut brx, "onAdd", 1).await;
+    // Session-level refusals on a logged-in connection.
+    expect_error(
+        request(&alice, "connector.leave", br#"{"rid":"elsewhere"}"#).await,
+        code::NOT_MEMBER,
+        "not in room `elsewhere`",
+    );
+    let resume = serde_json::json!({
+        "token": support::token("alice", &["*"]),
+        "session": "old-session",
+        "rooms": {"lobby": 1},
+    });
+    expect_error(
+        alice
+            .request("connector.resume", Bytes::from(resume.to_string()))
+            .await,
+        code::BAD_REQUEST,
+        "must be the first login",
+    );
+    let as_bob = serde_json::json!({"token": support::token("bob", &["*"]), "rid": "hall"});
+    expect_error(
+        alice
+            .request("connector.enter", Bytes::from(as_bob.to_string()))
+            .await,
+        code::BAD_REQUEST,
+        "logged in as `alice`",
+    );
+    expect_error(
+        alice.send("lobby", &"x".repeat(4097)).await,
+        code::BAD_REQUEST,
+        "the maximum is 4096",
+    );
     expect_error(
         request(&alice, "chat.send", b"not json").await,
         code::BAD_REQUEST,

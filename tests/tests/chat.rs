@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 use roomcast_client::{ClientError, Push};
-use support::{body, collect_route, next_push, Env};
+use support::{body, collect_route, next_push, Env, WAIT};
 
 fn room_seqs(pushes: &[Push]) -> Vec<u64> {
     pushes
@@ -173,15 +173,18 @@ async fn duplicate_login_through_another_edge_is_refused() {
 
     // Once the first session ends, the uid is free again.
     alice.close().await;
-    let mut ok = false;
-    for _ in 0..50 {
-        if other_edge.enter("lobby").await.is_ok() {
-            ok = true;
-            break;
+    // Retried until a deadline (not a count), so a slow machine gets the same time.
+    let deadline = std::time::Instant::now() + WAIT * 2;
+    loop {
+        match other_edge.enter("lobby").await {
+            Ok(_) => break,
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "login after the first session closed was still refused: {e}"
+            ),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(ok, "login after the first session closed was still refused");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,15 +352,99 @@ async fn rooms_over_the_presence_limit_join_silently_and_answer_with_a_count() {
     let sent = bob.send("hall", "to all three").await.unwrap().seq.unwrap();
     assert_eq!(sent, c.seq + 1, "a silent join consumes no seq");
     for rx in [&mut arx, &mut crx] {
-        let got = next_push(rx, Duration::from_secs(5)).await.expect("a push");
+        let got = next_push(rx, WAIT).await.expect("a push");
         assert_eq!((got.route.as_str(), got.seq), ("onChat", sent));
     }
     // Leaving a room over the limit is silent too; back at the limit, leaves are pushed.
     carol.leave("hall").await.unwrap();
     bob.leave("hall").await.unwrap();
-    let got = next_push(&mut arx, Duration::from_secs(5))
-        .await
-        .expect("onLeave");
+    let got = next_push(&mut arx, WAIT).await.expect("onLeave");
     assert_eq!(got.route, "onLeave");
     assert_eq!(body(&got)["user"], "bob");
+}
+
+/// The presence limit is applied by the join/leave scripts with the *calling* node's value, so a
+/// backend's own joins and leaves (`ChannelService::add`/`leave`) must use
+/// `--presence-max-members` too. A backend with the store's default (1000) would push an
+/// `onLeave` (and consume a seq) in a room the edges keep silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_applies_its_presence_limit_to_its_own_leaves() {
+    use clap::Parser;
+    let env = Env::start_with(&["edge-a"], &[], &["--presence-max-members", "2"], &[]);
+    // A real backend, in this process, with a route that makes a member leave.
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        cfg: roomcast_backend::BackendConfig,
+    }
+    let certs = &env.cluster.certs;
+    let redis_url = env.redis.url();
+    let args = [
+        "backend",
+        "--id",
+        "chat-presence",
+        "--listen",
+        "127.0.0.1:0",
+        "--redis-url",
+        &redis_url,
+        "--cert",
+        certs.backend_cert.to_str().unwrap(),
+        "--key",
+        certs.backend_key.to_str().unwrap(),
+        "--ca",
+        certs.ca.to_str().unwrap(),
+        "--presence-max-members",
+        "2",
+    ];
+    let cfg = Cli::try_parse_from(args).unwrap().cfg;
+    let router = roomcast_backend::chat::router().route("chat.kick", |ctx, body| async move {
+        let req: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| roomcast_backend::HandlerError::bad_request(e.to_string()))?;
+        let (rid, uid) = (
+            req["rid"].as_str().unwrap_or(""),
+            req["uid"].as_str().unwrap_or(""),
+        );
+        ctx.channels.leave(rid, uid).await?;
+        Ok(bytes::Bytes::from_static(b"{}"))
+    });
+    let backend = roomcast_backend::start(cfg, router).await.unwrap();
+    assert_eq!(backend.presence.max_members, 2);
+
+    let alice = env.connect_to(0, "alice").await;
+    let bob = env.connect_to(0, "bob").await;
+    let carol = env.connect_to(0, "carol").await;
+    let mut brx = bob.pushes().unwrap();
+    alice.enter("hall").await.unwrap();
+    bob.enter("hall").await.unwrap();
+    let c = carol.enter("hall").await.unwrap();
+    assert_eq!(c.members, 3, "the room is over the limit");
+    // The edge finds the backend once its registry cache has it: 502 until then.
+    let deadline = std::time::Instant::now() + WAIT * 2;
+    let before = loop {
+        match alice.send("hall", "before").await {
+            Ok(s) => break s.seq.unwrap(),
+            Err(e) if e.code() == Some(502) && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("sending failed: {e}"),
+        }
+    };
+    let kick = serde_json::json!({"rid": "hall", "uid": "carol"});
+    alice
+        .request("chat.kick", bytes::Bytes::from(kick.to_string()))
+        .await
+        .unwrap();
+    let mut r = env.redis().await;
+    let members: HashMap<String, String> = r.hgetall("rc:room:{hall}:members").await.unwrap();
+    assert!(!members.contains_key("carol"), "the backend's leave ran");
+    let after = alice.send("hall", "after").await.unwrap().seq.unwrap();
+    assert_eq!(after, before + 1, "a silent leave consumes no seq");
+    let got = collect_route(&mut brx, "onChat", 2).await;
+    let routes: Vec<(&str, u64)> = got.iter().map(|p| (p.route.as_str(), p.seq)).collect();
+    assert_eq!(
+        routes,
+        vec![("onChat", before), ("onChat", after)],
+        "bob was told about a leave in a room over the presence limit"
+    );
+    backend.shutdown().await;
 }

@@ -6,6 +6,7 @@
 mod support;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,18 @@ fn assert_consecutive(seqs: &[u64], who: &str) {
     }
 }
 
+/// Subscribers of `channel` (`PUBSUB NUMSUB`), on the real Redis.
+async fn numsub(r: &mut redis::aio::MultiplexedConnection, channel: &str) -> i64 {
+    let v: (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query_async(r)
+        .await
+        .unwrap();
+    v.1
+}
+
+/// Polls `check` until it holds; fails the test after `wait`.
 async fn wait_until<F, Fut>(what: &str, wait: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
@@ -124,8 +137,10 @@ async fn a_backend_killed_under_load_loses_and_duplicates_nothing() {
         c.enter("lobby").await.unwrap();
     }
     const PER_SENDER: usize = 120;
+    let progress = Arc::new(AtomicUsize::new(0));
     let mut senders = Vec::new();
     for (name, c) in [("a", alice.clone()), ("b", bob.clone())] {
+        let progress = progress.clone();
         senders.push(tokio::spawn(async move {
             let mut accepted = Vec::new();
             for i in 0..PER_SENDER {
@@ -134,12 +149,23 @@ async fn a_backend_killed_under_load_loses_and_duplicates_nothing() {
                     Ok(s) => accepted.push((s.seq.unwrap(), msg)),
                     Err(e) => println!("not accepted: {msg}: {e}"),
                 }
+                progress.fetch_add(1, Ordering::SeqCst);
             }
             accepted
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Kill mid-stream: once traffic demonstrably flows, however slowly the machine runs it.
+    wait_until("traffic before the kill", WAIT * 2, || {
+        let n = progress.load(Ordering::SeqCst);
+        async move { n >= 20 }
+    })
+    .await;
     env.backends[0].kill();
+    println!(
+        "backend killed after {} of {} sends",
+        progress.load(Ordering::SeqCst),
+        2 * PER_SENDER
+    );
     let mut accepted = Vec::new();
     for s in senders {
         accepted.extend(s.await.unwrap());
@@ -375,9 +401,22 @@ async fn lost_pubsub_messages_are_filled_from_history() {
     let store = roomcast_store::Store::connect(&env.redis.url(), Default::default())
         .await
         .unwrap();
+    let lobby_channel = "rc:room:{lobby}:push";
     let mut in_gap = 0;
     for round in 0..3 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Both edges are subscribed to the room (again, after the previous round's kill): the
+        // subscriber confirms all its channels in one SUBSCRIBE, so this also means each edge's
+        // pub/sub connection is back. Waited for, not assumed: on a busy machine a reconnect
+        // can take far longer than its 100 ms backoff.
+        wait_until(
+            &format!("both edges subscribed to the lobby before round {round}"),
+            WAIT * 2,
+            || {
+                let mut r = r.clone();
+                async move { numsub(&mut r, lobby_channel).await == 2 }
+            },
+        )
+        .await;
         // Kill every pub/sub connection (both edges'), while traffic flows...
         let killed: i64 = redis::cmd("CLIENT")
             .arg("KILL")
@@ -386,8 +425,7 @@ async fn lost_pubsub_messages_are_filled_from_history() {
             .query_async(&mut r)
             .await
             .unwrap();
-        // (In later rounds an edge may still be reconnecting from the previous kill.)
-        assert!(killed >= if round == 0 { 2 } else { 1 }, "killed {killed}");
+        assert!(killed >= 2, "round {round}: killed {killed}");
         // ...and publish while no edge can hear it (edges wait 100 ms before reconnecting).
         for k in 0..3 {
             let body =
@@ -429,20 +467,28 @@ async fn a_drained_edge_moves_its_clients_without_loss() {
     alice.enter("lobby").await.unwrap();
     bob.enter("lobby").await.unwrap();
     collect_route(&mut arx, "onAdd", 1).await;
+    let progress = Arc::new(AtomicUsize::new(0));
     let sender = {
         let alice = alice.clone();
+        let progress = progress.clone();
         tokio::spawn(async move {
             let mut seqs = Vec::new();
             for i in 0..80 {
                 if let Ok(s) = alice.send("lobby", &format!("m{i}")).await {
                     seqs.push(s.seq.unwrap());
                 }
+                progress.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             seqs
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Drain while traffic flows.
+    wait_until("traffic before the drain", WAIT * 2, || {
+        let n = progress.load(Ordering::SeqCst);
+        async move { n >= 5 }
+    })
+    .await;
     let started = Instant::now();
     let edge_b = &mut env.edges[1];
     tokio::task::block_in_place(|| edge_b.terminate(Duration::from_secs(15)));
@@ -569,8 +615,8 @@ async fn zero_rtt_carries_only_replay_safe_requests() {
 
     // A state-changing request sent as early data is refused, never executed. (The SDK never
     // sends one; a raw QUIC client does, to prove the edge checks.)
-    use roomcast_protocol::codec::Frame;
     use roomcast_net::stream::{read_frame, write_frame};
+    use roomcast_protocol::codec::Frame;
     let config =
         support::raw_client_config(&env, roomcast_protocol::protocol::CLIENT_ALPN, None, true);
     let endpoint = support::raw_endpoint();
@@ -579,7 +625,7 @@ async fn zero_rtt_carries_only_replay_safe_requests() {
         .unwrap()
         .await
         .unwrap();
-    let (mut hello, _welcome) = first.open_bi().await.unwrap();
+    let (mut hello, mut welcome) = first.open_bi().await.unwrap();
     write_frame(
         &mut hello,
         &Frame::Hello {
@@ -589,7 +635,11 @@ async fn zero_rtt_carries_only_replay_safe_requests() {
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await; // session tickets arrive
+    // The edge sends its session tickets as the handshake completes, before it can answer the
+    // Hello: once the Welcome is here, so are they (no fixed sleep that a busy machine outlasts).
+    let mut buf = bytes::BytesMut::new();
+    let w = read_frame(&mut welcome, &mut buf, 1 << 16).await.unwrap();
+    assert!(matches!(w, Some(Frame::Welcome { .. })), "{w:?}");
     first.close(0u32.into(), b"");
     let (conn, accepted) = endpoint
         .connect_with(config, env.edges[0].addr, "localhost")

@@ -8,9 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use roomcast_client::{Client, ClientError};
 use roomcast_common::auth::{Claims, Minter};
+use roomcast_net::stream::{read_frame, write_frame};
 use roomcast_protocol::codec::Frame;
 use roomcast_protocol::protocol::{self, code};
-use roomcast_net::stream::{read_frame, write_frame};
 use support::{expect_error, token, Env, TEST_JWT_SECRET, WAIT};
 
 async fn enter(c: &Client, body: serde_json::Value) -> Result<Bytes, ClientError> {
@@ -333,8 +333,36 @@ async fn limits_refuse_with_clear_errors_and_floods_are_cut_off() {
         Some(protocol::close::ABUSE)
     );
 
-    // Sessions per edge.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Sessions per edge. Alice's session must be gone from the edge first: wait until the
+    // edge's load in the registry (its session count) is 0 in a heartbeat written after alice
+    // saw the close — an observed condition, not a fixed time a busy machine may outlast.
+    let r = env.redis().await;
+    let lease = || {
+        let mut r = r.clone();
+        async move {
+            let v: (Option<String>, Option<String>) = redis::cmd("HMGET")
+                .arg("rc:edge:edge-a")
+                .arg("heartbeat")
+                .arg("load")
+                .query_async(&mut r)
+                .await
+                .unwrap();
+            v
+        }
+    };
+    let (before, _) = lease().await;
+    let deadline = std::time::Instant::now() + WAIT * 2;
+    loop {
+        let (heartbeat, load) = lease().await;
+        if heartbeat != before && load.as_deref() == Some("0") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edge still counts alice's session: load {load:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let bob = Client::connect_direct(opts.clone(), env.edges[0].addr, "bob")
         .await
         .unwrap();

@@ -79,21 +79,27 @@ impl Env {
         env
     }
 
-    /// Waits until every node is in the Redis registry and the edges' caches (refreshed every
-    /// second) have had time to see them all, so the gate can choose any edge.
+    /// Waits until every node is in the Redis registry and every edge's caches (refreshed every
+    /// second) have seen them all, so the gate can choose any edge and requests find a backend.
+    ///
+    /// Observed, not assumed: an edge refresh writes its lease's `heartbeat` and then reads the
+    /// registry, one refresh after the other. So once every node is registered, the second
+    /// change of an edge's heartbeat proves that a complete read of the registry happened in
+    /// between — however slowly a busy machine runs the refreshes.
     fn wait_registry(&self) {
         let mut conn = redis::Client::open(self.redis.url())
             .unwrap()
             .get_connection()
             .unwrap();
-        let deadline = std::time::Instant::now() + WAIT;
+        let prefix = &self.cluster.prefix;
+        let deadline = std::time::Instant::now() + WAIT * 3;
         loop {
             let edges: Vec<String> = redis::cmd("SMEMBERS")
-                .arg("rc:edges")
+                .arg(format!("{prefix}:edges"))
                 .query(&mut conn)
                 .unwrap();
             let backends: Vec<String> = redis::cmd("SMEMBERS")
-                .arg("rc:backends")
+                .arg(format!("{prefix}:backends"))
                 .query(&mut conn)
                 .unwrap();
             if edges.len() >= self.edges.len() && backends.len() >= self.backends.len() {
@@ -105,7 +111,28 @@ impl Env {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(1200));
+        // Per edge: the heartbeats seen since every node was registered.
+        let mut seen: Vec<Vec<Option<String>>> = vec![Vec::new(); self.edges.len()];
+        loop {
+            for (edge, seen) in self.edges.iter().zip(&mut seen) {
+                let hb: Option<String> = redis::cmd("HGET")
+                    .arg(format!("{prefix}:edge:{}", edge.id))
+                    .arg("heartbeat")
+                    .query(&mut conn)
+                    .unwrap();
+                if seen.last() != Some(&hb) {
+                    seen.push(hb);
+                }
+            }
+            if seen.iter().all(|s| s.len() >= 3) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "edges did not refresh their registry caches: heartbeats seen {seen:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Client options using edge `i` as the gate.

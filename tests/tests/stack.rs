@@ -1,0 +1,240 @@
+//! `roomcast-dev up` (the dev stack) leaves nothing behind: the real binary is started on free
+//! ports, signalled, and every child it started (redis-server, chat backend, edges) must be gone
+//! within a bound — after SIGTERM and SIGHUP (handled: children stopped, then the stack exits 0)
+//! and after SIGKILL of the stack (not handleable: the kernel's parent-death signal stops them).
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Start-up of a debug-build stack on a busy machine can be slow.
+const READY_WAIT: Duration = Duration::from_secs(90);
+/// The stack's own bound is 6 s for the nodes (edges drain 2 s); generous on a loaded machine.
+const STOP_WAIT: Duration = Duration::from_secs(25);
+
+/// A process identified by pid *and* start time, so a recycled pid is not mistaken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Proc {
+    pid: u32,
+    start: u64,
+}
+
+/// (state, start time) from `/proc/<pid>/stat`, or `None` if there is no such process.
+fn stat(pid: u32) -> Option<(char, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields start after the last ')'.
+    let rest = &s[s.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest[0] is field 3 (state); starttime is field 22.
+    Some((fields[0].chars().next()?, fields[19].parse().ok()?))
+}
+
+fn proc_of(pid: u32) -> Proc {
+    let (_, start) = stat(pid).unwrap_or_else(|| panic!("process {pid} does not exist"));
+    Proc { pid, start }
+}
+
+/// Still running: exists, is the same process, and is not a zombie.
+fn running(p: Proc) -> bool {
+    matches!(stat(p.pid), Some((state, start)) if start == p.start && state != 'Z' && state != 'X')
+}
+
+/// The direct children of `pid`, from `/proc/<pid>/task/*/children`.
+fn children_of(pid: u32) -> BTreeSet<u32> {
+    let mut out = BTreeSet::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path().join("children");
+        for c in std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .split_whitespace()
+        {
+            out.insert(c.parse().unwrap());
+        }
+    }
+    out
+}
+
+/// Two consecutive free UDP ports on loopback (the edges listen on `first`, `first + 1`).
+fn free_udp_pair() -> u16 {
+    for _ in 0..100 {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = a.local_addr().unwrap().port();
+        if port < u16::MAX && std::net::UdpSocket::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no two consecutive free UDP ports");
+}
+
+/// The running stack and the children it reported.
+struct Stack {
+    child: Child,
+    children: Vec<Proc>,
+    certs: std::path::PathBuf,
+}
+
+impl Stack {
+    fn start(name: &str) -> Stack {
+        let certs =
+            std::env::temp_dir().join(format!("roomcast-stack-test-{}-{name}", std::process::id()));
+        let port = free_udp_pair();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_roomcast-dev"))
+            .args(["up", "--edges", "2", "--first-port", &port.to_string()])
+            .arg("--certs")
+            .arg(&certs)
+            .env_remove("REDIS_URL")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start roomcast-dev up");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                println!("[stack] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + READY_WAIT;
+        let mut pids = BTreeSet::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("the stack printed no ready line within {READY_WAIT:?}");
+                }
+            };
+            if let Some((_, pid)) = line.rsplit_once(" pid ") {
+                pids.insert(pid.trim().parse::<u32>().expect("pid after `pid `"));
+            }
+            if line.contains("stops everything") {
+                break;
+            }
+        }
+        // redis-server, chat-1, edge-1, edge-2 — and they are all the stack's children.
+        assert_eq!(pids.len(), 4, "the stack reported {pids:?}");
+        assert_eq!(
+            children_of(child.id()),
+            pids,
+            "the reported pids are not the stack's children"
+        );
+        let children = pids.iter().map(|&p| proc_of(p)).collect();
+        Stack {
+            child,
+            children,
+            certs,
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the stack to exit; its status.
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + STOP_WAIT;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the stack did not exit within {STOP_WAIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Asserts that every child is gone within `wait`.
+    fn assert_children_gone(&self, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left: Vec<Proc> = self
+                .children
+                .iter()
+                .copied()
+                .filter(|&p| running(p))
+                .collect();
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "children still running {wait:?} after the stack stopped: {left:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Never leave anything behind, even when an assertion failed.
+        for p in &self.children {
+            if running(*p) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &p.pid.to_string()])
+                    .status();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.certs);
+    }
+}
+
+/// SIGTERM or SIGHUP: the stack stops its children itself, waits for them, and exits 0.
+fn stops_everything_on(sig: &str) {
+    let mut stack = Stack::start(sig);
+    let started = Instant::now();
+    stack.signal(sig);
+    let status = stack.wait_exit();
+    println!(
+        "stack exited with {status} {:?} after {sig}",
+        started.elapsed()
+    );
+    assert!(
+        status.success(),
+        "the stack exited with {status} after {sig}"
+    );
+    // It waited for its children before exiting: nothing may be left at all.
+    stack.assert_children_gone(Duration::from_millis(500));
+}
+
+#[test]
+fn sigterm_stops_every_child() {
+    stops_everything_on("TERM");
+}
+
+#[test]
+fn sighup_stops_every_child() {
+    stops_everything_on("HUP");
+}
+
+#[test]
+fn sigint_to_the_stack_alone_stops_every_child() {
+    // Ctrl-C signals the whole process group; `kill -INT <pid>` reaches only the stack.
+    stops_everything_on("INT");
+}
+
+#[test]
+fn a_stack_killed_hard_takes_its_children_along() {
+    let mut stack = Stack::start("KILL");
+    stack.signal("KILL");
+    let status = stack.wait_exit();
+    assert!(!status.success());
+    // Parent-death signal (SIGTERM): edges drain (2 s) and exit, redis-server exits.
+    stack.assert_children_gone(STOP_WAIT);
+}
