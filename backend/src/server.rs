@@ -19,10 +19,10 @@ use anyhow::Context as _;
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
-use roomcast_protocol::codec::Frame;
-use roomcast_protocol::protocol::{code, BACKEND_ALPN, DEFAULT_MAX_FRAME};
 use roomcast_net::stream::{read_frame, write_frame, StreamError};
 use roomcast_net::tls::{self, TransportLimits};
+use roomcast_protocol::codec::Frame;
+use roomcast_protocol::protocol::{code, BACKEND_ALPN, DEFAULT_MAX_FRAME};
 use tokio::sync::Semaphore;
 
 use crate::channel::ChannelService;

@@ -116,9 +116,7 @@ pub async fn run(
         .unwrap_or(0);
     let sockets = cfg.clients.div_ceil(cfg.clients_per_socket.max(1)).max(1);
     let endpoints = (0..sockets)
-        .map(|_| {
-            roomcast_net::net::endpoint(roomcast_net::net::any_addr_for(&cfg.edges[0]), None)
-        })
+        .map(|_| roomcast_net::net::endpoint(roomcast_net::net::any_addr_for(&cfg.edges[0]), None))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ClientError::Config(format!("{e:#}")))?;
     // Rooms are per run too: two generators never share a room by accident.

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use quinn::{Endpoint, RecvStream, SendStream, VarInt};
-use roomcast_protocol::codec::Frame;
 use roomcast_net::net;
+use roomcast_net::stream::{read_frame, write_frame};
+use roomcast_net::tls::{self, TransportLimits};
+use roomcast_protocol::codec::Frame;
 use roomcast_protocol::protocol::{
     code, CLIENT_ALPN, DEFAULT_MAX_FRAME, HARD_MAX_FRAME, PROTOCOL_VERSION,
 };
-use roomcast_net::stream::{read_frame, write_frame};
-use roomcast_net::tls::{self, TransportLimits};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::mpsc;

@@ -80,7 +80,8 @@ impl Bus {
             return;
         }
         if let Some(sink) = inner.sink.as_ref() {
-            if let Ok(Err(e)) = tokio::time::timeout(PROBE_TIMEOUT, sink.unsubscribe_room(rid)).await
+            if let Ok(Err(e)) =
+                tokio::time::timeout(PROBE_TIMEOUT, sink.unsubscribe_room(rid)).await
             {
                 tracing::debug!("unsubscribe room {rid}: {e}");
             }
