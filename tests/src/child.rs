@@ -21,9 +21,10 @@ pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::process::CommandExt;
-        // SAFETY: the closure runs between fork and exec and only calls async-signal-safe
-        // functions (getpid/getppid, prctl, _exit) on values captured by copy.
+        // SAFETY: getpid has no preconditions and cannot fail.
         let parent = unsafe { libc::getpid() };
+        // SAFETY: the closure runs between fork and exec and only calls async-signal-safe
+        // functions (getppid, prctl, _exit) on values captured by copy.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {

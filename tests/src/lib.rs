@@ -14,6 +14,7 @@
 pub mod ceilings;
 pub mod child;
 pub mod cluster;
+pub mod memory;
 pub mod redis_server;
 pub mod scenarios;
 pub mod stack;

@@ -247,7 +247,8 @@ fn unique_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn is_not_found(e: &anyhow::Error) -> bool {
+/// Whether `e` says the redis-server program is not installed (as opposed to failing to start).
+pub fn is_not_found(e: &anyhow::Error) -> bool {
     e.to_string().contains("not found on PATH")
 }
 

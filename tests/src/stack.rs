@@ -1,5 +1,9 @@
 //! `roomcast-dev up`: Redis, two edges and one chat backend on this machine, in one command.
 //!
+//! **Redis-free mode** ([`memory`]): with `--memory`, or when neither `REDIS_URL` nor a
+//! `redis-server` program is available, the edges and the chat service run inside this one
+//! process on the in-memory store engine instead (state is lost at exit; one process only).
+//!
 //! Stopping: SIGINT (Ctrl-C), SIGTERM (`kill <pid>`) and SIGHUP (terminal closed) all stop every
 //! child: the nodes get SIGTERM together (edges drain, bounded by `--drain-secs` =
 //! [`EDGE_DRAIN_SECS`]) and are killed if still running after [`STOP_GRACE`]; then the private
@@ -37,6 +41,11 @@ pub struct StackArgs {
     pub redis_url: Option<String>,
     #[arg(long, default_value = "rc")]
     pub prefix: String,
+    /// Run without Redis: the edges and the chat service in this one process, on the in-memory
+    /// engine (state is lost at exit). Chosen by itself when neither `REDIS_URL` nor
+    /// `redis-server` is available.
+    #[arg(long, env = "ROOMCAST_MEMORY", conflicts_with = "redis_url")]
+    pub memory: bool,
 }
 
 /// Runs the stack until SIGINT, SIGTERM or SIGHUP. `bin` is this very binary (nodes are its
@@ -61,12 +70,23 @@ pub fn run(bin: &Path, args: StackArgs) -> Result<()> {
     let mut own_redis = None;
     let redis_url = match &args.redis_url {
         Some(url) => url.clone(),
-        None => {
-            let r = RedisServer::start().context("cannot start redis-server")?;
-            let url = r.url();
-            own_redis = Some(r);
-            url
-        }
+        None if args.memory => return crate::memory::run(rt, signals, &args),
+        None => match RedisServer::start() {
+            Ok(r) => {
+                let url = r.url();
+                own_redis = Some(r);
+                url
+            }
+            Err(e) if crate::redis_server::is_not_found(&e) => {
+                println!(
+                    "redis-server not found and REDIS_URL unset: running the Redis-free mode \
+                     (edges and chat service in this one process, in memory; state is lost at \
+                     exit, no other process can join)"
+                );
+                return crate::memory::run(rt, signals, &args);
+            }
+            Err(e) => return Err(e.context("cannot start redis-server")),
+        },
     };
     let certs = Certs::ensure(&args.certs)
         .with_context(|| format!("cannot prepare certificates in {}", args.certs.display()))?;
@@ -174,14 +194,14 @@ fn stop(nodes: &mut [Node], redis: Option<RedisServer>) {
 }
 
 /// The signals that stop the stack: SIGINT, SIGTERM, SIGHUP.
-struct StopSignals {
+pub(crate) struct StopSignals {
     #[cfg(unix)]
     streams: Vec<(&'static str, tokio::signal::unix::Signal)>,
 }
 
 impl StopSignals {
     /// Installs the handlers; must run inside a tokio runtime.
-    fn new() -> Result<StopSignals> {
+    pub(crate) fn new() -> Result<StopSignals> {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
@@ -201,7 +221,7 @@ impl StopSignals {
     }
 
     /// Waits for the first of the signals; its name.
-    async fn recv(&mut self) -> &'static str {
+    pub(crate) async fn recv(&mut self) -> &'static str {
         #[cfg(unix)]
         {
             let futs = self.streams.iter_mut().map(|(name, s)| {
@@ -220,7 +240,7 @@ impl StopSignals {
     }
 }
 
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(

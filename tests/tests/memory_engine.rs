@@ -80,8 +80,6 @@ async fn edges_and_chat_in_one_process_on_the_memory_engine() {
     let b = roomcast_edge::node::start_with_store(edge_cfg("edge-b"), store.clone())
         .await
         .expect("edge-b");
-    // Let the edges' registry caches (refreshed every second) see the backend.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
     let mut opts = ClientOptions::new(a.addr, certs.ca.clone());
     opts.request_timeout = WAIT;
     let alice = Client::connect_direct(opts.clone(), a.addr, "alice")
@@ -101,7 +99,19 @@ async fn edges_and_chat_in_one_process_on_the_memory_engine() {
     assert_eq!((got.route.as_str(), got.seq), ("onAdd", 2));
 
     // A room message crosses edges through the memory bus, numbered by the memory engine.
-    let sent = alice.send("lobby", "hello").await.expect("send");
+    // The edges' registry caches are refreshed every second: until then a send finds no
+    // backend (502), so retry to a deadline instead of sleeping a fixed time.
+    let deadline = std::time::Instant::now() + WAIT;
+    let sent = loop {
+        match alice.send("lobby", "hello").await {
+            Ok(sent) => break sent,
+            Err(e) if std::time::Instant::now() < deadline => {
+                println!("send not served yet: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("send failed: {e}"),
+        }
+    };
     assert_eq!(sent.seq, Some(3));
     for rx in [&mut arx, &mut brx] {
         let got = next(rx).await;

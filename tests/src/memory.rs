@@ -1,0 +1,140 @@
+//! The Redis-free mode of `roomcast-dev up`: the edges and the chat service in this one process,
+//! sharing one in-memory store ([`Store::memory`]), for a laptop, a demo or a small game on one
+//! box.
+//!
+//! Everything else is the same code as the Redis deployment: clients still connect over QUIC to
+//! edges that answer the gate, edges still forward `chat.*` to the chat backend over QUIC with
+//! mutual TLS, and the memory engine keeps the store's contract (see `roomcast_store::engine`).
+//! What it does not give: state is lost when the process exits, and no other process (another
+//! edge, a backend of your own, redis-cli) can join, because the state lives in this process.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use roomcast_backend::BackendConfig;
+use roomcast_edge::EdgeConfig;
+use roomcast_store::keys::Keys;
+use roomcast_store::Store;
+use tokio::sync::oneshot;
+
+use crate::cluster::Certs;
+use crate::stack::{random_u64, StackArgs, EDGE_DRAIN_SECS, STOP_GRACE};
+
+#[derive(Parser)]
+struct EdgeCli {
+    #[command(flatten)]
+    cfg: EdgeConfig,
+}
+
+#[derive(Parser)]
+struct ChatCli {
+    #[command(flatten)]
+    cfg: BackendConfig,
+}
+
+/// Runs the in-process stack until `stop` fires (SIGINT, SIGTERM or SIGHUP).
+pub fn run(
+    rt: tokio::runtime::Runtime,
+    stop: oneshot::Receiver<&'static str>,
+    args: &StackArgs,
+) -> Result<()> {
+    let certs = Certs::ensure(&args.certs)
+        .with_context(|| format!("cannot prepare certificates in {}", args.certs.display()))?;
+    rt.block_on(serve(certs, stop, args))
+}
+
+async fn serve(
+    certs: Certs,
+    stop: oneshot::Receiver<&'static str>,
+    args: &StackArgs,
+) -> Result<()> {
+    let store = Store::memory(Keys::new(&args.prefix));
+    let path = |p: &std::path::Path| p.display().to_string();
+    let chat = ChatCli::try_parse_from([
+        "chat",
+        "--id",
+        "chat-1",
+        "--prefix",
+        &args.prefix,
+        "--cert",
+        &path(&certs.backend_cert),
+        "--key",
+        &path(&certs.backend_key),
+        "--ca",
+        &path(&certs.ca),
+    ])?
+    .cfg;
+    let backend =
+        roomcast_backend::start_with_store(chat, roomcast_backend::chat::router(), store.clone())
+            .await
+            .context("cannot start the chat service")?;
+    // A fresh secret per run; the gate mints tokens so the CLI works without one.
+    let secret = format!("dev-{:016x}", random_u64());
+    let drain = EDGE_DRAIN_SECS.to_string();
+    let mut edges = Vec::new();
+    for i in 0..args.edges {
+        let port = args
+            .first_port
+            .checked_add(i as u16)
+            .context("--first-port + --edges exceeds 65535")?;
+        let cfg = EdgeCli::try_parse_from([
+            "edge",
+            "--id",
+            &format!("edge-{}", i + 1),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--prefix",
+            &args.prefix,
+            "--cert",
+            &path(&certs.edge_cert),
+            "--key",
+            &path(&certs.edge_key),
+            "--ca",
+            &path(&certs.ca),
+            "--jwt-secret",
+            &secret,
+            "--dev-tokens",
+            "--drain-secs",
+            &drain,
+        ])?
+        .cfg;
+        let edge = roomcast_edge::node::start_with_store(cfg, store.clone())
+            .await
+            .with_context(|| format!("cannot start edge-{}", i + 1))?;
+        edges.push(edge);
+    }
+    let gate = edges
+        .first()
+        .map(|e| e.addr.to_string())
+        .unwrap_or_default();
+    println!();
+    println!("roomcast is up (Redis-free mode: one process, in-memory state, lost at exit):");
+    println!("  chat     {:<8} {}", backend.id, backend.addr);
+    for e in &edges {
+        println!("  edge     {:<8} {}", e.id, e.addr);
+    }
+    println!();
+    println!("Chat from two terminals:");
+    for user in ["alice", "bob"] {
+        println!(
+            "  cargo run --release -p roomcast-client --bin roomcast -- chat --gate {gate} --ca {} --user {user} --room lobby",
+            certs.ca.display()
+        );
+    }
+    println!();
+    println!("Development mode: the gate hands out a token for any username (--dev-tokens).");
+    println!("Ctrl-C (or SIGTERM, SIGHUP) stops everything.");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let sig = stop.await.unwrap_or("signal");
+    println!("{sig} received: stopping…");
+    // Every edge drains at once (there is nowhere to move to), bounded like the process stack.
+    let stopping = futures::future::join_all(edges.into_iter().map(|e| e.shutdown()));
+    if tokio::time::timeout(STOP_GRACE, stopping).await.is_err() {
+        println!("edges did not stop within {STOP_GRACE:?}; exiting anyway");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), backend.shutdown()).await;
+    Ok(())
+}
