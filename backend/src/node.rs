@@ -263,7 +263,7 @@ pub async fn run_cli(args: impl IntoIterator<Item = String>) -> anyhow::Result<(
     let backend = start(cli.cfg, router).await?;
     println!("roomcast-chat {} listening on {}", backend.id, backend.addr);
     wait_for_signal().await;
-    tracing::info!("backend {} shutting down", backend.id);
+    tracing::info!(backend = %backend.id, "shutting down");
     backend.shutdown().await;
     Ok(())
 }

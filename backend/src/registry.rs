@@ -72,15 +72,15 @@ async fn refresh(store: Store, info: BackendInfo) {
         match store.register_backend(&info, TTL).await {
             Ok(()) if failing => {
                 failing = false;
-                tracing::info!("backend {} registered again", info.id);
+                tracing::info!(backend = %info.id, "registry refresh works again");
             }
             Ok(()) => {}
             // Warn once per outage, not once a second.
             Err(e) if !failing => {
                 failing = true;
-                tracing::warn!("backend {} registry refresh failed: {e}; retrying", info.id);
+                tracing::warn!(backend = %info.id, error = %e, "registry refresh failed; retrying");
             }
-            Err(e) => tracing::debug!("backend {} registry refresh failed: {e}", info.id),
+            Err(e) => tracing::debug!(backend = %info.id, error = %e, "registry refresh failed"),
         }
     }
 }

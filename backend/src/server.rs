@@ -24,6 +24,7 @@ use roomcast_net::tls::{self, TransportLimits};
 use roomcast_protocol::codec::Frame;
 use roomcast_protocol::protocol::{code, BACKEND_ALPN, DEFAULT_MAX_FRAME};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::channel::ChannelService;
 use crate::handler::{Context, HandlerError, HandlerResult, Router};
@@ -121,11 +122,12 @@ impl BackendServer {
                 let conn = match incoming.await {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::debug!("edge handshake failed: {e}");
+                        tracing::debug!(error = %e, "edge handshake failed");
                         return;
                     }
                 };
-                connection(conn, router, channels).await;
+                let span = tracing::debug_span!("edge_conn", peer = %conn.remote_address());
+                connection(conn, router, channels).instrument(span).await;
                 drop(open);
             });
         }
@@ -166,8 +168,7 @@ impl Drop for OpenGuard {
 /// Serves one edge connection: one task per stream, at most
 /// [`MAX_CONCURRENT_PER_CONNECTION`] at a time.
 async fn connection(conn: Connection, router: Arc<Router>, channels: ChannelService) {
-    let peer = conn.remote_address();
-    tracing::debug!("edge connected from {peer}");
+    tracing::debug!("edge connected");
     let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_PER_CONNECTION));
     loop {
         // Take a slot before accepting, so unaccepted streams wait inside QUIC's limits.
@@ -177,7 +178,7 @@ async fn connection(conn: Connection, router: Arc<Router>, channels: ChannelServ
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
             Err(e) => {
-                tracing::debug!("edge {peer} gone: {e}");
+                tracing::debug!(reason = %e, "edge gone");
                 break;
             }
         };
@@ -218,12 +219,12 @@ async fn request(
         Ok(Err(e @ (StreamError::Codec(_) | StreamError::Truncated))) => {
             // Malformed or oversize: the rest of the stream is not worth reading.
             let _ = recv.stop(VarInt::from_u32(0));
-            tracing::debug!("bad request frame from an edge: {e}");
+            tracing::debug!(error = %e, "bad request frame from an edge");
             Frame::error_response(0, e.status(), e.to_string())
         }
         Ok(Err(e)) => {
             // The stream or connection was reset: nobody is left to answer.
-            tracing::debug!("request stream failed: {e}");
+            tracing::debug!(error = %e, "request stream failed");
             return;
         }
         Ok(Ok(None)) => Frame::error_response(
@@ -240,6 +241,14 @@ async fn request(
             request_key,
             body,
         }))) => {
+            // Every line the handler logs carries who asked for what.
+            let span = tracing::debug_span!(
+                "request",
+                route = %route,
+                uid = %uid,
+                edge = %edge,
+                session = %session
+            );
             let ctx = Context {
                 uid,
                 edge,
@@ -248,7 +257,7 @@ async fn request(
                 route: route.clone(),
                 channels,
             };
-            let result = AssertUnwindSafe(router.dispatch(ctx, body))
+            let result = AssertUnwindSafe(router.dispatch(ctx, body).instrument(span.clone()))
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|_| {
@@ -257,10 +266,11 @@ async fn request(
                     )))
                 });
             if let Err(e) = &result {
+                let _in = span.enter();
                 if e.code >= 500 {
-                    tracing::warn!("{route} failed: {e}");
+                    tracing::warn!(code = e.code, message = %e.message, "request failed");
                 } else {
-                    tracing::debug!("{route} refused: {e}");
+                    tracing::debug!(code = e.code, message = %e.message, "request refused");
                 }
             }
             response(id, result)
@@ -272,7 +282,7 @@ async fn request(
         ),
     };
     if let Err(e) = write_frame(&mut send, &reply).await {
-        tracing::debug!("cannot answer an edge: {e}");
+        tracing::debug!(error = %e, "cannot answer an edge");
         return;
     }
     let _ = send.finish();

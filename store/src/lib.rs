@@ -165,7 +165,7 @@ impl Store {
             match Store::connect(url, keys.clone()).await {
                 Ok(s) => return Ok(s),
                 Err(e) if start.elapsed() + delay < deadline => {
-                    tracing::warn!("redis at {url} not reachable yet ({e}); retrying");
+                    tracing::warn!(%url, error = %e, "redis not reachable yet; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }

@@ -448,7 +448,9 @@ impl Rooms for MemoryEngine {
             }
             match bus::decode(payload) {
                 Ok((seq, message)) => out.push(HistoryEntry { seq, message }),
-                Err(e) => tracing::warn!("skipping undecodable history entry of {rid}: {e}"),
+                Err(e) => {
+                    tracing::warn!(room = %rid, error = %e, "skipping undecodable history entry")
+                }
             }
         }
         Ok(out)

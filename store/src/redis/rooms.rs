@@ -318,7 +318,9 @@ impl Rooms for RedisEngine {
             }
             match bus::decode(&entry[8..]) {
                 Ok((seq, message)) => out.push(HistoryEntry { seq, message }),
-                Err(e) => tracing::warn!("skipping undecodable history entry of {rid}: {e}"),
+                Err(e) => {
+                    tracing::warn!(room = %rid, error = %e, "skipping undecodable history entry")
+                }
             }
         }
         Ok(out)
