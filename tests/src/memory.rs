@@ -19,7 +19,7 @@ use roomcast_store::Store;
 use tokio::sync::oneshot;
 
 use crate::cluster::Certs;
-use crate::stack::{random_u64, StackArgs, EDGE_DRAIN_SECS, STOP_GRACE};
+use crate::stack::{print_chat_commands, random_u64, StackArgs, EDGE_DRAIN_SECS, STOP_GRACE};
 
 #[derive(Parser)]
 struct EdgeCli {
@@ -31,6 +31,58 @@ struct EdgeCli {
 struct ChatCli {
     #[command(flatten)]
     cfg: BackendConfig,
+}
+
+/// The chat backend's configuration for an in-process stack (flags as `roomcast-chat` takes them).
+pub fn chat_config(certs: &Certs, id: &str, prefix: &str) -> Result<BackendConfig> {
+    let path = |p: &std::path::Path| p.display().to_string();
+    Ok(ChatCli::try_parse_from([
+        "chat",
+        "--id",
+        id,
+        "--prefix",
+        prefix,
+        "--cert",
+        &path(&certs.backend_cert),
+        "--key",
+        &path(&certs.backend_key),
+        "--ca",
+        &path(&certs.ca),
+    ])?
+    .cfg)
+}
+
+/// An edge's configuration for an in-process stack in development mode (`--dev-tokens` with
+/// `secret`), plus `extra` flags.
+pub fn edge_config(
+    certs: &Certs,
+    id: &str,
+    listen: &str,
+    prefix: &str,
+    secret: &str,
+    extra: &[&str],
+) -> Result<EdgeConfig> {
+    let path = |p: &std::path::Path| p.display().to_string();
+    let mut args = vec![
+        "edge".to_string(),
+        "--id".into(),
+        id.into(),
+        "--listen".into(),
+        listen.into(),
+        "--prefix".into(),
+        prefix.into(),
+        "--cert".into(),
+        path(&certs.edge_cert),
+        "--key".into(),
+        path(&certs.edge_key),
+        "--ca".into(),
+        path(&certs.ca),
+        "--jwt-secret".into(),
+        secret.into(),
+        "--dev-tokens".into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    Ok(EdgeCli::try_parse_from(args)?.cfg)
 }
 
 /// Runs the in-process stack until `stop` fires (SIGINT, SIGTERM or SIGHUP).
@@ -50,21 +102,7 @@ async fn serve(
     args: &StackArgs,
 ) -> Result<()> {
     let store = Store::memory(Keys::new(&args.prefix));
-    let path = |p: &std::path::Path| p.display().to_string();
-    let chat = ChatCli::try_parse_from([
-        "chat",
-        "--id",
-        "chat-1",
-        "--prefix",
-        &args.prefix,
-        "--cert",
-        &path(&certs.backend_cert),
-        "--key",
-        &path(&certs.backend_key),
-        "--ca",
-        &path(&certs.ca),
-    ])?
-    .cfg;
+    let chat = chat_config(&certs, "chat-1", &args.prefix)?;
     let backend =
         roomcast_backend::start_with_store(chat, roomcast_backend::chat::router(), store.clone())
             .await
@@ -78,27 +116,14 @@ async fn serve(
             .first_port
             .checked_add(i as u16)
             .context("--first-port + --edges exceeds 65535")?;
-        let cfg = EdgeCli::try_parse_from([
-            "edge",
-            "--id",
+        let cfg = edge_config(
+            &certs,
             &format!("edge-{}", i + 1),
-            "--listen",
             &format!("127.0.0.1:{port}"),
-            "--prefix",
             &args.prefix,
-            "--cert",
-            &path(&certs.edge_cert),
-            "--key",
-            &path(&certs.edge_key),
-            "--ca",
-            &path(&certs.ca),
-            "--jwt-secret",
             &secret,
-            "--dev-tokens",
-            "--drain-secs",
-            &drain,
-        ])?
-        .cfg;
+            &["--drain-secs", &drain],
+        )?;
         let edge = roomcast_edge::node::start_with_store(cfg, store.clone())
             .await
             .with_context(|| format!("cannot start edge-{}", i + 1))?;
@@ -115,15 +140,7 @@ async fn serve(
         println!("  edge     {:<8} {}", e.id, e.addr);
     }
     println!();
-    println!("Chat from two terminals:");
-    for user in ["alice", "bob"] {
-        println!(
-            "  cargo run --release -p roomcast-client --bin roomcast -- chat --gate {gate} --ca {} --user {user} --room lobby",
-            certs.ca.display()
-        );
-    }
-    println!();
-    println!("Development mode: the gate hands out a token for any username (--dev-tokens).");
+    print_chat_commands(&gate, &certs.ca);
     println!("Ctrl-C (or SIGTERM, SIGHUP) stops everything.");
     use std::io::Write;
     let _ = std::io::stdout().flush();

@@ -163,15 +163,7 @@ pub fn run(bin: &Path, args: StackArgs) -> Result<()> {
         );
     }
     println!();
-    println!("Chat from two terminals:");
-    for user in ["alice", "bob"] {
-        println!(
-            "  cargo run --release -p roomcast-client --bin roomcast -- chat --gate {gate} --ca {} --user {user} --room lobby",
-            certs.ca.display()
-        );
-    }
-    println!();
-    println!("Development mode: the gate hands out a token for any username (--dev-tokens).");
+    print_chat_commands(&gate, &certs.ca);
     println!();
     println!("Inspect the room:");
     println!("  redis-cli -p {redis_port} HGETALL 'rc:room:{{lobby}}:members'");
@@ -184,6 +176,32 @@ pub fn run(bin: &Path, args: StackArgs) -> Result<()> {
     println!("{sig} received: stopping…");
     stop(&mut nodes, own_redis);
     Ok(())
+}
+
+/// How to chat with the stack (the same in both modes).
+pub(crate) fn print_chat_commands(gate: &str, ca: &Path) {
+    println!("Chat from two terminals:");
+    for user in ["alice", "bob"] {
+        println!(
+            "  cargo run --release -p roomcast-client --bin roomcast -- chat --gate {gate} --ca {} --user {user} --room lobby",
+            ca.display()
+        );
+    }
+    println!();
+    println!("Development mode: the gate hands out a token for any username (--dev-tokens).");
+}
+
+/// Two consecutive free UDP ports on loopback, for `--first-port` of a two-edge stack in tests
+/// (another process may still take one before the stack binds it; tests then fail loudly).
+pub fn free_udp_pair() -> Result<u16> {
+    for _ in 0..100 {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let port = a.local_addr()?.port();
+        if port < u16::MAX && std::net::UdpSocket::bind(("127.0.0.1", port + 1)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no two consecutive free UDP ports on 127.0.0.1")
 }
 
 /// Stops the nodes (together, bounded by [`STOP_GRACE`]), then the private redis-server, so the

@@ -4,27 +4,12 @@
 
 use std::time::Duration;
 
-use clap::Parser;
-use roomcast_backend::BackendConfig;
 use roomcast_client::{Client, ClientOptions, Push};
 use roomcast_e2e::cluster::Certs;
-use roomcast_edge::EdgeConfig;
 use roomcast_store::keys::Keys;
 use roomcast_store::Store;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-#[derive(Parser)]
-struct EdgeCli {
-    #[command(flatten)]
-    cfg: EdgeConfig,
-}
-
-#[derive(Parser)]
-struct ChatCli {
-    #[command(flatten)]
-    cfg: BackendConfig,
-}
 
 async fn next(rx: &mut tokio::sync::mpsc::Receiver<Push>) -> Push {
     tokio::time::timeout(WAIT, rx.recv())
@@ -37,42 +22,14 @@ async fn next(rx: &mut tokio::sync::mpsc::Receiver<Push>) -> Push {
 async fn edges_and_chat_in_one_process_on_the_memory_engine() {
     let certs = Certs::for_tests().expect("certificates");
     let store = Store::memory(Keys::default());
-    let chat = ChatCli::parse_from([
-        "chat",
-        "--id",
-        "chat-a",
-        "--cert",
-        &certs.backend_cert.display().to_string(),
-        "--key",
-        &certs.backend_key.display().to_string(),
-        "--ca",
-        &certs.ca.display().to_string(),
-    ]);
-    let backend = roomcast_backend::start_with_store(
-        chat.cfg,
-        roomcast_backend::chat::router(),
-        store.clone(),
-    )
-    .await
-    .expect("backend on the memory store");
+    let chat = roomcast_e2e::memory::chat_config(&certs, "chat-a", "rc").expect("chat config");
+    let backend =
+        roomcast_backend::start_with_store(chat, roomcast_backend::chat::router(), store.clone())
+            .await
+            .expect("backend on the memory store");
     let edge_cfg = |id: &str| {
-        EdgeCli::parse_from([
-            "edge",
-            "--id",
-            id,
-            "--listen",
-            "127.0.0.1:0",
-            "--cert",
-            &certs.edge_cert.display().to_string(),
-            "--key",
-            &certs.edge_key.display().to_string(),
-            "--ca",
-            &certs.ca.display().to_string(),
-            "--jwt-secret",
-            "secret",
-            "--dev-tokens",
-        ])
-        .cfg
+        roomcast_e2e::memory::edge_config(&certs, id, "127.0.0.1:0", "rc", "secret", &[])
+            .expect("edge config")
     };
     let a = roomcast_edge::node::start_with_store(edge_cfg("edge-a"), store.clone())
         .await

@@ -15,18 +15,6 @@ use roomcast_e2e::cluster::Certs;
 const READY_WAIT: Duration = Duration::from_secs(90);
 const WAIT: Duration = Duration::from_secs(15);
 
-/// Two consecutive free UDP ports on loopback (the edges listen on `first`, `first + 1`).
-fn free_udp_pair() -> u16 {
-    for _ in 0..100 {
-        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = a.local_addr().unwrap().port();
-        if port < u16::MAX && std::net::UdpSocket::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no two consecutive free UDP ports");
-}
-
 async fn next_chat(rx: &mut tokio::sync::mpsc::Receiver<Push>) -> Push {
     let deadline = Instant::now() + WAIT;
     loop {
@@ -45,7 +33,7 @@ async fn next_chat(rx: &mut tokio::sync::mpsc::Receiver<Push>) -> Push {
 async fn without_redis_the_stack_runs_in_memory_and_chat_works() {
     let certs_dir =
         std::env::temp_dir().join(format!("roomcast-redis-free-{}", std::process::id()));
-    let port = free_udp_pair();
+    let port = roomcast_e2e::stack::free_udp_pair().expect("free ports");
     // An empty PATH: there is no redis-server to find, as on a fresh machine with only Rust.
     let empty = std::env::temp_dir().join(format!("roomcast-empty-path-{}", std::process::id()));
     std::fs::create_dir_all(&empty).unwrap();

@@ -56,18 +56,6 @@ fn children_of(pid: u32) -> BTreeSet<u32> {
     out
 }
 
-/// Two consecutive free UDP ports on loopback (the edges listen on `first`, `first + 1`).
-fn free_udp_pair() -> u16 {
-    for _ in 0..100 {
-        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = a.local_addr().unwrap().port();
-        if port < u16::MAX && std::net::UdpSocket::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no two consecutive free UDP ports");
-}
-
 /// The running stack and the children it reported.
 struct Stack {
     child: Child,
@@ -79,7 +67,7 @@ impl Stack {
     fn start(name: &str) -> Stack {
         let certs =
             std::env::temp_dir().join(format!("roomcast-stack-test-{}-{name}", std::process::id()));
-        let port = free_udp_pair();
+        let port = roomcast_e2e::stack::free_udp_pair().expect("free ports");
         let mut child = Command::new(env!("CARGO_BIN_EXE_roomcast-dev"))
             .args(["up", "--edges", "2", "--first-port", &port.to_string()])
             .arg("--certs")
