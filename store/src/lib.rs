@@ -164,6 +164,12 @@ impl Store {
         loop {
             match Store::connect(url, keys.clone()).await {
                 Ok(s) => return Ok(s),
+                // A URL that does not parse will not parse later either: say so at once.
+                Err(StoreError::Redis(e))
+                    if e.kind() == ::redis::ErrorKind::InvalidClientConfig =>
+                {
+                    return Err(StoreError::Redis(e))
+                }
                 Err(e) if start.elapsed() + delay < deadline => {
                     tracing::warn!(%url, error = %e, "redis not reachable yet; retrying");
                     tokio::time::sleep(delay).await;

@@ -43,8 +43,8 @@ pub struct StackArgs {
     pub prefix: String,
     /// Run without Redis: the edges and the chat service in this one process, on the in-memory
     /// engine (state is lost at exit). Chosen by itself when neither `REDIS_URL` nor
-    /// `redis-server` is available.
-    #[arg(long, env = "ROOMCAST_MEMORY", conflicts_with = "redis_url")]
+    /// `redis-server` is available. Wins over `REDIS_URL`.
+    #[arg(long, env = "ROOMCAST_MEMORY")]
     pub memory: bool,
 }
 
@@ -67,10 +67,13 @@ pub fn run(bin: &Path, args: StackArgs) -> Result<()> {
         });
         rx
     };
+    if args.memory {
+        return crate::memory::run(rt, signals, &args);
+    }
     let mut own_redis = None;
-    let redis_url = match &args.redis_url {
+    // An empty REDIS_URL (e.g. `REDIS_URL= cargo stack`) means "none", not a URL.
+    let redis_url = match args.redis_url.as_ref().filter(|u| !u.trim().is_empty()) {
         Some(url) => url.clone(),
-        None if args.memory => return crate::memory::run(rt, signals, &args),
         None => match RedisServer::start() {
             Ok(r) => {
                 let url = r.url();
