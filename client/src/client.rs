@@ -525,7 +525,7 @@ async fn reconnect(
         if shared.closing.load(Ordering::SeqCst) {
             return None;
         }
-        match resume_once(shared, &old_session, tx).await {
+        match resume_once(shared, &old_session, old.quic().remote_address(), tx).await {
             Ok(done) => return Some(done),
             Err(e) => tracing::info!("reconnect failed: {e}; retrying in about {delay:?}"),
         }
@@ -540,15 +540,11 @@ async fn reconnect(
 async fn resume_once(
     shared: &Arc<Shared>,
     old_session: &str,
+    lost: SocketAddr,
     tx: &mpsc::Sender<Push>,
 ) -> Result<(Arc<Connection>, tokio::task::JoinHandle<()>), ClientError> {
-    // The gate that answered last time first, then the others in the configured order.
     let good = *shared.good_gate.lock().expect("gate lock");
-    let mut gates = shared.opts.gates.clone();
-    if let Some(i) = good.and_then(|g| gates.iter().position(|x| *x == g)) {
-        let g = gates.remove(i);
-        gates.insert(0, g);
-    }
+    let gates = gate_order(&shared.opts.gates, good, lost);
     let (conn, gate) = connect_through(&shared.opts, &gates, &shared.uid).await?;
     *shared.good_gate.lock().expect("gate lock") = Some(gate);
     let conn = Arc::new(conn);
@@ -584,6 +580,17 @@ async fn resume_once(
     }
 }
 
+/// The order gates are asked in on a reconnect: the gate that answered last time first, then
+/// the others as configured, and last the edge whose connection was just lost — it may well be
+/// dead, and a dead gate costs a whole connect timeout before the next one is asked.
+fn gate_order(gates: &[SocketAddr], good: Option<SocketAddr>, lost: SocketAddr) -> Vec<SocketAddr> {
+    let mut order: Vec<SocketAddr> = Vec::with_capacity(gates.len());
+    order.extend(good.filter(|g| *g != lost && gates.contains(g)));
+    order.extend(gates.iter().filter(|g| **g != lost && Some(**g) != good));
+    order.extend(gates.iter().filter(|g| **g == lost).take(1));
+    order
+}
+
 /// A number in [0, 1) that differs between clients and calls, for backoff jitter.
 fn jitter_fraction() -> f64 {
     let nanos = std::time::SystemTime::now()
@@ -592,4 +599,25 @@ fn jitter_fraction() -> f64 {
         .unwrap_or(0);
     let x = (nanos ^ std::process::id().rotate_left(7)).wrapping_mul(2_654_435_761);
     f64::from(x % 1000) / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnects_ask_the_last_good_gate_first_and_the_lost_edge_last() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let c: SocketAddr = "127.0.0.1:3".parse().unwrap();
+        let other: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert_eq!(gate_order(&[a, b, c], None, other), vec![a, b, c]);
+        assert_eq!(gate_order(&[a, b, c], Some(c), other), vec![c, a, b]);
+        // The lost edge was the good gate: it goes last all the same.
+        assert_eq!(gate_order(&[a, b, c], Some(a), a), vec![b, c, a]);
+        assert_eq!(gate_order(&[a, b, c], Some(b), a), vec![b, c, a]);
+        // A gate no longer configured is not asked; an empty list stays empty.
+        assert_eq!(gate_order(&[a], Some(other), b), vec![a]);
+        assert!(gate_order(&[], Some(a), a).is_empty());
+    }
 }
