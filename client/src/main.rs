@@ -259,6 +259,16 @@ async fn chat(opts: ClientOptions, user: &str, room: &str) -> Result<(), ClientE
     Ok(())
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,14 +308,4 @@ mod tests {
         let bad = Cli::try_parse_from(["roomcast", "query", "--uid", "u", "--gate", "nope:1"]);
         assert!(bad.is_err(), "a bad address is a clear error, not a panic");
     }
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
