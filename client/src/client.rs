@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use quinn::VarInt;
 use roomcast_protocol::protocol::{
     close, code, route, ChatSend, DevToken, DevTokenRequest, Enter, Entered, EntryAnswer, Leave,
     QueryEntry, Resume, ResumeAnswer, Sent,
@@ -221,8 +222,31 @@ impl Client {
         self.pushes.lock().expect("pushes lock").take()
     }
 
-    /// Logs in as this client's uid (on first use) and joins `rid`.
+    /// Logs in as this client's uid (on first use) and joins `rid`. If the edge answers that it
+    /// is draining (it became so after the gate named it), the client moves through its gates
+    /// (a reconnect, which resumes the rooms it is in) and enters there instead.
     pub async fn enter(&self, rid: &str) -> Result<Entered, ClientError> {
+        match self.enter_once(rid).await {
+            Err(e) if e.is_edge_draining() && self.shared.opts.reconnect => {
+                let seen = self.reconnects();
+                tracing::info!(
+                    "edge {} is draining; moving before entering {rid}",
+                    self.edge()
+                );
+                // Not code 0: that would make the edge drop our rooms instead of keeping them
+                // for the resume.
+                self.connection()
+                    .quic()
+                    .close(VarInt::from_u32(close::SHUTDOWN), b"edge draining: moving");
+                self.reconnected(seen, self.shared.opts.reconnect_for)
+                    .await?;
+                self.enter_once(rid).await
+            }
+            other => other,
+        }
+    }
+
+    async fn enter_once(&self, rid: &str) -> Result<Entered, ClientError> {
         let entered: Entered = self
             .connection()
             .request_json(

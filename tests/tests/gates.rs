@@ -179,6 +179,18 @@ async fn a_draining_edge_answers_the_gate_elsewhere_and_refuses_logins() {
         "the gate-only connection stays open"
     );
     direct.close().await;
+
+    // An SDK client put on the draining edge directly (as when a gate's cache named it just
+    // before the drain) is told 503 at its first enter, moves through its gate and enters on
+    // edge-a: the application sees only the successful enter.
+    let late_uid = uid_for("edge-b", "edge-a", "late");
+    let late = Client::connect_direct(env.options(1), b, &late_uid)
+        .await
+        .expect("connect to the draining edge");
+    assert_eq!(late.edge(), "edge-b");
+    late.enter("hall").await.expect("enter after moving");
+    assert_eq!(late.edge(), "edge-a");
+    assert_eq!(late.reconnects(), 1);
     // Nothing was logged in on edge-b by any of this.
     let mut r = env.redis().await;
     let zoe: bool = redis::AsyncCommands::exists(&mut r, "rc:session:zoe")
