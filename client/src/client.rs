@@ -365,11 +365,10 @@ fn unreachable(e: &ClientError) -> bool {
 }
 
 /// Asks `gates` in turn which edge `uid` should use and connects there; also returns the gate
-/// that answered. A gate that does not
-/// answer, or refuses, is skipped; if the edge a gate names cannot be reached (killed, its
-/// lease not expired yet), the next gate is asked; if every answer was unreachable, the
-/// gates that answered are tried as edges themselves (every gate is an edge). The error is the
-/// last failure.
+/// that answered. A gate that does not answer, or refuses, is skipped; if the edge a gate names
+/// cannot be reached (killed, its lease not expired yet), the next gate is asked; if every
+/// answer was unreachable, the gates that answered are tried as edges themselves (every gate is
+/// an edge). The error is the last failure.
 async fn connect_through(
     opts: &ClientOptions,
     gates: &[SocketAddr],
