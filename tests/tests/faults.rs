@@ -678,12 +678,16 @@ async fn zero_rtt_carries_only_replay_safe_requests() {
         assert!(accepted.await, "early data was not accepted");
         let mut buf = bytes::BytesMut::new();
         match read_frame(&mut recv, &mut buf, 1 << 16).await.unwrap() {
-            Some(Frame::Response { code, message, .. }) if code == 425 => {
+            Some(Frame::Response {
+                code: 425, message, ..
+            }) => {
                 assert!(message.contains("0-RTT"), "{message}");
                 refused = Some((conn, ctrl, ctrl_recv));
                 break;
             }
-            Some(Frame::Response { code, message, .. }) if code == 401 => {
+            Some(Frame::Response {
+                code: 401, message, ..
+            }) => {
                 println!("attempt {attempt}: accepted after the handshake ({message}); again");
                 conn.close(0u32.into(), b"");
             }
