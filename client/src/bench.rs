@@ -127,6 +127,11 @@ pub async fn run(
     for i in 0..cfg.clients {
         let mut opts = cfg.options.clone();
         opts.reconnect = false;
+        // Without reconnects a dead edge need not be noticed quickly: the transport timing of
+        // BENCHMARKS.md (5 s keep-alives, 30 s idle timeout) keeps thousands of idle
+        // connections cheap and the numbers comparable.
+        opts.keep_alive = std::time::Duration::from_secs(5);
+        opts.idle_timeout = std::time::Duration::from_secs(30);
         opts.endpoint = Some(endpoints[i % sockets].clone());
         let addr = cfg.edges[i % cfg.edges.len()];
         let room = rooms[i % rooms.len()].clone();

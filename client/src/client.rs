@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use quinn::VarInt;
 use roomcast_protocol::protocol::{
     close, code, route, ChatSend, DevToken, DevTokenRequest, Enter, Entered, EntryAnswer, Leave,
     QueryEntry, Resume, ResumeAnswer, Sent,
@@ -25,16 +26,29 @@ use crate::error::ClientError;
 /// How to reach and trust the system.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// Any edge: it answers the gate query.
-    pub gate: SocketAddr,
+    /// Gates, tried in order (any edge answers the gate query): on connect and on every
+    /// reconnect the client asks the first one that answers, and if the edge it names cannot
+    /// be reached, asks the next; failing that, it connects to a gate that answered (every
+    /// gate is an edge). Give several, so that one dead or draining edge is not the only way in.
+    pub gates: Vec<SocketAddr>,
     /// CA certificate that signed the edges' certificates.
     pub ca: PathBuf,
     /// TLS name checked in edge certificates.
     pub server_name: String,
     /// Preferred region for the gate's choice (default: the gate edge's region).
     pub region: Option<String>,
-    /// Bound of every request (and of connecting).
+    /// Bound of every request (and of the `Hello`/`Welcome` exchange).
     pub request_timeout: Duration,
+    /// Bound of the QUIC handshake with one address: what a dead gate or edge costs before the
+    /// next one is tried.
+    pub connect_timeout: Duration,
+    /// A connection on which nothing at all arrives for this long is declared dead (QUIC idle
+    /// timeout; the smaller of both sides' values applies). With `keep_alive` it decides how
+    /// soon a client notices that its edge was killed and reconnects elsewhere.
+    pub idle_timeout: Duration,
+    /// Interval of QUIC keep-alive probes: the edge acknowledges each one, so on a healthy
+    /// connection something arrives at least this often, whatever the traffic.
+    pub keep_alive: Duration,
     /// Pushes buffered before the SDK stops reading (and flow control slows the edge).
     pub push_capacity: usize,
     /// Reconnect and resume when the connection is lost.
@@ -51,20 +65,42 @@ pub struct ClientOptions {
     pub endpoint: Option<quinn::Endpoint>,
 }
 
+/// Default [`ClientOptions::idle_timeout`]: a killed edge is noticed within 10 s.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`ClientOptions::keep_alive`]: several probes fit in one idle timeout, so a few
+/// lost packets do not end a healthy connection.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// Default [`ClientOptions::connect_timeout`] (the edge's own handshake timeout).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl ClientOptions {
+    /// Options with one gate.
     pub fn new(gate: SocketAddr, ca: PathBuf) -> ClientOptions {
+        ClientOptions::with_gates(vec![gate], ca)
+    }
+
+    /// Options with several gates, tried in order.
+    pub fn with_gates(gates: Vec<SocketAddr>, ca: PathBuf) -> ClientOptions {
         ClientOptions {
-            gate,
+            gates,
             ca,
             server_name: "localhost".into(),
             region: None,
             request_timeout: Duration::from_secs(10),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            keep_alive: DEFAULT_KEEP_ALIVE,
             push_capacity: 4096,
             reconnect: true,
             reconnect_for: Duration::from_secs(60),
             token: None,
             endpoint: None,
         }
+    }
+
+    /// The first gate (the only one, for options made with [`ClientOptions::new`]).
+    pub fn gate(&self) -> Option<SocketAddr> {
+        self.gates.first().copied()
     }
 }
 
@@ -82,6 +118,9 @@ struct Shared {
     token: String,
     /// Connection generation: bumped after every successful reconnect.
     generation: watch::Sender<u64>,
+    /// The gate that last answered: asked first on the next reconnect, so a dead gate early
+    /// in the list costs its connect timeout once, not on every reconnect.
+    good_gate: Mutex<Option<SocketAddr>>,
 }
 
 /// A user connected to one edge (then another, after reconnects).
@@ -91,19 +130,30 @@ pub struct Client {
 }
 
 impl Client {
-    /// Asks the gate which edge `uid` should use, then connects to that edge.
+    /// Asks the gates which edge `uid` should use, then connects to that edge (see
+    /// [`ClientOptions::gates`] for what happens when a gate or that edge is unreachable).
     pub async fn connect(opts: ClientOptions, uid: &str) -> Result<Client, ClientError> {
-        let addr = gate_addr(&opts, uid).await?;
-        Client::connect_direct(opts, addr, uid).await
+        let (conn, gate) = connect_through(&opts, &opts.gates, uid).await?;
+        let client = Client::start(opts, Arc::new(conn), uid).await?;
+        *client.shared.good_gate.lock().expect("gate lock") = Some(gate);
+        Ok(client)
     }
 
-    /// Connects to the edge at `addr` without asking the gate (reconnects still use the gate).
+    /// Connects to the edge at `addr` without asking the gate (reconnects still use the gates).
     pub async fn connect_direct(
         opts: ClientOptions,
         addr: SocketAddr,
         uid: &str,
     ) -> Result<Client, ClientError> {
         let conn = Arc::new(Connection::connect(&opts, addr).await?);
+        Client::start(opts, conn, uid).await
+    }
+
+    async fn start(
+        opts: ClientOptions,
+        conn: Arc<Connection>,
+        uid: &str,
+    ) -> Result<Client, ClientError> {
         let token = match &opts.token {
             Some(t) => t.clone(),
             // Development deployments mint tokens; elsewhere login fails with a clear 401.
@@ -127,6 +177,7 @@ impl Client {
             rooms: Mutex::new(BTreeMap::new()),
             closing: AtomicBool::new(false),
             generation: watch::channel(0).0,
+            good_gate: Mutex::new(None),
         });
         tokio::spawn(supervise(shared.clone(), conn, tx));
         Ok(Client {
@@ -171,8 +222,31 @@ impl Client {
         self.pushes.lock().expect("pushes lock").take()
     }
 
-    /// Logs in as this client's uid (on first use) and joins `rid`.
+    /// Logs in as this client's uid (on first use) and joins `rid`. If the edge answers that it
+    /// is draining (it became so after the gate named it), the client moves through its gates
+    /// (a reconnect, which resumes the rooms it is in) and enters there instead.
     pub async fn enter(&self, rid: &str) -> Result<Entered, ClientError> {
+        match self.enter_once(rid).await {
+            Err(e) if e.is_edge_draining() && self.shared.opts.reconnect => {
+                let seen = self.reconnects();
+                tracing::info!(
+                    "edge {} is draining; moving before entering {rid}",
+                    self.edge()
+                );
+                // Not code 0: that would make the edge drop our rooms instead of keeping them
+                // for the resume.
+                self.connection()
+                    .quic()
+                    .close(VarInt::from_u32(close::SHUTDOWN), b"edge draining: moving");
+                self.reconnected(seen, self.shared.opts.reconnect_for)
+                    .await?;
+                self.enter_once(rid).await
+            }
+            other => other,
+        }
+    }
+
+    async fn enter_once(&self, rid: &str) -> Result<Entered, ClientError> {
         let entered: Entered = self
             .connection()
             .request_json(
@@ -259,9 +333,8 @@ impl Client {
     }
 }
 
-/// Asks the gate which edge `uid` should use.
-async fn gate_addr(opts: &ClientOptions, uid: &str) -> Result<SocketAddr, ClientError> {
-    let answer = query_entry(opts, uid).await?;
+/// Where the gate's answer points.
+async fn answer_addr(answer: &EntryAnswer, uid: &str) -> Result<SocketAddr, ClientError> {
     // Pomelo's gate answered `{code: 500}` in the body; keep honouring that shape.
     if answer.code != code::OK {
         return Err(ClientError::Request {
@@ -283,7 +356,79 @@ async fn gate_addr(opts: &ClientOptions, uid: &str) -> Result<SocketAddr, Client
         })
 }
 
-/// Asks the gate at `opts.gate` which edge `uid` should use.
+/// Whether `e` says nothing answers at that address (as opposed to an answer we dislike).
+fn unreachable(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Connect { .. } | ClientError::Timeout(_) | ClientError::Closed(_)
+    )
+}
+
+/// Asks `gates` in turn which edge `uid` should use and connects there; also returns the gate
+/// that answered. A gate that does not answer, or refuses, is skipped; if the edge a gate names
+/// cannot be reached (killed, its lease not expired yet), the next gate is asked; if every
+/// answer was unreachable, the gates that answered are tried as edges themselves (every gate is
+/// an edge). The error is the last failure.
+async fn connect_through(
+    opts: &ClientOptions,
+    gates: &[SocketAddr],
+    uid: &str,
+) -> Result<(Connection, SocketAddr), ClientError> {
+    let mut dead: Vec<SocketAddr> = Vec::new();
+    let mut answered: Vec<SocketAddr> = Vec::new();
+    let mut last: Option<ClientError> = None;
+    for &gate in gates {
+        if dead.contains(&gate) {
+            continue;
+        }
+        let answer = match query_gate(opts, gate, uid).await {
+            Ok((answer, _)) => answer,
+            Err(e) => {
+                tracing::debug!("gate {gate} did not help: {e}");
+                if unreachable(&e) {
+                    dead.push(gate);
+                }
+                last = Some(e);
+                continue;
+            }
+        };
+        answered.push(gate);
+        let addr = match answer_addr(&answer, uid).await {
+            Ok(a) => a,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        if dead.contains(&addr) {
+            continue;
+        }
+        match Connection::connect(opts, addr).await {
+            Ok(conn) => return Ok((conn, gate)),
+            Err(e) => {
+                tracing::debug!("edge {} at {addr}, named by gate {gate}: {e}", answer.edge);
+                if unreachable(&e) {
+                    dead.push(addr);
+                }
+                last = Some(e);
+            }
+        }
+    }
+    // Every edge named was unreachable (the gates' registry still lists a dead edge until its
+    // lease expires): a gate that answered is a live edge itself.
+    for gate in answered {
+        if dead.contains(&gate) {
+            continue;
+        }
+        match Connection::connect(opts, gate).await {
+            Ok(conn) => return Ok((conn, gate)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| ClientError::Config("no gate given (ClientOptions::gates)".into())))
+}
+
+/// Asks the gates (in order, the first that answers) which edge `uid` should use.
 pub async fn query_entry(opts: &ClientOptions, uid: &str) -> Result<EntryAnswer, ClientError> {
     query_entry_early(opts, uid).await.map(|(answer, _)| answer)
 }
@@ -291,20 +436,37 @@ pub async fn query_entry(opts: &ClientOptions, uid: &str) -> Result<EntryAnswer,
 /// [`query_entry`], also saying whether the query travelled as 0-RTT data. The gate query is
 /// idempotent, so it is sent in 0-RTT whenever a TLS session with the gate can be resumed (a
 /// reconnect then reaches the gate's answer one round trip sooner); if the gate rejects the
-/// early data, the query is simply asked again on a normal connection.
+/// early data, the query is simply asked again on a normal connection. A gate that does not
+/// answer, or refuses, is skipped for the next one; the error is the last gate's.
 pub async fn query_entry_early(
     opts: &ClientOptions,
+    uid: &str,
+) -> Result<(EntryAnswer, bool), ClientError> {
+    let mut last = None;
+    for &gate in &opts.gates {
+        match query_gate(opts, gate, uid).await {
+            Ok(answer) => return Ok(answer),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| ClientError::Config("no gate given (ClientOptions::gates)".into())))
+}
+
+/// Asks the gate at `gate` (see [`query_entry_early`]).
+pub async fn query_gate(
+    opts: &ClientOptions,
+    gate: SocketAddr,
     uid: &str,
 ) -> Result<(EntryAnswer, bool), ClientError> {
     let query = QueryEntry {
         uid: uid.to_string(),
         region: opts.region.clone(),
     };
-    match Connection::connect_early(opts, opts.gate).await {
-        Ok(gate) => {
-            let answer = gate.request_json(route::QUERY_ENTRY, &query).await;
-            let early = gate.handshake_done().await;
-            gate.close().await;
+    match Connection::connect_early(opts, gate).await {
+        Ok(conn) => {
+            let answer = conn.request_json(route::QUERY_ENTRY, &query).await;
+            let early = conn.handshake_done().await;
+            conn.close().await;
             match answer {
                 Ok(answer) => return Ok((answer, early)),
                 // The gate's own refusal is final; asking again would get the same answer.
@@ -317,9 +479,9 @@ pub async fn query_entry_early(
         Err(e @ (ClientError::Connect { .. } | ClientError::Timeout(_))) => return Err(e),
         Err(e) => tracing::debug!("0-RTT connection to the gate failed ({e}); asking again"),
     }
-    let gate = Connection::connect(opts, opts.gate).await?;
-    let answer = gate.request_json(route::QUERY_ENTRY, &query).await;
-    gate.close().await;
+    let conn = Connection::connect(opts, gate).await?;
+    let answer = conn.request_json(route::QUERY_ENTRY, &query).await;
+    conn.close().await;
     Ok((answer?, false))
 }
 
@@ -386,7 +548,7 @@ async fn reconnect(
         if shared.closing.load(Ordering::SeqCst) {
             return None;
         }
-        match resume_once(shared, &old_session, tx).await {
+        match resume_once(shared, &old_session, old.quic().remote_address(), tx).await {
             Ok(done) => return Some(done),
             Err(e) => tracing::info!("reconnect failed: {e}; retrying in about {delay:?}"),
         }
@@ -401,10 +563,14 @@ async fn reconnect(
 async fn resume_once(
     shared: &Arc<Shared>,
     old_session: &str,
+    lost: SocketAddr,
     tx: &mpsc::Sender<Push>,
 ) -> Result<(Arc<Connection>, tokio::task::JoinHandle<()>), ClientError> {
-    let addr = gate_addr(&shared.opts, &shared.uid).await?;
-    let conn = Arc::new(Connection::connect(&shared.opts, addr).await?);
+    let good = *shared.good_gate.lock().expect("gate lock");
+    let gates = gate_order(&shared.opts.gates, good, lost);
+    let (conn, gate) = connect_through(&shared.opts, &gates, &shared.uid).await?;
+    *shared.good_gate.lock().expect("gate lock") = Some(gate);
+    let conn = Arc::new(conn);
     // Start forwarding before resuming: the replay arrives while the request runs.
     let forwarder = tokio::spawn(forward(shared.clone(), conn.clone(), tx.clone()));
     let rooms = shared.rooms.lock().expect("rooms lock").clone();
@@ -437,6 +603,17 @@ async fn resume_once(
     }
 }
 
+/// The order gates are asked in on a reconnect: the gate that answered last time first, then
+/// the others as configured, and last the edge whose connection was just lost — it may well be
+/// dead, and a dead gate costs a whole connect timeout before the next one is asked.
+fn gate_order(gates: &[SocketAddr], good: Option<SocketAddr>, lost: SocketAddr) -> Vec<SocketAddr> {
+    let mut order: Vec<SocketAddr> = Vec::with_capacity(gates.len());
+    order.extend(good.filter(|g| *g != lost && gates.contains(g)));
+    order.extend(gates.iter().filter(|g| **g != lost && Some(**g) != good));
+    order.extend(gates.iter().filter(|g| **g == lost).take(1));
+    order
+}
+
 /// A number in [0, 1) that differs between clients and calls, for backoff jitter.
 fn jitter_fraction() -> f64 {
     let nanos = std::time::SystemTime::now()
@@ -445,4 +622,25 @@ fn jitter_fraction() -> f64 {
         .unwrap_or(0);
     let x = (nanos ^ std::process::id().rotate_left(7)).wrapping_mul(2_654_435_761);
     f64::from(x % 1000) / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnects_ask_the_last_good_gate_first_and_the_lost_edge_last() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let c: SocketAddr = "127.0.0.1:3".parse().unwrap();
+        let other: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert_eq!(gate_order(&[a, b, c], None, other), vec![a, b, c]);
+        assert_eq!(gate_order(&[a, b, c], Some(c), other), vec![c, a, b]);
+        // The lost edge was the good gate: it goes last all the same.
+        assert_eq!(gate_order(&[a, b, c], Some(a), a), vec![b, c, a]);
+        assert_eq!(gate_order(&[a, b, c], Some(b), a), vec![b, c, a]);
+        // A gate no longer configured is not asked; an empty list stays empty.
+        assert_eq!(gate_order(&[a], Some(other), b), vec![a]);
+        assert!(gate_order(&[], Some(a), a).is_empty());
+    }
 }

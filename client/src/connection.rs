@@ -120,8 +120,8 @@ impl Connection {
             max_bidi_streams: 0,
             // One stream per room plus the session stream.
             max_uni_streams: 1024,
-            idle_timeout: Duration::from_secs(30),
-            keep_alive: Duration::from_secs(5),
+            idle_timeout: opts.idle_timeout,
+            keep_alive: opts.keep_alive,
             early_data: true,
         };
         let config = client_config(&opts.ca, &limits)?;
@@ -137,13 +137,13 @@ impl Connection {
             .connect_with(config, addr, &opts.server_name)
             .map_err(|e| fail(e.to_string()))?;
         let wait = |connecting: quinn::Connecting| async move {
-            tokio::time::timeout(opts.request_timeout, connecting)
+            tokio::time::timeout(opts.connect_timeout, connecting)
                 .await
                 // Nothing answering at all is a failure to connect, with the address in it.
                 .map_err(|_| {
                     fail(format!(
                         "no answer within {:?} (is an edge listening there?)",
-                        opts.request_timeout
+                        opts.connect_timeout
                     ))
                 })?
                 .map_err(|e| fail(e.to_string()))
@@ -421,25 +421,37 @@ fn usable_max_frame(announced: u32) -> usize {
     }
 }
 
-/// One TLS configuration per CA file for the whole process, so reconnects share its session
-/// cache and resume TLS sessions with edges they have spoken to (cheaper handshakes).
+/// Key of the configuration cache: CA file, idle timeout, keep-alive interval.
+type ConfigKey = (std::path::PathBuf, Duration, Duration);
+
+/// One TLS configuration per CA file (and transport timing) for the whole process, so
+/// reconnects share its session cache and resume TLS sessions with edges they have spoken to
+/// (cheaper handshakes).
 fn client_config(
     ca: &std::path::Path,
     limits: &TransportLimits,
 ) -> Result<quinn::ClientConfig, ClientError> {
     static CONFIGS: std::sync::OnceLock<
-        Mutex<std::collections::HashMap<std::path::PathBuf, quinn::ClientConfig>>,
+        Mutex<std::collections::HashMap<ConfigKey, quinn::ClientConfig>>,
     > = std::sync::OnceLock::new();
     let configs = CONFIGS.get_or_init(Default::default);
-    if let Some(c) = configs.lock().expect("configs lock").get(ca) {
+    let key = (ca.to_path_buf(), limits.idle_timeout, limits.keep_alive);
+    if let Some(c) = configs.lock().expect("configs lock").get(&key) {
         return Ok(c.clone());
+    }
+    if limits.keep_alive.is_zero() || limits.keep_alive >= limits.idle_timeout {
+        return Err(ClientError::Config(format!(
+            "keep_alive ({:?}) must be above zero and below idle_timeout ({:?}), or a healthy \
+             but quiet connection would time out",
+            limits.keep_alive, limits.idle_timeout
+        )));
     }
     let config = tls::client_config(ca, CLIENT_ALPN, limits, None)
         .map_err(|e| ClientError::Config(format!("{e:#}")))?;
     configs
         .lock()
         .expect("configs lock")
-        .insert(ca.to_path_buf(), config.clone());
+        .insert(key, config.clone());
     Ok(config)
 }
 

@@ -45,6 +45,13 @@ impl ClientError {
         }
     }
 
+    /// Whether the edge refused because it is draining (`503`, PROTOCOL.md): ask a gate again.
+    pub fn is_edge_draining(&self) -> bool {
+        matches!(self, ClientError::Request { code, message }
+            if *code == roomcast_protocol::protocol::code::EDGE_DRAINING
+                && message == roomcast_protocol::protocol::DRAINING_MESSAGE)
+    }
+
     /// Whether the connection this error came from is unusable (a new one is needed).
     pub fn is_connection_lost(&self) -> bool {
         matches!(self, ClientError::Closed(_))
@@ -83,6 +90,16 @@ mod tests {
         assert_eq!(e.code(), Some(409));
         assert_eq!(e.to_string(), "error 409: `alice` is already logged in");
         assert_eq!(ClientError::Closed("x".into()).code(), None);
+        let draining = ClientError::Request {
+            code: 503,
+            message: roomcast_protocol::protocol::DRAINING_MESSAGE.into(),
+        };
+        assert!(draining.is_edge_draining());
+        let redis_down = ClientError::Request {
+            code: 503,
+            message: "redis is unavailable".into(),
+        };
+        assert!(!redis_down.is_edge_draining() && !e.is_edge_draining());
     }
 
     #[test]

@@ -78,9 +78,16 @@ enum Command {
 
 #[derive(Args)]
 struct ConnArgs {
-    /// Any edge's address; it answers the gate query.
-    #[arg(long, env = "ROOMCAST_GATE", default_value = "127.0.0.1:7001")]
-    gate: SocketAddr,
+    /// Gates: edges' addresses (any edge answers the gate query), tried in order; repeat the
+    /// flag or separate them with commas. Several keep the client working when one edge is
+    /// dead or draining.
+    #[arg(
+        long = "gate",
+        env = "ROOMCAST_GATE",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7001"
+    )]
+    gates: Vec<SocketAddr>,
     /// CA certificate that signed the edges' certificates.
     #[arg(long, env = "ROOMCAST_CA", default_value = "certs/ca.pem")]
     ca: PathBuf,
@@ -97,7 +104,7 @@ struct ConnArgs {
 
 impl ConnArgs {
     fn options(&self) -> ClientOptions {
-        let mut o = ClientOptions::new(self.gate, self.ca.clone());
+        let mut o = ClientOptions::with_gates(self.gates.clone(), self.ca.clone());
         o.server_name = self.server_name.clone();
         o.region = self.region.clone();
         o.token = self.token.clone();
@@ -141,7 +148,7 @@ async fn main() {
             churn,
         } => {
             let edges = if edges.is_empty() {
-                vec![conn.gate]
+                conn.gates.clone()
             } else {
                 edges
             };
@@ -260,4 +267,45 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gates(args: &[&str]) -> Vec<SocketAddr> {
+        let cli = Cli::try_parse_from(
+            ["roomcast", "query", "--uid", "u"]
+                .iter()
+                .chain(args)
+                .copied(),
+        )
+        .expect("parses");
+        match cli.command {
+            Command::Query { conn, .. } => conn.gates,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn gates_may_be_repeated_or_comma_separated() {
+        let a: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:7002".parse().unwrap();
+        let c: SocketAddr = "[::1]:7003".parse().unwrap();
+        assert_eq!(
+            gates(&["--gate", "127.0.0.1:7001", "--gate", "127.0.0.1:7002"]),
+            vec![a, b]
+        );
+        assert_eq!(
+            gates(&[
+                "--gate",
+                "127.0.0.1:7001,127.0.0.1:7002",
+                "--gate",
+                "[::1]:7003"
+            ]),
+            vec![a, b, c]
+        );
+        let bad = Cli::try_parse_from(["roomcast", "query", "--uid", "u", "--gate", "nope:1"]);
+        assert!(bad.is_err(), "a bad address is a clear error, not a panic");
+    }
 }

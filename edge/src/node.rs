@@ -184,15 +184,14 @@ pub async fn start_with_store(cfg: EdgeConfig, store: Store) -> anyhow::Result<R
     let accept_endpoint = endpoint.clone();
     tasks.push(tokio::spawn(async move {
         while let Some(incoming) = accept_endpoint.accept().await {
-            let (draining, sessions) = {
-                let cell = accept_state.cell();
-                (cell.core.draining(), cell.core.session_count())
-            };
-            if draining || sessions >= accept_state.cfg.max_sessions {
-                // Cheap for a full or draining edge: no handshake; the client tries elsewhere.
+            let sessions = accept_state.session_count();
+            if sessions >= accept_state.cfg.max_sessions {
+                // Cheap for a full edge: no handshake; the client tries elsewhere.
                 incoming.refuse();
                 continue;
             }
+            // A draining edge still accepts: such a connection is gate-only (the core refuses
+            // its logins), so a client whose only gate is this edge learns where to go.
             tokio::spawn(session::serve(accept_state.clone(), incoming));
         }
     }));

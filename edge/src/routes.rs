@@ -41,9 +41,20 @@ pub async fn dispatch(
     route_name: String,
     body: Bytes,
 ) -> Frame {
+    let (gate_only, may_log_in) = {
+        let cell = state.cell();
+        (
+            cell.core.gate_only(session.sid),
+            cell.core.may_log_in(session.sid),
+        )
+    };
     let result = match route_name.as_str() {
         route::QUERY_ENTRY => query_entry(state, &body),
         route::DEV_TOKEN => dev_token(state, &body),
+        // A draining edge answers the gate (pointing elsewhere) but takes no new logins: they
+        // would only be moved again. Checked before the token and the store's claim.
+        route::ENTER | route::RESUME if !may_log_in => Err(draining()),
+        _ if gate_only => Err(draining()),
         route::ENTER => enter(state, session, &body).await,
         route::LEAVE => leave(state, session, &body).await,
         route::RESUME => resume(state, session, &body).await,
@@ -64,6 +75,15 @@ pub async fn dispatch(
     }
 }
 
+/// The refusal of a login on a draining edge, and of anything but the gate's routes on a
+/// connection opened while it drains (PROTOCOL.md, status 503).
+fn draining() -> RouteError {
+    RouteError::new(
+        code::EDGE_DRAINING,
+        roomcast_protocol::protocol::DRAINING_MESSAGE,
+    )
+}
+
 /// A notify expects no answer: service routes are forwarded, anything else is logged.
 pub async fn notify(
     state: &Arc<EdgeState>,
@@ -71,6 +91,7 @@ pub async fn notify(
     route_name: String,
     body: Bytes,
 ) {
+    // A gate-only connection (opened while the edge drains) is never logged in: dropped here.
     if is_backend_route(&route_name) && uid_of(state, session).is_some() {
         let _ = forward(state, session, 0, route_name, body).await;
     } else {

@@ -49,9 +49,16 @@ pub mod code {
     pub const BACKEND_UNAVAILABLE: u16 = 502;
     /// Redis is unreachable; retry later.
     pub const STORE_UNAVAILABLE: u16 = 503;
+    /// The edge is draining: it answers the gate but refuses logins; ask a gate again (its
+    /// answer names another edge). The message is [`super::DRAINING_MESSAGE`].
+    pub const EDGE_DRAINING: u16 = 503;
     /// Backends did not answer in time.
     pub const BACKEND_TIMEOUT: u16 = 504;
 }
+
+/// The message of a [`code::EDGE_DRAINING`] answer, which tells it from Redis being down
+/// (also 503).
+pub const DRAINING_MESSAGE: &str = "edge draining: ask the gate again";
 
 /// QUIC application close codes.
 pub mod close {

@@ -135,11 +135,13 @@ pub fn run(bin: &Path, args: StackArgs) -> Result<()> {
         stop(&mut nodes, own_redis);
         return Ok(());
     }
+    // Every edge is a gate: the CLI gets them all, so one edge stopping is not its only way in.
     let gate = nodes
         .iter()
-        .find(|n| n.role == crate::cluster::Role::Edge)
+        .filter(|n| n.role == crate::cluster::Role::Edge)
         .map(|n| n.addr.to_string())
-        .unwrap_or_default();
+        .collect::<Vec<_>>()
+        .join(",");
     let redis_port = redis_url
         .trim_end_matches('/')
         .rsplit(':')

@@ -151,6 +151,10 @@ struct Session<H> {
     limiter: TokenBucket,
     /// Resumed on another connection: when it closes it leaves nothing behind.
     replaced: bool,
+    /// Opened while the edge drains: it may only ask the gate (a client whose only gate is
+    /// this edge still learns where to go), never log in; it holds nothing, so the drain
+    /// neither closes it nor waits for it.
+    gate_only: bool,
 }
 
 /// A session whose connection was lost, keeping its rooms until `deadline`.
@@ -177,7 +181,8 @@ pub struct EdgeCore<H> {
     detached: HashMap<String, Detached>,
     rooms: LocalRooms,
     subs: HashMap<String, Sub>,
-    /// The gate must stop choosing this edge and new connections are refused.
+    /// The gate must stop choosing this edge; logins are refused and new connections are
+    /// gate-only.
     draining: bool,
     /// Set by [`EdgeCore::drain`]: detached sessions are left by then at the latest.
     drain_deadline: Option<Instant>,
@@ -239,6 +244,22 @@ impl<H> EdgeCore<H> {
         self.draining
     }
 
+    /// Whether `sid` was opened while the edge drains (it may only ask the gate).
+    pub fn gate_only(&self, sid: SessionId) -> bool {
+        self.sessions.get(&sid).is_some_and(|s| s.gate_only)
+    }
+
+    /// Whether `sid` may log in (`connector.enter`, `connector.resume`): not on a draining
+    /// edge, whose sessions are being moved elsewhere, and not on a closed session.
+    pub fn may_log_in(&self, sid: SessionId) -> bool {
+        !self.draining && self.sessions.contains_key(&sid)
+    }
+
+    /// Sessions that hold or may hold state: every one but the gate-only ones.
+    fn stateful_sessions(&self) -> impl Iterator<Item = (&SessionId, &Session<H>)> {
+        self.sessions.iter().filter(|(_, s)| !s.gate_only)
+    }
+
     /// Whether the room's channel has local users (members or joins in progress).
     pub fn wants_room(&self, rid: &str) -> bool {
         self.subs.contains_key(rid)
@@ -270,14 +291,16 @@ impl<H> EdgeCore<H> {
     // ---- sessions ---------------------------------------------------------------------------
 
     /// A connection completed its handshake and got session `sid` named `token`. On a draining
-    /// edge (a connection accepted just before the drain began) it is closed at once.
+    /// edge it is *gate-only*: it may ask the gate (which names another edge) but not log in,
+    /// and the drain neither closes it nor waits for it. Closing it at once instead would leave
+    /// a client whose only gate is this edge with nowhere to ask.
     pub fn open(
         &mut self,
         sid: SessionId,
         token: String,
         handle: H,
         now: Instant,
-        out: &mut Vec<Effect>,
+        _out: &mut Vec<Effect>,
     ) {
         let limiter = TokenBucket::new(self.cfg.rate_limit, self.cfg.rate_burst, now);
         self.sessions.insert(
@@ -289,15 +312,9 @@ impl<H> EdgeCore<H> {
                 rooms: BTreeSet::new(),
                 limiter,
                 replaced: false,
+                gate_only: self.draining,
             },
         );
-        if self.drain_deadline.is_some() {
-            out.push(Effect::Close {
-                sid,
-                code: close::SHUTDOWN,
-                reason: DRAIN_REASON,
-            });
-        }
     }
 
     /// A request arrived on session `sid`: the rate limit decides. A flood closes the session
@@ -668,7 +685,7 @@ impl<H> EdgeCore<H> {
         for d in self.detached.values_mut() {
             d.deadline = d.deadline.min(deadline);
         }
-        for sid in self.sessions.keys() {
+        for (sid, _) in self.stateful_sessions() {
             out.push(Effect::Close {
                 sid: *sid,
                 code: close::SHUTDOWN,
@@ -677,9 +694,10 @@ impl<H> EdgeCore<H> {
         }
     }
 
-    /// Whether a draining edge is done: no session left, no detached session waiting.
+    /// Whether a draining edge is done: no session left but gate-only ones (they hold
+    /// nothing), no detached session waiting.
     pub fn drained(&self) -> bool {
-        self.sessions.is_empty() && self.detached.is_empty()
+        self.stateful_sessions().next().is_none() && self.detached.is_empty()
     }
 
     /// The next deadline the driver must call [`EdgeCore::handle_timeout`] at.

@@ -470,9 +470,62 @@ fn drain_closes_every_session_and_leaves_the_unresumed_at_the_drain_deadline() {
     assert_eq!(sim.leaves.len(), 1);
     assert_eq!(sim.leaves[0].0, "bob");
     assert!(sim.core.drained());
-    // A connection accepted just before the drain began is closed as soon as it opens.
+    // A connection opened while the edge drains stays open, gate-only (see below).
     let late = sim.connect();
-    assert_eq!(sim.closed.last(), Some(&(late, close::SHUTDOWN)));
+    assert!(sim.core.gate_only(late));
+    assert!(!sim.closed.iter().any(|(sid, _)| *sid == late));
+}
+
+#[test]
+fn a_connection_opened_while_draining_may_ask_the_gate_but_never_log_in() {
+    let (mut sim, alice, _bob) = lobby();
+    let before = sim.connect(); // opened before the drain, not logged in
+    assert!(sim.core.may_log_in(before) && !sim.core.gate_only(before));
+    // The drain is announced first (the gate stops choosing this edge), then sessions move.
+    sim.core.start_draining();
+    assert!(
+        !sim.core.may_log_in(before),
+        "no login on a draining edge, whatever the connection"
+    );
+    let gate = sim.connect();
+    assert!(sim.core.gate_only(gate), "opened while draining: gate-only");
+    assert!(!sim.core.may_log_in(gate));
+    assert!(
+        sim.closed.is_empty(),
+        "a gate-only connection is not closed"
+    );
+    let now = sim.now;
+    sim.run(|c, out| c.drain(now, out));
+    let closed: Vec<SessionId> = sim.closed.iter().map(|(sid, _)| *sid).collect();
+    assert!(closed.contains(&alice) && closed.contains(&before));
+    assert!(
+        !closed.contains(&gate),
+        "the drain leaves gate-only connections alone: {closed:?}"
+    );
+    let after = sim.connect(); // opened after the drain began
+    assert!(sim.core.gate_only(after) && !sim.closed.iter().any(|(s, _)| *s == after));
+    // Everyone who held state leaves or resumes; the gate-only connections do not delay the
+    // end of the drain.
+    for sid in closed {
+        sim.lose_connection(sid);
+    }
+    sim.advance(DRAIN);
+    let checks = sim.checks.clone();
+    for (uid, token) in checks {
+        sim.run(|c, out| c.claim_checked(&uid, &token, true, out));
+    }
+    assert_eq!(
+        sim.core.session_count(),
+        2,
+        "the gate-only ones are still open"
+    );
+    assert!(sim.core.drained());
+    // Closing a gate-only connection leaves nothing behind.
+    let leaves = sim.leaves.len();
+    sim.lose_connection(gate);
+    assert_eq!(sim.leaves.len(), leaves);
+    assert!(sim.core.detached().is_empty());
+    assert_eq!(sim.core.poll_timeout(), None);
 }
 
 #[test]
