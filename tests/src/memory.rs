@@ -129,10 +129,12 @@ async fn serve(
             .with_context(|| format!("cannot start edge-{}", i + 1))?;
         edges.push(edge);
     }
+    // Every edge is a gate: the CLI gets them all, so one edge stopping is not its only way in.
     let gate = edges
-        .first()
+        .iter()
         .map(|e| e.addr.to_string())
-        .unwrap_or_default();
+        .collect::<Vec<_>>()
+        .join(",");
     println!();
     println!("roomcast is up (Redis-free mode: one process, in-memory state, lost at exit):");
     println!("  chat     {:<8} {}", backend.id, backend.addr);
