@@ -20,12 +20,27 @@
 //!   the moment of the publish, or is lost (connection drop, slow subscriber). Room pushes are
 //!   also in the room's history, so a subscriber that sees a seq jump fills the gap with
 //!   [`Rooms::history`]; other pushes (to uids, broadcasts) are simply lost.
-//! - **Losing state.** An engine may lose everything (Redis restarted empty, a memory engine's
-//!   process restarted). An edge notices it through [`Registry::register_edge`] returning
-//!   `false` for its own running lease, and must then write back what it owns: each session's
-//!   claim with [`Sessions::claim_session`] (resuming its own session name), and each local
-//!   membership with [`Rooms::join_with`] (`resume = true`, no push) and `seq_floor` = the
-//!   highest seq it saw in that room, so that numbering continues above anything a client saw.
+//! - **Losing state: seqs are still never reused.** An engine may lose everything (Redis
+//!   restarted empty, a Redis failover to a replica that missed the last writes, a memory
+//!   engine's process restarted). Edges hold the truth about what clients saw, so the store
+//!   must not number anything until they wrote it back. Every engine keeps a *generation
+//!   marker* ([`Generation`]), created when a handle connects to a store that has none (a new
+//!   deployment). A room operation or [`Registry::generation`] that finds the marker gone
+//!   knows the state was lost: it creates a new generation and opens a *recovery window* of
+//!   [`crate::RECOVERY_WINDOW`]. Inside the window, every operation that would number a room
+//!   push (a join or leave with a presence push, [`Rooms::publish_room`], [`Rooms::destroy`])
+//!   fails with [`crate::StoreError::Recovering`] (503 "store recovering after a reset; retry")
+//!   and changes nothing, and a sender or target missing from a room is reported as
+//!   `Recovering` too, never as "not a member" (the membership may just not be written back
+//!   yet). Silent writes are accepted: claims, and [`Rooms::join_with`] with `resume` and a
+//!   `seq_floor`, which is how an edge writes back what it owns. An edge notices the loss
+//!   through a new [`Generation::id`] (or its lease gone) on its next refresh, at most a second
+//!   later, and writes back each session's claim ([`Sessions::claim_session`], resuming its own
+//!   session name) and each local membership ([`Rooms::join_with`], `resume = true`, no push,
+//!   `seq_floor` = the highest seq it delivered in that room); a resuming client's join carries
+//!   its last seen seq as the floor. When the window closes every room's seq is at least
+//!   anything a client saw, so numbering continues above it. (One marker per store: under
+//!   Redis Cluster it would be one per shard, carried in each room script's slot.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -52,6 +67,15 @@ pub struct Joined {
     /// False when nothing was pushed: the uid was already a member through this edge, the
     /// join was a resume that moved an existing member, or the room is over the presence limit.
     pub added: bool,
+}
+
+/// The store's generation: which life of the store this is (see "Losing state" above).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generation {
+    /// Changes each time the store is found to have lost its state.
+    pub id: String,
+    /// Inside the recovery window: numbered room pushes are refused.
+    pub recovering: bool,
 }
 
 /// One recorded room push.
@@ -274,6 +298,10 @@ pub trait Registry: Send + Sync {
 
     /// After a dead edge was cleaned up: drops its indexes, its id and the reaper lock.
     async fn forget_edge(&self, edge: &str) -> Result<()>;
+
+    /// The store's generation. Finding the marker gone (the store lost its state) creates a new
+    /// generation and opens the recovery window, as a room operation would.
+    async fn generation(&self) -> Result<Generation>;
 }
 
 /// The bus, subscribing side. Publishing is part of the room operations (atomic with the
@@ -330,4 +358,9 @@ pub trait Engine: Rooms + Sessions + Registry + Broker {
     /// Writes each `(name, value)` that is not set yet, then returns the stored value of each
     /// name, in the same order, in one atomic step (the first process's values win).
     async fn init_settings(&self, settings: &[(String, String)]) -> Result<Vec<String>>;
+
+    /// Forgets every piece of state under this handle's prefix, the generation marker included:
+    /// what a Redis restart without persistence does. For tests and drills; live subscriptions
+    /// of the memory engine stay open (Redis drops them, and edges resubscribe).
+    async fn forget_everything(&self) -> Result<()>;
 }

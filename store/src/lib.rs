@@ -25,13 +25,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
 
-use roomcast_protocol::protocol::Status;
+use roomcast_protocol::protocol::{code, Status};
 
 use crate::keys::Keys;
 
 pub use engine::{
-    BackendInfo, Broker, Claim, EdgeInfo, Engine, HistoryEntry, Joined, Payloads, Registry, Rooms,
-    Sessions, Subscription, SubscriptionControl,
+    BackendInfo, Broker, Claim, EdgeInfo, Engine, Generation, HistoryEntry, Joined, Payloads,
+    Registry, Rooms, Sessions, Subscription, SubscriptionControl,
 };
 pub use settings::Settings;
 
@@ -40,6 +40,14 @@ pub use settings::Settings;
 pub const EMPTY_ROOM_SEQ_TTL_SECS: u64 = 24 * 3600;
 /// How long a published request id is remembered for deduplication of retries.
 pub const REQUEST_DEDUPE_TTL_SECS: u64 = 300;
+/// How long the store refuses numbered room pushes after it found its generation marker gone
+/// (it lost its state): long enough for every live edge to notice on its next lease refresh
+/// (every second) and write back its members with their seq floors (the default lease TTL,
+/// 5 s, plus one refresh). See the engine contract ("Losing state").
+pub const RECOVERY_WINDOW: Duration = Duration::from_secs(6);
+/// The reason of the 503 answered while the store recovers (clients retry it).
+pub const RECOVERING_REASON: &str = "store recovering after a reset; retry";
+
 /// Every Redis command fails after this long instead of hanging.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -50,6 +58,10 @@ pub enum StoreError {
     /// The engine cannot serve the call (e.g. a subscription that was closed).
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The store lost its state and is inside its recovery window: the operation would number
+    /// a room push, which could reuse a seq clients already saw (see the engine contract).
+    #[error("{}", RECOVERING_REASON)]
+    Recovering,
     #[error("`{uid}` is not a member of room `{rid}`")]
     NotMember { rid: String, uid: String },
     #[error("user `{uid}` is not in room `{rid}`")]
@@ -77,6 +89,7 @@ impl From<StoreError> for Status {
         match e {
             StoreError::Redis(e) => Status::store_unavailable(e),
             StoreError::Unavailable(e) => Status::store_unavailable(e),
+            StoreError::Recovering => Status::new(code::STORE_UNAVAILABLE, RECOVERING_REASON),
             StoreError::NotMember { rid, uid } => Status::not_member(&rid, &uid),
             StoreError::TargetNotInRoom { rid, uid } => Status::target_not_in_room(&rid, &uid),
             e @ (StoreError::Reply(_) | StoreError::SettingsMismatch { .. }) => {

@@ -19,16 +19,20 @@ mod rooms;
 mod sessions;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use crate::engine::{BackendInfo, EdgeInfo, Engine};
+use crate::engine::{BackendInfo, EdgeInfo, Engine, Generation};
 use crate::keys::Keys;
-use crate::{HistoryConfig, PresenceConfig, Result};
+use crate::{HistoryConfig, PresenceConfig, Result, RECOVERY_WINDOW};
 
 pub use bus::BUS_QUEUE_LEN;
+
+/// Makes generation ids distinct even when two resets fall in one millisecond.
+static RESET_COUNT: AtomicU64 = AtomicU64::new(0);
 
 /// How often expired entries are swept (lazily, by the next operation).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -47,7 +51,13 @@ impl MemoryEngine {
     pub fn new(keys: Keys) -> MemoryEngine {
         MemoryEngine {
             keys,
-            state: Arc::new(Mutex::new(State::default())),
+            state: Arc::new(Mutex::new(State {
+                generation: Some(Gen {
+                    id: crate::now_ms().to_string(),
+                    recovering_until: None,
+                }),
+                ..State::default()
+            })),
             history: HistoryConfig::default(),
             presence: PresenceConfig::default(),
         }
@@ -116,8 +126,17 @@ impl<T> Lease<T> {
     }
 }
 
+/// The generation marker (Redis: `rc:generation`).
+struct Gen {
+    id: String,
+    /// End of the recovery window opened when the marker was found gone.
+    recovering_until: Option<Instant>,
+}
+
 #[derive(Default)]
 struct State {
+    /// `None` once [`Engine::forget_everything`] ran, until an operation notices it.
+    generation: Option<Gen>,
     /// Every room with members, a seq, history or dedupe markers.
     rooms: HashMap<String, rooms::Room>,
     /// uid → claim.
@@ -145,6 +164,39 @@ impl State {
         self.backend_leases.retain(|_, l| l.live(now));
         self.reaper_locks.retain(|_, l| l.live(now));
         self.bus.sweep();
+    }
+
+    /// Whether the recovery window is open; a missing marker (the state was lost) opens a new
+    /// generation and its window, as the Redis scripts' `recovering()` does.
+    fn recovering(&mut self, now: Instant) -> bool {
+        let generation = self.generation.get_or_insert_with(|| Gen {
+            id: format!(
+                "{}.{}",
+                crate::now_ms(),
+                RESET_COUNT.fetch_add(1, Ordering::Relaxed)
+            ),
+            recovering_until: Some(now + RECOVERY_WINDOW),
+        });
+        generation.recovering_until.is_some_and(|t| now < t)
+    }
+
+    /// Whether the window is open, without opening one (a missing marker counts as open).
+    fn recovering_now(&self, now: Instant) -> bool {
+        self.generation
+            .as_ref()
+            .is_none_or(|g| g.recovering_until.is_some_and(|t| now < t))
+    }
+
+    fn generation(&mut self, now: Instant) -> Generation {
+        let recovering = self.recovering(now);
+        Generation {
+            id: self
+                .generation
+                .as_ref()
+                .map(|g| g.id.clone())
+                .unwrap_or_default(),
+            recovering,
+        }
     }
 
     fn edge_alive(&self, edge: &str, now: Instant) -> bool {
@@ -203,5 +255,15 @@ impl Engine for MemoryEngine {
                     .clone()
             })
             .collect())
+    }
+
+    async fn forget_everything(&self) -> Result<()> {
+        let (mut state, _) = self.lock();
+        let bus = std::mem::take(&mut state.bus);
+        *state = State {
+            bus,
+            ..State::default()
+        };
+        Ok(())
     }
 }

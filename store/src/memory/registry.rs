@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{Lease, MemoryEngine};
-use crate::engine::{BackendInfo, EdgeInfo, Registry};
+use crate::engine::{BackendInfo, EdgeInfo, Generation, Registry};
 use crate::Result;
 
 #[async_trait]
@@ -126,5 +126,10 @@ impl Registry for MemoryEngine {
         state.edge_index.remove(edge);
         state.reaper_locks.remove(edge);
         Ok(())
+    }
+
+    async fn generation(&self) -> Result<Generation> {
+        let (mut state, now) = self.lock();
+        Ok(state.generation(now))
     }
 }

@@ -47,6 +47,13 @@ impl RedisEngine {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
         let conn = ConnectionManager::new_with_config(client.clone(), cfg).await?;
+        // A store without a marker is new when a process connects to it (see the contract's
+        // "Losing state"); a running process finding it gone later opens the recovery window.
+        let _: String = scripts::INIT_GENERATION
+            .key(keys.generation())
+            .arg(crate::now_ms())
+            .invoke_async(&mut conn.clone())
+            .await?;
         Ok(RedisEngine {
             keys,
             conn,
@@ -86,5 +93,28 @@ impl Engine for RedisEngine {
             inv.arg(name).arg(value);
         }
         Ok(inv.invoke_async(&mut self.conn.clone()).await?)
+    }
+
+    async fn forget_everything(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let pattern = format!("{}:*", self.keys.prefix());
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                let _: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
     }
 }

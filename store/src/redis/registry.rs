@@ -7,9 +7,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::AsyncCommands;
 
+use super::scripts;
 use super::RedisEngine;
-use crate::engine::{BackendInfo, EdgeInfo, Registry};
-use crate::{now_ms, Result};
+use crate::engine::{BackendInfo, EdgeInfo, Generation, Registry};
+use crate::{now_ms, Result, RECOVERY_WINDOW};
 
 impl RedisEngine {
     async fn list_registry(
@@ -218,5 +219,17 @@ impl Registry for RedisEngine {
             .ignore();
         pipe.query_async::<()>(&mut self.conn.clone()).await?;
         Ok(())
+    }
+
+    async fn generation(&self) -> Result<Generation> {
+        let (id, recovering): (String, u8) = scripts::GENERATION
+            .key(self.keys.generation())
+            .arg(RECOVERY_WINDOW.as_millis() as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(Generation {
+            id,
+            recovering: recovering == 1,
+        })
     }
 }
