@@ -42,6 +42,10 @@ pub struct EdgeState {
     pub minter: Option<roomcast_common::auth::Minter>,
     /// Signalled by an admin drain request arriving on the edge's channel.
     pub drain_requested: tokio::sync::Notify,
+    /// Wakes the registry refresh at once: a request met the store recovering from a reset
+    /// (or disagreeing about a member), so the edge writes back its state now rather than at
+    /// its next tick.
+    pub registry_wake: tokio::sync::Notify,
 }
 
 /// The core and a reused effect buffer, so running the core allocates nothing per event.
@@ -123,6 +127,7 @@ impl EdgeState {
             edges: RwLock::new(Vec::new()),
             next_sid: AtomicU64::new(1),
             drain_requested: tokio::sync::Notify::new(),
+            registry_wake: tokio::sync::Notify::new(),
             verifier: auth.0,
             minter: auth.1,
         }
