@@ -52,7 +52,7 @@ pub async fn refresh_once(state: &Arc<EdgeState>) -> roomcast_store::Result<Regi
         .register_edge(&own_entry(state), state.cfg.lease_ttl())
         .await?;
     let decision = with_core(state, |c, out| {
-        c.registration_checked(&generation.id, existed, out)
+        c.registration_checked(&generation.id, generation.recovering, existed, out)
     });
     let mut edges = state.store.list_edges().await?;
     {

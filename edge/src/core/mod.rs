@@ -638,12 +638,20 @@ impl<H> EdgeCore<H> {
         self.room_push(rid, seq, frame, out);
     }
 
-    /// The registry refresh wrote the lease: `generation` is the store's generation id and
-    /// `lease_existed` whether the lease was still there. Decides what the driver must do
-    /// (see [`Registration`]); on [`Registration::Resume`] the sessions are closed here.
+    /// The registry refresh wrote the lease: `generation` is the store's generation id,
+    /// `recovering` whether its recovery window is open, and `lease_existed` whether the lease
+    /// was still there. Decides what the driver must do (see [`Registration`]); on
+    /// [`Registration::Resume`] the sessions are closed here.
+    ///
+    /// This is the fence against a paused edge's stale state: it writes back silently only
+    /// into a store that lost everything *and* still has numbering stopped. After a lost lease
+    /// in the same generation (others may have reaped and seen its members leave), or after a
+    /// reset whose window already closed (others may have numbered pushes since), its sessions
+    /// resume instead and every change is visible.
     pub fn registration_checked(
         &mut self,
         generation: &str,
+        recovering: bool,
         lease_existed: bool,
         out: &mut Vec<Effect>,
     ) -> Registration {
@@ -654,7 +662,7 @@ impl<H> EdgeCore<H> {
         match known {
             // The first registration of this process: nothing to restore.
             None => Registration::Ok,
-            Some(g) if g != generation => Registration::Reregister,
+            Some(g) if g != generation && recovering => Registration::Reregister,
             Some(_) => {
                 for sid in self.sessions.keys() {
                     out.push(Effect::Close {

@@ -682,29 +682,34 @@ fn a_deliberate_leave_is_not_taken_for_a_reap() {
     assert!(!sim.core.in_room(alice, "lobby"));
 }
 
-/// The registry refresh: a new store generation means the store lost its state (write back
-/// silently); the same generation with the lease gone means this edge was presumed dead
-/// (sessions resume, nothing is resurrected silently).
+/// The registry refresh: a new store generation inside its recovery window means the store
+/// lost its state (write back silently); the same generation with the lease gone means this
+/// edge was presumed dead, and a reset whose window is over means others numbered pushes
+/// since: then sessions resume, nothing is resurrected silently.
 #[test]
 fn a_lost_lease_is_told_apart_from_a_store_reset() {
     let (mut sim, alice, bob) = lobby();
-    let check = |sim: &mut Sim, generation: &str, existed: bool| {
-        sim.run(|c, out| c.registration_checked(generation, existed, out))
+    let check = |sim: &mut Sim, generation: &str, recovering: bool, existed: bool| {
+        sim.run(|c, out| c.registration_checked(generation, recovering, existed, out))
     };
     assert_eq!(
-        check(&mut sim, "g1", false),
+        check(&mut sim, "g1", false, false),
         Registration::Ok,
         "first registration"
     );
-    assert_eq!(check(&mut sim, "g1", true), Registration::Ok);
-    assert_eq!(check(&mut sim, "g2", false), Registration::Reregister);
+    assert_eq!(check(&mut sim, "g1", false, true), Registration::Ok);
+    assert_eq!(check(&mut sim, "g2", true, false), Registration::Reregister);
     assert!(sim.closed.is_empty(), "a store reset closes nobody");
-    assert_eq!(check(&mut sim, "g2", true), Registration::Ok);
-    assert_eq!(check(&mut sim, "g2", false), Registration::Resume);
+    assert_eq!(check(&mut sim, "g2", true, true), Registration::Ok);
+    assert_eq!(check(&mut sim, "g2", false, false), Registration::Resume);
     let mut closed = sim.closed.clone();
     closed.sort();
     assert_eq!(
         closed,
         vec![(alice, close::SHUTDOWN), (bob, close::SHUTDOWN)]
     );
+    // Paused through a whole reset: the window closed before this edge could write back.
+    sim.closed.clear();
+    assert_eq!(check(&mut sim, "g3", false, false), Registration::Resume);
+    assert_eq!(sim.closed.len(), 2);
 }
