@@ -81,26 +81,7 @@ async fn redis_restarting_empty_never_reuses_a_seq_nor_says_not_a_member() {
         seen.insert(p.seq);
     }
 
-    // A sender at 20 msg/s through the outage and the recovery: every failure is recorded.
-    let sending = {
-        let alice = alice.clone();
-        tokio::spawn(async move {
-            let mut failures: Vec<(Option<u16>, String)> = Vec::new();
-            let mut accepted = Vec::new();
-            let start = Instant::now();
-            let mut i = 0;
-            // Until well after the recovery window, whatever the machine's speed.
-            while start.elapsed() < Duration::from_secs(16) {
-                match alice.send("lobby", &format!("s{i}")).await {
-                    Ok(s) => accepted.push((start.elapsed(), s.seq.unwrap())),
-                    Err(e) => failures.push((e.code(), e.to_string())),
-                }
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            (failures, accepted)
-        })
-    };
+    let sending = tokio::spawn(send_through_the_outage(alice.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     env.redis.kill();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -169,25 +150,52 @@ async fn redis_restarting_empty_never_reuses_a_seq_nor_says_not_a_member() {
         );
     }
 
-    let (failures, accepted) = sending.await.unwrap();
+    check_sends(&sending.await.unwrap(), last);
+}
+
+/// Sends at 20 msg/s for 16 s (through a Redis outage and the recovery after it), recording
+/// each failure (status, text) and each accepted (time into the run, seq).
+async fn send_through_the_outage(alice: Arc<roomcast_client::Client>) -> Sent {
+    let mut failures: Vec<(Option<u16>, String)> = Vec::new();
+    let mut accepted = Vec::new();
+    let start = Instant::now();
+    let mut i = 0;
+    // Until well after the recovery window, whatever the machine's speed.
+    while start.elapsed() < Duration::from_secs(16) {
+        match alice.send("lobby", &format!("s{i}")).await {
+            Ok(s) => accepted.push((start.elapsed(), s.seq.unwrap())),
+            Err(e) => failures.push((e.code(), e.to_string())),
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (failures, accepted)
+}
+
+type Sent = (Vec<(Option<u16>, String)>, Vec<(Duration, u64)>);
+
+/// Checks what a sender through the outage got: every failure a 503 or 504 with a reason
+/// (never 403 "not a member", never 502 "no live backend"), seqs increasing and above `last`,
+/// and sending working again after the recovery.
+fn check_sends((failures, accepted): &Sent, last: u64) {
     println!(
         "sender: {} accepted, {} failed: {:?}",
         accepted.len(),
         failures.len(),
         failures.iter().map(|f| f.0).collect::<BTreeSet<_>>()
     );
-    for (code, msg) in &failures {
-        assert!(
-            matches!(code, Some(503) | Some(504)),
-            "a send failed with {code:?} {msg}"
-        );
-    }
     let unavailable = accepted
         .windows(2)
         .map(|w| w[1].0 - w[0].0)
         .max()
         .unwrap_or_default();
     println!("longest stretch without an accepted send: {unavailable:?}");
+    for (code, msg) in failures {
+        assert!(
+            matches!(code, Some(503) | Some(504)),
+            "a send failed with {code:?} {msg}"
+        );
+    }
     let seqs: Vec<u64> = accepted.iter().map(|(_, s)| *s).collect();
     assert!(
         seqs.iter().all(|s| *s > last),
@@ -203,6 +211,25 @@ async fn redis_restarting_empty_never_reuses_a_seq_nor_says_not_a_member() {
             .is_some_and(|(t, _)| *t > Duration::from_secs(12)),
         "sending works again after the recovery"
     );
+}
+
+/// Redis down 1.5 s, then back empty: a member sending at 20 msg/s through it is answered
+/// 503/504 with a reason — never 403 "not a member" (the store forgot it, the edge still has
+/// it), never 502 (the backend registry was wiped too) — and continues afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_through_a_redis_restart_fail_with_503_never_403_or_502() {
+    let mut env = Env::start(&["edge-a", "edge-b"], &["chat-a"]);
+    let alice = Arc::new(env.connect_to(0, "alice").await);
+    let bob = env.connect_to(1, "bob").await;
+    alice.enter("lobby").await.unwrap();
+    bob.enter("lobby").await.unwrap();
+    let last = alice.send("lobby", "before").await.unwrap().seq.unwrap();
+    let sending = tokio::spawn(send_through_the_outage(alice.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.redis.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    env.redis.restart().unwrap();
+    check_sends(&sending.await.unwrap(), last);
 }
 
 /// An edge paused past its lease: another edge reaps its members (others get onLeave). On
