@@ -64,6 +64,13 @@ pub async fn reap(state: &EdgeState, edge: &str) -> Result<(usize, usize)> {
             }
         }
     }
+    // The edge came back meanwhile (it was paused, not dead): its leases fence the leaves
+    // above (the store skips them), and its claims and indexes stay; it tells its own sessions
+    // to resume.
+    if edge != state.id && store.edge_alive(edge).await? {
+        tracing::info!("edge {edge} is alive again; stopped reaping it");
+        return Ok((rooms.len(), members));
+    }
     for uid in store.edge_session_uids(edge).await? {
         store.release_session_of_edge(&uid, edge).await?;
     }

@@ -47,10 +47,13 @@ pub fn own_entry(state: &EdgeState) -> EdgeInfo {
 /// [`Registration::Resume`] the sessions are already being closed).
 pub async fn refresh_once(state: &Arc<EdgeState>) -> roomcast_store::Result<Registration> {
     let generation = state.store.generation().await?;
-    let existed = state
+    let (existed, token) = state
         .store
-        .register_edge(&own_entry(state), state.cfg.lease_ttl())
+        .register_edge_fenced(&own_entry(state), state.cfg.lease_ttl())
         .await?;
+    // From now on only writes with this token pass: any still in flight with an older one
+    // (from before a lost lease) are refused.
+    state.fence.set(token);
     let decision = with_core(state, |c, out| {
         c.registration_checked(&generation.id, generation.recovering, existed, out)
     });

@@ -10,7 +10,7 @@ use roomcast_protocol::protocol::{
     code, route, DevToken, DevTokenRequest, Enter, Entered, EntryAnswer, Leave, OnUser, QueryEntry,
     Resume, ResumeAnswer, Resumed,
 };
-use roomcast_store::{Claim, RECOVERING_REASON};
+use roomcast_store::{Claim, FENCED_REASON, RECOVERING_REASON};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -81,10 +81,12 @@ pub async fn notify(
     }
 }
 
-/// The store answered that it is recovering from a reset: write back this edge's state now
-/// rather than at the next registry tick.
+/// The store answered that it is recovering from a reset, or fenced this edge's write (its
+/// lease expired): refresh the registration now rather than at the next registry tick.
 fn wake_if_recovering(state: &EdgeState, status: u16, message: &str) {
-    if status == code::STORE_UNAVAILABLE && message == RECOVERING_REASON {
+    if status == code::STORE_UNAVAILABLE
+        && (message == RECOVERING_REASON || message == FENCED_REASON)
+    {
         state.registry_wake.notify_one();
     }
 }

@@ -11,12 +11,14 @@
 //! engine-specific state (what redis-cli shows) is checked by each engine's own tests.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use roomcast_protocol::bus::{self, BusMessage};
 use roomcast_protocol::ids::IdRules;
 
+use crate::Fence;
 use crate::{
     BackendInfo, Claim, EdgeInfo, HistoryConfig, Payloads, PresenceConfig, Settings, Store,
     StoreError, RECOVERY_WINDOW,
@@ -49,6 +51,7 @@ macro_rules! conformance_tests {
             hostile_ids_stay_apart,
             settings_are_written_once_and_checked,
             a_reset_store_never_reuses_a_seq,
+            a_lost_lease_fences_the_edges_writes,
         );
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {
@@ -1053,4 +1056,86 @@ pub async fn a_reset_store_never_reuses_a_seq(s: Store) {
         .await
         .expect("publish");
     assert_eq!(seq, 7);
+}
+
+/// An edge paused past its lease: its writes still in flight are refused (fenced) once the
+/// lease is gone, and stay refused after it registers again (a new token); a reaper's leave
+/// does nothing once the edge is alive again.
+pub async fn a_lost_lease_fences_the_edges_writes(s: Store) {
+    let add = Some(("onAdd", &b"{}"[..]));
+    let fenced = |r: crate::Result<()>| matches!(r, Err(StoreError::Fenced));
+    let fence = Arc::new(Fence::new("e1"));
+    let e1 = s.clone().with_fence(fence.clone());
+    // No token before the first registration.
+    assert!(fenced(
+        e1.join("lobby", "alice", "e1", add).await.map(|_| ())
+    ));
+    let short = Duration::from_millis(300);
+    let (existed, t1) = e1
+        .register_edge_fenced(&edge("e1"), short)
+        .await
+        .expect("register");
+    assert!(!existed);
+    fence.set(t1.clone());
+    e1.join("lobby", "alice", "e1", add)
+        .await
+        .expect("join with the token");
+    assert!(matches!(
+        e1.claim_session("alice", "e1", "s1", None)
+            .await
+            .expect("claim"),
+        Claim::Granted { .. }
+    ));
+    // A refresh keeps the token.
+    let (existed, again) = e1
+        .register_edge_fenced(&edge("e1"), short)
+        .await
+        .expect("refresh");
+    assert!(existed);
+    assert_eq!(again, t1);
+
+    // Paused: the lease expires.
+    let deadline = std::time::Instant::now() + WAIT;
+    while s.edge_alive("e1").await.expect("alive") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(fenced(e1.join("lobby", "bob", "e1", add).await.map(|_| ())));
+    assert!(fenced(
+        e1.claim_session("bob", "e1", "s2", None).await.map(|_| ())
+    ));
+    // Registered again: a new token; writes carrying the old one stay refused.
+    let (existed, t2) = e1
+        .register_edge_fenced(&edge("e1"), WAIT)
+        .await
+        .expect("register");
+    assert!(!existed);
+    assert_ne!(t2, t1, "a lease written anew gets a new token");
+    let stale_fence = Arc::new(Fence::new("e1"));
+    stale_fence.set(t1);
+    let stale = s.clone().with_fence(stale_fence);
+    assert!(fenced(
+        stale.join("lobby", "bob", "e1", add).await.map(|_| ())
+    ));
+    fence.set(t2);
+    e1.join("lobby", "bob", "e1", add)
+        .await
+        .expect("join with the new token");
+    assert_eq!(s.members("lobby").await.expect("members"), ["alice", "bob"]);
+
+    // Another edge's reaper (started while e1 was dead) leaves e1's members alone now.
+    let reaper = s.clone().with_fence(Arc::new(Fence::new("e2")));
+    let gone = reaper
+        .leave("lobby", "alice", Some("e1"), Some(("onLeave", &b"{}"[..])))
+        .await
+        .expect("leave");
+    assert_eq!(gone, None, "a reap of a live edge does nothing");
+    assert_eq!(s.members("lobby").await.expect("members"), ["alice", "bob"]);
+    // Unfenced handles (backends, tools) are not checked.
+    s.join("lobby", "carol", "e9", add)
+        .await
+        .expect("unfenced join");
 }

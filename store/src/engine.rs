@@ -38,7 +38,13 @@
 //!   later, and writes back each session's claim ([`Sessions::claim_session`], resuming its own
 //!   session name) and each local membership ([`Rooms::join_with`], `resume = true`, no push,
 //!   `seq_floor` = the highest seq it delivered in that room); a resuming client's join carries
-//!   its last seen seq as the floor. When the window closes every room's seq is at least
+//!   its last seen seq as the floor.
+//! - **Fencing.** An edge's lease carries a fencing token, new each time the lease is written
+//!   anew ([`Registry::register_edge_fenced`]). Through a handle with a [`crate::Fence`] (the
+//!   edge's own), [`Rooms::join_with`] and [`Sessions::claim_session`] through that edge fail
+//!   with [`crate::StoreError::Fenced`] and change nothing unless the edge's live lease holds
+//!   the handle's token, and [`Rooms::leave`] through *another* edge (a reaper's) does nothing
+//!   when that edge's lease is live again. Handles without a fence are not checked. When the window closes every room's seq is at least
 //!   anything a client saw, so numbering continues above it. (One marker per store: under
 //!   Redis Cluster it would be one per shard, carried in each room script's slot.)
 
@@ -262,9 +268,14 @@ pub trait Sessions: Send + Sync {
 #[async_trait]
 pub trait Registry: Send + Sync {
     /// Writes (or refreshes) an edge's lease. Returns whether it existed before (false after a
-    /// lease expiry, or when the store lost its state: the edge must then re-register what it
-    /// owns, see the module doc).
-    async fn register_edge(&self, e: &EdgeInfo, ttl: Duration) -> Result<bool>;
+    /// lease expiry, or when the store lost its state: see the module doc) and the lease's
+    /// fencing token: kept while the lease lives, new when the lease is written anew.
+    async fn register_edge_fenced(&self, e: &EdgeInfo, ttl: Duration) -> Result<(bool, String)>;
+
+    /// [`Registry::register_edge_fenced`] without the token.
+    async fn register_edge(&self, e: &EdgeInfo, ttl: Duration) -> Result<bool> {
+        Ok(self.register_edge_fenced(e, ttl).await?.0)
+    }
 
     /// Removes the edge's lease and its id from the index.
     async fn unregister_edge(&self, id: &str) -> Result<()>;
@@ -354,6 +365,9 @@ pub trait Engine: Rooms + Sessions + Registry + Broker {
 
     /// A handle on the same state (same connection, same data) with other bounds.
     fn reconfigured(&self, history: HistoryConfig, presence: PresenceConfig) -> Arc<dyn Engine>;
+
+    /// A handle on the same state whose writes are fenced by `fence` (see "Fencing").
+    fn fenced(&self, fence: Arc<crate::Fence>) -> Arc<dyn Engine>;
 
     /// Writes each `(name, value)` that is not set yet, then returns the stored value of each
     /// name, in the same order, in one atomic step (the first process's values win).

@@ -250,7 +250,10 @@ async fn redis_restarting_empty_is_survived() {
             }
         }
     }
-    println!("sending works again {:?} after redis came back", back.elapsed());
+    println!(
+        "sending works again {:?} after redis came back",
+        back.elapsed()
+    );
     let sent = sent.expect("sending works again");
     assert!(sent > before);
     let got = chats(&mut brx, 1, WAIT).await;

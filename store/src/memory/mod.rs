@@ -44,9 +44,28 @@ pub struct MemoryEngine {
     state: Arc<Mutex<State>>,
     history: HistoryConfig,
     presence: PresenceConfig,
+    /// Set on an edge's own handle: its joins and claims carry the fencing token.
+    fence: Option<Arc<crate::Fence>>,
 }
 
 impl MemoryEngine {
+    /// Whether a join or claim through `edge` is refused by this handle's fence.
+    fn fenced_out(&self, state: &State, edge: &str, now: Instant) -> bool {
+        self.fence.as_ref().is_some_and(|f| {
+            f.edge() == edge
+                && !(state.edge_alive(edge, now)
+                    && state.edge_fences.get(edge).is_some_and(|t| *t == f.token()))
+        })
+    }
+
+    /// Whether this (fenced) handle's leave through `edge` is a reap of an edge that is alive
+    /// again, which must not happen.
+    fn reaping_a_live_edge(&self, state: &State, edge: Option<&str>, now: Instant) -> bool {
+        match (&self.fence, edge) {
+            (Some(f), Some(e)) => f.edge() != e && state.edge_alive(e, now),
+            _ => false,
+        }
+    }
     /// A new, empty state. `keys` names the channels (as on Redis, for readable logs).
     pub fn new(keys: Keys) -> MemoryEngine {
         MemoryEngine {
@@ -60,6 +79,7 @@ impl MemoryEngine {
             })),
             history: HistoryConfig::default(),
             presence: PresenceConfig::default(),
+            fence: None,
         }
     }
 
@@ -144,6 +164,8 @@ struct State {
     /// Edge ids, alive or not, until reaped.
     edge_index: BTreeSet<String>,
     edge_leases: HashMap<String, Lease<EdgeInfo>>,
+    /// edge → the fencing token of its lease (meaningful while the lease is live).
+    edge_fences: HashMap<String, String>,
     /// edge → rooms where it has members (entries removed when empty, as Redis does).
     edge_rooms: HashMap<String, BTreeSet<String>>,
     /// edge → uids whose claims it holds.
@@ -239,6 +261,13 @@ impl Engine for MemoryEngine {
         Arc::new(MemoryEngine {
             history,
             presence,
+            ..self.clone()
+        })
+    }
+
+    fn fenced(&self, fence: Arc<crate::Fence>) -> Arc<dyn Engine> {
+        Arc::new(MemoryEngine {
+            fence: Some(fence),
             ..self.clone()
         })
     }

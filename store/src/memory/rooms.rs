@@ -154,6 +154,10 @@ impl Rooms for MemoryEngine {
         if recovering && old.as_deref() != Some(edge) && !silent {
             return Err(StoreError::Recovering);
         }
+        if self.fenced_out(&state, edge, now) {
+            return Err(StoreError::Fenced);
+        }
+        let room = state.room(rid);
         if seq_floor > room.seq_now(now) {
             room.seq = seq_floor;
             room.seq_expires = None;
@@ -214,6 +218,9 @@ impl Rooms for MemoryEngine {
         let limit = self.presence.max_members;
         let (mut state, now) = self.lock();
         let recovering = state.recovering(now);
+        if self.reaping_a_live_edge(&state, edge, now) {
+            return Ok(None);
+        }
         let Some(room) = state.rooms.get_mut(rid) else {
             return Ok(None);
         };

@@ -35,6 +35,18 @@ pub struct RedisEngine {
     client: redis::Client,
     history: HistoryConfig,
     presence: PresenceConfig,
+    /// Set on an edge's own handle: its joins and claims carry the fencing token.
+    fence: Option<Arc<crate::Fence>>,
+}
+
+impl RedisEngine {
+    /// (fenced edge, token) as script arguments; empty when this handle is not fenced.
+    fn fence_args(&self) -> (String, String) {
+        self.fence
+            .as_ref()
+            .map(|f| (f.edge().to_string(), f.token()))
+            .unwrap_or_default()
+    }
 }
 
 impl RedisEngine {
@@ -60,6 +72,7 @@ impl RedisEngine {
             client,
             history: HistoryConfig::default(),
             presence: PresenceConfig::default(),
+            fence: None,
         })
     }
 }
@@ -82,6 +95,13 @@ impl Engine for RedisEngine {
         Arc::new(RedisEngine {
             history,
             presence,
+            ..self.clone()
+        })
+    }
+
+    fn fenced(&self, fence: Arc<crate::Fence>) -> Arc<dyn Engine> {
+        Arc::new(RedisEngine {
+            fence: Some(fence),
             ..self.clone()
         })
     }

@@ -16,10 +16,10 @@ use crate::{
 /// A room script's error: `RECOVERING` (a numbered push refused inside the recovery window)
 /// becomes [`StoreError::Recovering`].
 fn script_error(e: redis::RedisError) -> StoreError {
-    if e.code() == Some("RECOVERING") {
-        StoreError::Recovering
-    } else {
-        StoreError::Redis(e)
+    match e.code() {
+        Some("RECOVERING") => StoreError::Recovering,
+        Some("FENCED") => StoreError::Fenced,
+        _ => StoreError::Redis(e),
     }
 }
 
@@ -63,6 +63,7 @@ impl Rooms for RedisEngine {
     ) -> Result<Joined> {
         let k = &self.keys;
         let payload = push.map(|(route, body)| room_body(rid, route, body));
+        let (fence_edge, fence_token) = self.fence_args();
         let (status, seq, mut users, members): (i64, u64, Vec<String>, u64) = self
             .room_call(&scripts::JOIN, rid)
             .key(k.room_edge_members(rid, edge))
@@ -73,6 +74,8 @@ impl Rooms for RedisEngine {
             .arg(if resume { "1" } else { "0" })
             .arg(seq_floor)
             .arg(self.presence.max_members)
+            .arg(fence_edge)
+            .arg(fence_token)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(script_error)?;
@@ -103,6 +106,7 @@ impl Rooms for RedisEngine {
             .arg(edge.unwrap_or(""))
             .arg(payload.unwrap_or_default())
             .arg(self.presence.max_members)
+            .arg(self.fence_args().0)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(script_error)?;

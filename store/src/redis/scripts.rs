@@ -66,6 +66,7 @@ local function recovering()
   return now < tonumber(u)
 end
 local RECOVERING = 'RECOVERING store recovering after a reset; retry'
+local FENCED = 'FENCED the edge lease does not hold this fencing token'
 "#;
 
 fn room_script(body: &str) -> Script {
@@ -76,8 +77,10 @@ fn room_script(body: &str) -> Script {
 /// ARGV[10] uid, ARGV[11] edge, ARGV[12] onAdd body ('' = none), ARGV[13] '1' for a resume,
 /// ARGV[14] seq floor ('0' = none: used when re-registering after Redis lost its data),
 /// ARGV[15] presence limit (members above which joins are silent and no member list is
-/// returned; '0' = none). A join that would push onAdd fails with RECOVERING inside the
-/// recovery window; silent ones (re-registration) are applied.
+/// returned; '0' = none), ARGV[16] fenced edge ('' = none), ARGV[17] its fencing token.
+/// A join that would push onAdd fails with RECOVERING inside the recovery window; silent ones
+/// (re-registration) are applied. A join through the fenced edge fails with FENCED unless its
+/// lease holds the token.
 /// Returns {status, seq, users, members}: status 0 already a member through this edge, 1 added
 /// (onAdd pushed), 2 added or moved silently (a resume, no body, or a room over the limit);
 /// users is empty when the room is over the limit.
@@ -97,6 +100,9 @@ local after = redis.call('HLEN', KEYS[1])
 if not old then after = after + 1 end
 local silent = (old and ARGV[13] == '1') or ARGV[12] == '' or (limit > 0 and after > limit)
 if rec and old ~= edge and not silent then return redis.error_reply(RECOVERING) end
+if ARGV[16] == edge and redis.call('HGET', ARGV[4] .. edge, 'fence') ~= ARGV[17] then
+  return redis.error_reply(FENCED)
+end
 if floor > seq_now() then redis.call('SET', KEYS[3], floor) end
 if old == edge then
   local n = redis.call('HLEN', KEYS[1])
@@ -121,8 +127,10 @@ return {1, seq, users(n), n}
 });
 
 /// ARGV[10] uid, ARGV[11] edge ('' = whichever), ARGV[12] onLeave body ('' = none),
-/// ARGV[13] presence limit (members above which leaves are silent; '0' = none). A leave that
-/// would push onLeave fails with RECOVERING inside the recovery window.
+/// ARGV[13] presence limit (members above which leaves are silent; '0' = none), ARGV[14] the
+/// caller's fenced edge ('' = none). A leave that would push onLeave fails with RECOVERING
+/// inside the recovery window; a fenced caller's leave through another edge (a reap) does
+/// nothing if that edge's lease is live again.
 /// Returns {1, seq}: removed, seq of the onLeave push (the room's current seq when silent);
 /// {0, 0}: uid was not a member (through that edge).
 pub static LEAVE: LazyLock<Script> = LazyLock::new(|| {
@@ -131,6 +139,10 @@ pub static LEAVE: LazyLock<Script> = LazyLock::new(|| {
 local uid = ARGV[10]
 local limit = tonumber(ARGV[13])
 local rec = recovering()
+if ARGV[14] ~= '' and ARGV[11] ~= '' and ARGV[11] ~= ARGV[14]
+  and redis.call('EXISTS', ARGV[4] .. ARGV[11]) == 1 then
+  return {0, 0}
+end
 local old = redis.call('HGET', KEYS[1], uid)
 if not old then return {0, 0} end
 if ARGV[11] ~= '' and old ~= ARGV[11] then return {0, 0} end
@@ -223,12 +235,16 @@ return 0
 });
 
 /// KEYS: session. ARGV: edge, session, since (ms), edge-key prefix, sessions-index suffix,
-/// resume token ('' = none), uid.
+/// resume token ('' = none), uid, fenced edge ('' = none), its fencing token.
 /// Returns {0, old edge, old session} granted (old ones empty unless a session was replaced),
-/// {1, edge, ''} taken by a live session.
+/// {1, edge, ''} taken by a live session, {2, '', ''} fenced (the edge's lease does not hold
+/// the token).
 pub static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+if ARGV[8] == ARGV[1] and redis.call('HGET', ARGV[4] .. ARGV[1], 'fence') ~= ARGV[9] then
+  return {2, '', ''}
+end
 local cur = redis.call('HMGET', KEYS[1], 'edge', 'session')
 if cur[1] then
   if cur[1] == ARGV[1] and cur[2] == ARGV[2] then return {0, '', ''} end
@@ -255,6 +271,24 @@ if v ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', ARGV[3] .. cur[1] .. ARGV[4], ARGV[5])
 return 1
+"#,
+    )
+});
+
+/// KEYS: the edge's lease, the edge index. ARGV: TTL (ms), a new fencing token, the edge id,
+/// then field/value pairs. Writes the lease; a lease written anew gets the new token, a live
+/// one keeps its own. Returns {existed (0/1), the lease's token}.
+pub static REGISTER_EDGE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local existed = redis.call('EXISTS', KEYS[1])
+if existed == 0 or not redis.call('HGET', KEYS[1], 'fence') then
+  redis.call('HSET', KEYS[1], 'fence', ARGV[2])
+end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[3])
+return {existed, redis.call('HGET', KEYS[1], 'fence')}
 "#,
     )
 });
