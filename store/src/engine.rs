@@ -38,15 +38,15 @@
 //!   later, and writes back each session's claim ([`Sessions::claim_session`], resuming its own
 //!   session name) and each local membership ([`Rooms::join_with`], `resume = true`, no push,
 //!   `seq_floor` = the highest seq it delivered in that room); a resuming client's join carries
-//!   its last seen seq as the floor.
+//!   its last seen seq as the floor. When the window closes every room's seq is at least
+//!   anything a client saw, so numbering continues above it. (One marker per store: under
+//!   Redis Cluster it would be one per shard, carried in each room script's slot.)
 //! - **Fencing.** An edge's lease carries a fencing token, new each time the lease is written
 //!   anew ([`Registry::register_edge_fenced`]). Through a handle with a [`crate::Fence`] (the
 //!   edge's own), [`Rooms::join_with`] and [`Sessions::claim_session`] through that edge fail
 //!   with [`crate::StoreError::Fenced`] and change nothing unless the edge's live lease holds
 //!   the handle's token, and [`Rooms::leave`] through *another* edge (a reaper's) does nothing
-//!   when that edge's lease is live again. Handles without a fence are not checked. When the window closes every room's seq is at least
-//!   anything a client saw, so numbering continues above it. (One marker per store: under
-//!   Redis Cluster it would be one per shard, carried in each room script's slot.)
+//!   when that edge's lease is live again. Handles without a fence are not checked.
 
 use std::collections::HashMap;
 use std::sync::Arc;
