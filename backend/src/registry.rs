@@ -58,17 +58,19 @@ impl Registration {
     }
 }
 
+/// How soon a failed refresh is retried: a Redis restart wipes the entry, and edges answer
+/// 502 when they find no backend, so the entry is written back within this of Redis's return.
+pub const RETRY: Duration = Duration::from_millis(200);
+
 /// Refreshes the entry every [`REFRESH`] until aborted. Redis errors are logged and the
-/// refresh retried: an outage shorter than [`TTL`] goes unnoticed by edges, and after a longer
-/// one (or a Redis restart that lost the data) the next refresh writes the entry back.
+/// refresh retried every [`RETRY`]: an outage shorter than [`TTL`] goes unnoticed by edges,
+/// and after a longer one (or a Redis restart that lost the data) the entry is back within
+/// [`RETRY`] of Redis answering again.
 async fn refresh(store: Store, info: BackendInfo) {
-    let mut tick = tokio::time::interval(REFRESH);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick is immediate and the entry was just written.
-    tick.tick().await;
+    // The entry was just written.
+    tokio::time::sleep(REFRESH).await;
     let mut failing = false;
     loop {
-        tick.tick().await;
         match store.register_backend(&info, TTL).await {
             Ok(()) if failing => {
                 failing = false;
@@ -82,5 +84,6 @@ async fn refresh(store: Store, info: BackendInfo) {
             }
             Err(e) => tracing::debug!(backend = %info.id, error = %e, "registry refresh failed"),
         }
+        tokio::time::sleep(if failing { RETRY } else { REFRESH }).await;
     }
 }

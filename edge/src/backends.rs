@@ -63,9 +63,21 @@ impl BackendPool {
         }
     }
 
-    /// Re-reads the registry. Connections to backends that left are closed.
-    pub async fn refresh(&self, store: &Store) -> roomcast_store::Result<()> {
-        let list = store.list_backends().await?;
+    /// Re-reads the registry. Connections to backends that left are closed, except while the
+    /// store recovers from a reset (`keep_known`): their registrations were wiped with
+    /// everything else and come back within a second, so the known ones are kept meanwhile
+    /// (a request still fails over if one is really gone).
+    pub async fn refresh(&self, store: &Store, keep_known: bool) -> roomcast_store::Result<()> {
+        let mut list = store.list_backends().await?;
+        if keep_known {
+            let known = self.list.lock().expect("list lock").clone();
+            for b in known {
+                if !list.iter().any(|n| n.id == b.id) {
+                    list.push(b);
+                }
+            }
+            list.sort_by(|a, b| a.id.cmp(&b.id));
+        }
         let mut conns = self.conns.lock().expect("conns lock");
         conns.retain(|id, c| {
             let keep = list.iter().any(|b| &b.id == id);
@@ -105,7 +117,7 @@ impl BackendPool {
         let mut candidates = self.candidates(route);
         if candidates.is_empty() {
             // A backend may have registered since the last refresh.
-            if let Err(e) = self.refresh(store).await {
+            if let Err(e) = self.refresh(store, false).await {
                 return Frame::error_response(
                     0,
                     code::STORE_UNAVAILABLE,

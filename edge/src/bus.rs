@@ -22,6 +22,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use roomcast_protocol::bus::{self, BusMessage};
 use roomcast_protocol::codec::Frame;
+use roomcast_protocol::protocol::{route, OnUser};
 use roomcast_store::{Payloads, Store, SubscriptionControl};
 use tokio::sync::Mutex;
 
@@ -192,11 +193,25 @@ pub fn deliver(state: &Arc<EdgeState>, payload: &[u8]) {
         .ok()
     };
     match msg {
-        BusMessage::Room { ref rid, .. } => {
+        BusMessage::Room {
+            ref rid,
+            ref route,
+            ref body,
+        } => {
             let Some(frame) = room_frame(seq, &msg) else {
                 return;
             };
-            with_core(state, |c, out| c.room_push(rid, seq, frame, out));
+            // An onLeave names who left: the core checks it is not one of its own members
+            // removed behind its back (reaped while this edge was paused).
+            let leaver = (route == route::ON_LEAVE)
+                .then(|| serde_json::from_slice::<OnUser>(body).ok())
+                .flatten();
+            match leaver {
+                Some(u) => with_core(state, |c, out| {
+                    c.member_left_push(rid, seq, &u.user, frame, out)
+                }),
+                None => with_core(state, |c, out| c.room_push(rid, seq, frame, out)),
+            }
         }
         BusMessage::Users { uids, route, body } => {
             let Some(frame) = session_frame(route, body) else {

@@ -3,8 +3,10 @@
 //! An edge's registry entry is its lease: refreshed every second, it expires
 //! `--lease-ttl-ms` (5 s) after the edge's last refresh. Every edge sweeps the edge
 //! index every second; for an id whose lease is gone, exactly one edge takes the reaper lock
-//! and removes that edge's members from each of its rooms (pushing onLeave), found through the
-//! edge's own room index — never a scan of the keyspace — then releases the uids it held.
+//! releases the uids it held, then removes that edge's members from each of its rooms (pushing
+//! onLeave), found through the edge's own room index — never a scan of the keyspace. An edge
+//! whose lease is live again (it was paused, not dead) is not reaped, and the leave script run
+//! through this edge's fenced store handle skips it if it comes back mid-reap.
 //! The leave script only removes a member still registered through the dead edge, so a user
 //! who already resumed elsewhere is left alone, and a live edge's members are never touched.
 
@@ -50,6 +52,17 @@ async fn sweep(state: &EdgeState) -> Result<()> {
 /// members) cleaned.
 pub async fn reap(state: &EdgeState, edge: &str) -> Result<(usize, usize)> {
     let store = &state.store;
+    // The edge came back (it was paused, not dead): its claims and indexes stay; it tells its
+    // own sessions to resume. If it comes back during the leaves below, the store skips them
+    // (this handle is fenced: a leave through a live edge is not a reap).
+    if edge != state.id && store.edge_alive(edge).await? {
+        tracing::info!("edge {edge} is alive again; not reaping it");
+        return Ok((0, 0));
+    }
+    // Claims first: once others see a member leave, its uid is free to log in again.
+    for uid in store.edge_session_uids(edge).await? {
+        store.release_session_of_edge(&uid, edge).await?;
+    }
     let rooms = store.edge_room_ids(edge).await?;
     let mut members = 0;
     for rid in &rooms {
@@ -63,9 +76,6 @@ pub async fn reap(state: &EdgeState, edge: &str) -> Result<(usize, usize)> {
                 members += 1;
             }
         }
-    }
-    for uid in store.edge_session_uids(edge).await? {
-        store.release_session_of_edge(&uid, edge).await?;
     }
     store.forget_edge(edge).await?;
     Ok((rooms.len(), members))

@@ -10,7 +10,7 @@ use roomcast_protocol::protocol::{
     code, route, DevToken, DevTokenRequest, Enter, Entered, EntryAnswer, Leave, OnUser, QueryEntry,
     Resume, ResumeAnswer, Resumed,
 };
-use roomcast_store::Claim;
+use roomcast_store::{Claim, FENCED_REASON, RECOVERING_REASON};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -71,7 +71,10 @@ pub async fn dispatch(
             message: String::new(),
             body,
         },
-        Err(e) => Frame::error_response(id, e.code, e.message),
+        Err(e) => {
+            wake_if_recovering(state, e.code, &e.message);
+            Frame::error_response(id, e.code, e.message)
+        }
     }
 }
 
@@ -96,6 +99,16 @@ pub async fn notify(
         let _ = forward(state, session, 0, route_name, body).await;
     } else {
         tracing::debug!("ignoring notify `{route_name}`");
+    }
+}
+
+/// The store answered that it is recovering from a reset, or fenced this edge's write (its
+/// lease expired): refresh the registration now rather than at the next registry tick.
+fn wake_if_recovering(state: &EdgeState, status: u16, message: &str) {
+    if status == code::STORE_UNAVAILABLE
+        && (message == RECOVERING_REASON || message == FENCED_REASON)
+    {
+        state.registry_wake.notify_one();
     }
 }
 
@@ -360,7 +373,9 @@ async fn resume(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8
                 &state.id,
                 Some((route::ON_ADD, &on_add)),
                 true,
-                0,
+                // What the client saw is a floor for the room's numbering (the store may have
+                // lost it; see the store contract).
+                since,
             )
             .await
         {
@@ -465,7 +480,8 @@ async fn leave(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8]
         ));
     }
     let on_leave = OnUser::body(&uid);
-    state
+    state.cell().core.begin_leave(session.sid, &req.rid);
+    if let Err(e) = state
         .store
         .leave(
             &req.rid,
@@ -473,7 +489,11 @@ async fn leave(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8]
             Some(&state.id),
             Some((route::ON_LEAVE, &on_leave)),
         )
-        .await?;
+        .await
+    {
+        state.cell().core.leave_failed(session.sid, &req.rid);
+        return Err(e.into());
+    }
     with_core(state, |c, out| c.left(session.sid, &req.rid, out));
     json(&serde_json::json!({}))
 }
@@ -486,6 +506,9 @@ fn not_entered(route_name: &'static str) -> impl Fn() -> RouteError {
         )
     }
 }
+
+/// The 503 reason when the store does not list a member this edge has in the room.
+pub const MEMBERSHIP_REASON: &str = "membership being restored after a store failure; retry";
 
 /// Forwards a service route to a backend with the session's identity attached.
 async fn forward(
@@ -502,6 +525,10 @@ async fn forward(
             format!("route `{route_name}` needs a logged-in session: call connector.enter first"),
         );
     };
+    // The room the request is about, if it names one (to check a "not a member" answer).
+    let rid = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("rid")?.as_str().map(str::to_string));
     let request = Frame::BackendRequest {
         id,
         route: route_name.clone(),
@@ -517,16 +544,32 @@ async fn forward(
         .await
     {
         Frame::Response {
+            code: code::NOT_MEMBER,
+            ..
+        } if rid
+            .as_deref()
+            .is_some_and(|rid| state.cell().core.in_room(session.sid, rid)) =>
+        {
+            // This edge has the session in the room but the store does not: its state was lost
+            // or its members reaped. Never tell the client "not a member" of a room it is in:
+            // reconcile now (write back, or have sessions resume) and let it retry.
+            state.registry_wake.notify_one();
+            Frame::error_response(id, code::STORE_UNAVAILABLE, MEMBERSHIP_REASON)
+        }
+        Frame::Response {
             code,
             message,
             body,
             ..
-        } => Frame::Response {
-            id,
-            code,
-            message,
-            body,
-        },
+        } => {
+            wake_if_recovering(state, code, &message);
+            Frame::Response {
+                id,
+                code,
+                message,
+                body,
+            }
+        }
         other => Frame::error_response(
             id,
             code::INTERNAL,

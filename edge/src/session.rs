@@ -331,12 +331,26 @@ pub async fn check_detached(state: &Arc<EdgeState>) -> usize {
 pub async fn leave_all(state: &Arc<EdgeState>, uid: &str, token: &str, rooms: &[String]) {
     let body = OnUser::body(uid);
     for rid in rooms {
-        if let Err(e) = state
-            .store
-            .leave(rid, uid, Some(&state.id), Some((route::ON_LEAVE, &body)))
-            .await
-        {
-            tracing::warn!(%uid, room = %rid, "could not leave: {e}");
+        // A store recovering from a reset refuses the numbered onLeave until its window
+        // closes: wait it out (bounded) rather than leave a ghost member behind.
+        let deadline = std::time::Instant::now() + roomcast_store::RECOVERY_WINDOW * 2;
+        loop {
+            match state
+                .store
+                .leave(rid, uid, Some(&state.id), Some((route::ON_LEAVE, &body)))
+                .await
+            {
+                Err(roomcast_store::StoreError::Recovering)
+                    if std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(%uid, room = %rid, "could not leave: {e}");
+                    break;
+                }
+                Ok(_) => break,
+            }
         }
     }
     if let Err(e) = state.store.release_session(uid, token).await {

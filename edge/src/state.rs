@@ -42,6 +42,13 @@ pub struct EdgeState {
     pub minter: Option<roomcast_common::auth::Minter>,
     /// Signalled by an admin drain request arriving on the edge's channel.
     pub drain_requested: tokio::sync::Notify,
+    /// This edge's fencing token, carried by `store` (the edge's own handle) to its joins and
+    /// claims; replaced by each registration that wrote the lease anew.
+    pub fence: std::sync::Arc<roomcast_store::Fence>,
+    /// Wakes the registry refresh at once: a request met the store recovering from a reset
+    /// (or disagreeing about a member), so the edge writes back its state now rather than at
+    /// its next tick.
+    pub registry_wake: tokio::sync::Notify,
 }
 
 /// The core and a reused effect buffer, so running the core allocates nothing per event.
@@ -100,6 +107,8 @@ impl EdgeState {
         ),
     ) -> EdgeState {
         let keys = store.keys().clone();
+        let fence = std::sync::Arc::new(roomcast_store::Fence::new(&id));
+        let store = store.with_fence(fence.clone());
         let core_cfg = CoreConfig {
             resume_grace: cfg.resume_grace(),
             drain: std::time::Duration::from_secs(cfg.drain_secs),
@@ -123,6 +132,8 @@ impl EdgeState {
             edges: RwLock::new(Vec::new()),
             next_sid: AtomicU64::new(1),
             drain_requested: tokio::sync::Notify::new(),
+            registry_wake: tokio::sync::Notify::new(),
+            fence,
             verifier: auth.0,
             minter: auth.1,
         }

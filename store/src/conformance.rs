@@ -11,15 +11,17 @@
 //! engine-specific state (what redis-cli shows) is checked by each engine's own tests.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use roomcast_protocol::bus::{self, BusMessage};
 use roomcast_protocol::ids::IdRules;
 
+use crate::Fence;
 use crate::{
     BackendInfo, Claim, EdgeInfo, HistoryConfig, Payloads, PresenceConfig, Settings, Store,
-    StoreError,
+    StoreError, RECOVERY_WINDOW,
 };
 
 /// Stamps out one `#[tokio::test]` per conformance body, each on a fresh store from `$factory`
@@ -48,6 +50,8 @@ macro_rules! conformance_tests {
             destroy_removes_everything_and_tells_edges,
             hostile_ids_stay_apart,
             settings_are_written_once_and_checked,
+            a_reset_store_never_reuses_a_seq,
+            a_lost_lease_fences_the_edges_writes,
         );
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {
@@ -971,4 +975,167 @@ pub async fn settings_are_written_once_and_checked(s: Store) {
     s.check_settings(&first)
         .await
         .expect("still the first settings");
+}
+
+/// The store loses everything (Redis restarted empty): nothing is numbered until edges could
+/// write back what they own, so no seq a client saw is handed out again.
+pub async fn a_reset_store_never_reuses_a_seq(s: Store) {
+    let add = Some(("onAdd", &b"{}"[..]));
+    let fresh = s.generation().await.expect("generation");
+    assert!(!fresh.recovering, "a new store is not recovering");
+    s.join("lobby", "alice", "e1", add).await.expect("join");
+    for i in 0..4 {
+        s.publish_room(
+            "lobby",
+            "onChat",
+            b"{}",
+            Some("alice"),
+            Some(&format!("k{i}")),
+        )
+        .await
+        .expect("publish");
+    }
+    assert_eq!(s.room_seq("lobby").await.expect("seq"), 5);
+
+    s.forget_everything().await.expect("forget");
+    // Ordinary writes are refused with a distinct error, never "not a member".
+    let refused = |r: crate::Result<_>| matches!(r, Err(StoreError::Recovering));
+    assert!(refused(s.join("lobby", "bob", "e2", add).await.map(|_| ())));
+    assert!(refused(
+        s.publish_room("lobby", "onChat", b"{}", Some("alice"), None)
+            .await
+            .map(|_| ())
+    ));
+    assert!(refused(
+        s.publish_to_member("lobby", Some("alice"), "bob", "onChat", b"{}")
+            .await
+    ));
+    assert!(refused(s.destroy("lobby").await.map(|_| ())));
+    // A resuming client's join that would push onAdd is refused too.
+    assert!(refused(
+        s.join_with("lobby", "carol", "e2", add, true, 3)
+            .await
+            .map(|_| ())
+    ));
+    let after = s.generation().await.expect("generation");
+    assert!(after.recovering, "the reset opened the recovery window");
+    assert_ne!(after.id, fresh.id, "a reset starts a new generation");
+    // The edge's re-registration (silent, with its floor) is accepted, and so are claims.
+    let j = s
+        .join_with("lobby", "alice", "e1", None, true, 5)
+        .await
+        .expect("re-registration is accepted while recovering");
+    assert_eq!((j.seq, j.added), (5, false));
+    assert!(matches!(
+        s.claim_session("alice", "e1", "s1", Some("s1"))
+            .await
+            .expect("claim"),
+        Claim::Granted { .. }
+    ));
+    // A leave that would push is refused; the member stays.
+    assert!(refused(
+        s.leave("lobby", "alice", Some("e1"), Some(("onLeave", &b"{}"[..])))
+            .await
+            .map(|_| ())
+    ));
+    assert_eq!(s.members("lobby").await.expect("members"), ["alice"]);
+
+    // The window closes by itself; numbering continues above what clients saw.
+    let deadline = std::time::Instant::now() + RECOVERY_WINDOW + Duration::from_secs(10);
+    while s.generation().await.expect("generation").recovering {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "recovery window never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let j = s.join("lobby", "bob", "e2", add).await.expect("join");
+    assert_eq!((j.seq, j.added), (6, true));
+    let seq = s
+        .publish_room("lobby", "onChat", b"{}", Some("alice"), None)
+        .await
+        .expect("publish");
+    assert_eq!(seq, 7);
+}
+
+/// An edge paused past its lease: its writes still in flight are refused (fenced) once the
+/// lease is gone, and stay refused after it registers again (a new token); a reaper's leave
+/// does nothing once the edge is alive again.
+pub async fn a_lost_lease_fences_the_edges_writes(s: Store) {
+    let add = Some(("onAdd", &b"{}"[..]));
+    let fenced = |r: crate::Result<()>| matches!(r, Err(StoreError::Fenced));
+    let fence = Arc::new(Fence::new("e1"));
+    let e1 = s.clone().with_fence(fence.clone());
+    // No token before the first registration.
+    assert!(fenced(
+        e1.join("lobby", "alice", "e1", add).await.map(|_| ())
+    ));
+    let short = Duration::from_millis(300);
+    let (existed, t1) = e1
+        .register_edge_fenced(&edge("e1"), short)
+        .await
+        .expect("register");
+    assert!(!existed);
+    fence.set(t1.clone());
+    e1.join("lobby", "alice", "e1", add)
+        .await
+        .expect("join with the token");
+    assert!(matches!(
+        e1.claim_session("alice", "e1", "s1", None)
+            .await
+            .expect("claim"),
+        Claim::Granted { .. }
+    ));
+    // A refresh keeps the token.
+    let (existed, again) = e1
+        .register_edge_fenced(&edge("e1"), short)
+        .await
+        .expect("refresh");
+    assert!(existed);
+    assert_eq!(again, t1);
+
+    // Paused: the lease expires.
+    let deadline = std::time::Instant::now() + WAIT;
+    while s.edge_alive("e1").await.expect("alive") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(fenced(e1.join("lobby", "bob", "e1", add).await.map(|_| ())));
+    assert!(fenced(
+        e1.claim_session("bob", "e1", "s2", None).await.map(|_| ())
+    ));
+    // Registered again: a new token; writes carrying the old one stay refused.
+    let (existed, t2) = e1
+        .register_edge_fenced(&edge("e1"), WAIT)
+        .await
+        .expect("register");
+    assert!(!existed);
+    assert_ne!(t2, t1, "a lease written anew gets a new token");
+    let stale_fence = Arc::new(Fence::new("e1"));
+    stale_fence.set(t1);
+    let stale = s.clone().with_fence(stale_fence);
+    assert!(fenced(
+        stale.join("lobby", "bob", "e1", add).await.map(|_| ())
+    ));
+    fence.set(t2);
+    e1.join("lobby", "bob", "e1", add)
+        .await
+        .expect("join with the new token");
+    assert_eq!(s.members("lobby").await.expect("members"), ["alice", "bob"]);
+
+    // Another edge's reaper (started while e1 was dead) leaves e1's members alone now.
+    let reaper = s.clone().with_fence(Arc::new(Fence::new("e2")));
+    let gone = reaper
+        .leave("lobby", "alice", Some("e1"), Some(("onLeave", &b"{}"[..])))
+        .await
+        .expect("leave");
+    assert_eq!(gone, None, "a reap of a live edge does nothing");
+    assert_eq!(s.members("lobby").await.expect("members"), ["alice", "bob"]);
+    // Unfenced handles (backends, tools) are not checked.
+    s.join("lobby", "carol", "e9", add)
+        .await
+        .expect("unfenced join");
 }

@@ -20,12 +20,33 @@
 //!   the moment of the publish, or is lost (connection drop, slow subscriber). Room pushes are
 //!   also in the room's history, so a subscriber that sees a seq jump fills the gap with
 //!   [`Rooms::history`]; other pushes (to uids, broadcasts) are simply lost.
-//! - **Losing state.** An engine may lose everything (Redis restarted empty, a memory engine's
-//!   process restarted). An edge notices it through [`Registry::register_edge`] returning
-//!   `false` for its own running lease, and must then write back what it owns: each session's
-//!   claim with [`Sessions::claim_session`] (resuming its own session name), and each local
-//!   membership with [`Rooms::join_with`] (`resume = true`, no push) and `seq_floor` = the
-//!   highest seq it saw in that room, so that numbering continues above anything a client saw.
+//! - **Losing state: seqs are still never reused.** An engine may lose everything (Redis
+//!   restarted empty, a Redis failover to a replica that missed the last writes, a memory
+//!   engine's process restarted). Edges hold the truth about what clients saw, so the store
+//!   must not number anything until they wrote it back. Every engine keeps a *generation
+//!   marker* ([`Generation`]), created when a handle connects to a store that has none (a new
+//!   deployment). A room operation or [`Registry::generation`] that finds the marker gone
+//!   knows the state was lost: it creates a new generation and opens a *recovery window* of
+//!   [`crate::RECOVERY_WINDOW`]. Inside the window, every operation that would number a room
+//!   push (a join or leave with a presence push, [`Rooms::publish_room`], [`Rooms::destroy`])
+//!   fails with [`crate::StoreError::Recovering`] (503 "store recovering after a reset; retry")
+//!   and changes nothing, and a sender or target missing from a room is reported as
+//!   `Recovering` too, never as "not a member" (the membership may just not be written back
+//!   yet). Silent writes are accepted: claims, and [`Rooms::join_with`] with `resume` and a
+//!   `seq_floor`, which is how an edge writes back what it owns. An edge notices the loss
+//!   through a new [`Generation::id`] (or its lease gone) on its next refresh, at most a second
+//!   later, and writes back each session's claim ([`Sessions::claim_session`], resuming its own
+//!   session name) and each local membership ([`Rooms::join_with`], `resume = true`, no push,
+//!   `seq_floor` = the highest seq it delivered in that room); a resuming client's join carries
+//!   its last seen seq as the floor. When the window closes every room's seq is at least
+//!   anything a client saw, so numbering continues above it. (One marker per store: under
+//!   Redis Cluster it would be one per shard, carried in each room script's slot.)
+//! - **Fencing.** An edge's lease carries a fencing token, new each time the lease is written
+//!   anew ([`Registry::register_edge_fenced`]). Through a handle with a [`crate::Fence`] (the
+//!   edge's own), [`Rooms::join_with`] and [`Sessions::claim_session`] through that edge fail
+//!   with [`crate::StoreError::Fenced`] and change nothing unless the edge's live lease holds
+//!   the handle's token, and [`Rooms::leave`] through *another* edge (a reaper's) does nothing
+//!   when that edge's lease is live again. Handles without a fence are not checked.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -52,6 +73,15 @@ pub struct Joined {
     /// False when nothing was pushed: the uid was already a member through this edge, the
     /// join was a resume that moved an existing member, or the room is over the presence limit.
     pub added: bool,
+}
+
+/// The store's generation: which life of the store this is (see "Losing state" above).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generation {
+    /// Changes each time the store is found to have lost its state.
+    pub id: String,
+    /// Inside the recovery window: numbered room pushes are refused.
+    pub recovering: bool,
 }
 
 /// One recorded room push.
@@ -238,9 +268,14 @@ pub trait Sessions: Send + Sync {
 #[async_trait]
 pub trait Registry: Send + Sync {
     /// Writes (or refreshes) an edge's lease. Returns whether it existed before (false after a
-    /// lease expiry, or when the store lost its state: the edge must then re-register what it
-    /// owns, see the module doc).
-    async fn register_edge(&self, e: &EdgeInfo, ttl: Duration) -> Result<bool>;
+    /// lease expiry, or when the store lost its state: see the module doc) and the lease's
+    /// fencing token: kept while the lease lives, new when the lease is written anew.
+    async fn register_edge_fenced(&self, e: &EdgeInfo, ttl: Duration) -> Result<(bool, String)>;
+
+    /// [`Registry::register_edge_fenced`] without the token.
+    async fn register_edge(&self, e: &EdgeInfo, ttl: Duration) -> Result<bool> {
+        Ok(self.register_edge_fenced(e, ttl).await?.0)
+    }
 
     /// Removes the edge's lease and its id from the index.
     async fn unregister_edge(&self, id: &str) -> Result<()>;
@@ -274,6 +309,10 @@ pub trait Registry: Send + Sync {
 
     /// After a dead edge was cleaned up: drops its indexes, its id and the reaper lock.
     async fn forget_edge(&self, edge: &str) -> Result<()>;
+
+    /// The store's generation. Finding the marker gone (the store lost its state) creates a new
+    /// generation and opens the recovery window, as a room operation would.
+    async fn generation(&self) -> Result<Generation>;
 }
 
 /// The bus, subscribing side. Publishing is part of the room operations (atomic with the
@@ -327,7 +366,15 @@ pub trait Engine: Rooms + Sessions + Registry + Broker {
     /// A handle on the same state (same connection, same data) with other bounds.
     fn reconfigured(&self, history: HistoryConfig, presence: PresenceConfig) -> Arc<dyn Engine>;
 
+    /// A handle on the same state whose writes are fenced by `fence` (see "Fencing").
+    fn fenced(&self, fence: Arc<crate::Fence>) -> Arc<dyn Engine>;
+
     /// Writes each `(name, value)` that is not set yet, then returns the stored value of each
     /// name, in the same order, in one atomic step (the first process's values win).
     async fn init_settings(&self, settings: &[(String, String)]) -> Result<Vec<String>>;
+
+    /// Forgets every piece of state under this handle's prefix, the generation marker included:
+    /// what a Redis restart without persistence does. For tests and drills; live subscriptions
+    /// of the memory engine stay open (Redis drops them, and edges resubscribe).
+    async fn forget_everything(&self) -> Result<()>;
 }

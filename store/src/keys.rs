@@ -21,6 +21,7 @@
 //! | `rc:backends` / `rc:backend:<id>` | set / hash | backend registry |
 //! | `rc:broadcast` | channel | pushes to every session on every edge |
 //! | `rc:settings` | hash | settings every process must share (written by the first one) |
+//! | `rc:generation` | hash | `id` of the store's life, `recovering_until` (ms) after a reset |
 //!
 //! A room's keys and channel share the hash tag `{<rid>}`, so in Redis Cluster they live in one
 //! slot. User-supplied strings are escaped with [`escape`]: bytes outside `[A-Za-z0-9._@+~-]`
@@ -149,6 +150,12 @@ impl Keys {
 
     pub fn broadcast_channel(&self) -> String {
         format!("{}:broadcast", self.prefix)
+    }
+
+    /// The store's generation marker: its absence tells a running system the store lost its
+    /// state (see the engine contract, "Losing state").
+    pub fn generation(&self) -> String {
+        format!("{}:generation", self.prefix)
     }
 
     /// Settings every process must share (history bounds, presence limit, id rules).

@@ -25,13 +25,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
 
-use roomcast_protocol::protocol::Status;
+use roomcast_protocol::protocol::{code, Status};
 
 use crate::keys::Keys;
 
 pub use engine::{
-    BackendInfo, Broker, Claim, EdgeInfo, Engine, HistoryEntry, Joined, Payloads, Registry, Rooms,
-    Sessions, Subscription, SubscriptionControl,
+    BackendInfo, Broker, Claim, EdgeInfo, Engine, Generation, HistoryEntry, Joined, Payloads,
+    Registry, Rooms, Sessions, Subscription, SubscriptionControl,
 };
 pub use settings::Settings;
 
@@ -40,6 +40,61 @@ pub use settings::Settings;
 pub const EMPTY_ROOM_SEQ_TTL_SECS: u64 = 24 * 3600;
 /// How long a published request id is remembered for deduplication of retries.
 pub const REQUEST_DEDUPE_TTL_SECS: u64 = 300;
+/// How long the store refuses numbered room pushes after it found its generation marker gone
+/// (it lost its state): long enough for every live edge to notice on its next lease refresh
+/// (every second) and write back its members with their seq floors (the default lease TTL,
+/// 5 s, plus one refresh). See the engine contract ("Losing state").
+pub const RECOVERY_WINDOW: Duration = Duration::from_secs(6);
+/// The reason of the 503 answered while the store recovers (clients retry it).
+pub const RECOVERING_REASON: &str = "store recovering after a reset; retry";
+/// The reason of the 503 answered when an edge's write was fenced (clients retry it).
+pub const FENCED_REASON: &str = "this edge is re-registering after losing its lease; retry";
+
+/// An edge's fencing token: the edge's own store handle ([`Store::with_fence`]) carries it to
+/// the join and claim operations, which refuse ([`StoreError::Fenced`]) unless the edge's live
+/// lease holds the same token. A lease written anew (after it expired, or after the store lost
+/// its state) gets a new token ([`Registry::register_edge_fenced`]), so writes still in flight
+/// from before — a paused edge's queued requests — cannot undo what a reaper decided.
+#[derive(Debug)]
+pub struct Fence {
+    edge: String,
+    token: std::sync::RwLock<String>,
+}
+
+impl Fence {
+    /// No token yet: the edge's writes are refused until its first registration.
+    pub fn new(edge: &str) -> Fence {
+        Fence {
+            edge: edge.to_string(),
+            token: std::sync::RwLock::new(String::new()),
+        }
+    }
+
+    pub fn edge(&self) -> &str {
+        &self.edge
+    }
+
+    pub fn token(&self) -> String {
+        self.token.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The token [`Registry::register_edge_fenced`] returned.
+    pub fn set(&self, token: String) {
+        *self.token.write().unwrap_or_else(|e| e.into_inner()) = token;
+    }
+}
+
+/// A fencing token unique to this process and moment.
+pub(crate) fn new_fence_token() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{nanos:x}.{:x}.{n}", std::process::id())
+}
+
 /// Every Redis command fails after this long instead of hanging.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -50,6 +105,14 @@ pub enum StoreError {
     /// The engine cannot serve the call (e.g. a subscription that was closed).
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The store lost its state and is inside its recovery window: the operation would number
+    /// a room push, which could reuse a seq clients already saw (see the engine contract).
+    #[error("{}", RECOVERING_REASON)]
+    Recovering,
+    /// The edge's lease does not hold its fencing token: the lease expired (the edge was
+    /// paused or cut off, and may have been reaped) and was not written again yet.
+    #[error("{}", FENCED_REASON)]
+    Fenced,
     #[error("`{uid}` is not a member of room `{rid}`")]
     NotMember { rid: String, uid: String },
     #[error("user `{uid}` is not in room `{rid}`")]
@@ -77,6 +140,8 @@ impl From<StoreError> for Status {
         match e {
             StoreError::Redis(e) => Status::store_unavailable(e),
             StoreError::Unavailable(e) => Status::store_unavailable(e),
+            StoreError::Recovering => Status::new(code::STORE_UNAVAILABLE, RECOVERING_REASON),
+            StoreError::Fenced => Status::new(code::STORE_UNAVAILABLE, FENCED_REASON),
             StoreError::NotMember { rid, uid } => Status::not_member(&rid, &uid),
             StoreError::TargetNotInRoom { rid, uid } => Status::target_not_in_room(&rid, &uid),
             e @ (StoreError::Reply(_) | StoreError::SettingsMismatch { .. }) => {
@@ -191,6 +256,13 @@ impl Store {
     pub fn with_history(self, history: HistoryConfig) -> Store {
         let presence = self.engine.presence_config();
         Store::new(self.engine.reconfigured(history, presence))
+    }
+
+    /// The edge's own handle: joins and claims through `fence.edge()` carry its token (see
+    /// [`Fence`]), and its leaves through another edge (reaping) skip an edge whose lease is
+    /// live again.
+    pub fn with_fence(self, fence: Arc<Fence>) -> Store {
+        Store::new(self.engine.fenced(fence))
     }
 
     /// Uses `presence` for joins and leaves made through this handle.

@@ -244,17 +244,26 @@ async fn redis_restarting_empty_is_survived() {
     assert_eq!(members["alice"], "edge-a");
     assert_eq!(members["bob"], "edge-b");
 
-    // The conversation continues, numbered after what members already saw.
+    // The conversation continues, numbered after what members already saw, once the store's
+    // recovery window (numbering stopped while edges write back, 6 s) is over.
     let mut sent = None;
-    for _ in 0..50 {
+    let deadline = Instant::now() + WAIT * 2;
+    while Instant::now() < deadline {
         match alice.send("lobby", "after").await {
             Ok(s) => {
                 sent = s.seq;
                 break;
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => {
+                assert_eq!(e.code(), Some(503), "{e}");
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
         }
     }
+    println!(
+        "sending works again {:?} after redis came back",
+        back.elapsed()
+    );
     let sent = sent.expect("sending works again");
     assert!(sent > before);
     let got = chats(&mut brx, 1, WAIT).await;

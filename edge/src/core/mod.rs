@@ -34,6 +34,9 @@ pub use rooms::{Action, LocalRooms, SessionId};
 
 /// The close reason of `close::SHUTDOWN`.
 const DRAIN_REASON: &str = "edge draining: reconnect through the gate and resume";
+/// Close reason (`close::SHUTDOWN`) when the store no longer agrees this edge hosts the session.
+pub const LEASE_LOST_REASON: &str =
+    "this edge lost its lease and its members may have been removed: reconnect and resume";
 
 /// Settings the core needs (a subset of the edge configuration).
 #[derive(Debug, Clone)]
@@ -130,6 +133,22 @@ pub enum Fetched {
     },
 }
 
+/// What the registry refresh must do, decided by [`EdgeCore::registration_checked`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    /// The lease was there (or there is nothing to restore): nothing to do.
+    Ok,
+    /// The store lost its state (a new generation): write back every claim and membership,
+    /// silently and with seq floors, while the store's recovery window keeps numbering
+    /// stopped.
+    Reregister,
+    /// Same generation but the lease had expired (the edge was paused or cut off): another
+    /// edge may have reaped its members, so they must not be resurrected silently. Every
+    /// session was closed with `close::SHUTDOWN`; clients resume, and a member who was
+    /// removed joins again visibly (onAdd with a seq).
+    Resume,
+}
+
 /// Whether a request may be served (see [`EdgeCore::admit`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -155,6 +174,8 @@ struct Session<H> {
     /// this edge still learns where to go), never log in; it holds nothing, so the drain
     /// neither closes it nor waits for it.
     gate_only: bool,
+    /// Rooms a `connector.leave` is removing it from (its own onLeave is expected).
+    leaving: BTreeSet<String>,
 }
 
 /// A session whose connection was lost, keeping its rooms until `deadline`.
@@ -186,6 +207,8 @@ pub struct EdgeCore<H> {
     draining: bool,
     /// Set by [`EdgeCore::drain`]: detached sessions are left by then at the latest.
     drain_deadline: Option<Instant>,
+    /// The store generation this edge registered in (see [`EdgeCore::registration_checked`]).
+    generation: Option<String>,
 }
 
 impl<H> EdgeCore<H> {
@@ -199,6 +222,7 @@ impl<H> EdgeCore<H> {
             subs: HashMap::new(),
             draining: false,
             drain_deadline: None,
+            generation: None,
         }
     }
 
@@ -313,6 +337,7 @@ impl<H> EdgeCore<H> {
                 limiter,
                 replaced: false,
                 gate_only: self.draining,
+                leaving: BTreeSet::new(),
             },
         );
     }
@@ -533,11 +558,27 @@ impl<H> EdgeCore<H> {
         gap
     }
 
+    /// `connector.leave` of `rid` starts: the member's own onLeave is expected from now on.
+    /// Pair with [`EdgeCore::left`] or [`EdgeCore::leave_failed`].
+    pub fn begin_leave(&mut self, sid: SessionId, rid: &str) {
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.leaving.insert(rid.to_string());
+        }
+    }
+
+    /// The store refused the leave: the member stays.
+    pub fn leave_failed(&mut self, sid: SessionId, rid: &str) {
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.leaving.remove(rid);
+        }
+    }
+
     /// The store removed `sid`'s uid from `rid` (`connector.leave`): finish its stream.
     pub fn left(&mut self, sid: SessionId, rid: &str, out: &mut Vec<Effect>) {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
+        s.leaving.remove(rid);
         if !s.rooms.remove(rid) {
             return;
         }
@@ -572,6 +613,83 @@ impl<H> EdgeCore<H> {
                 rid: rid.to_string(),
                 actions,
             });
+        }
+    }
+
+    /// An onLeave of `uid` numbered `seq` arrived. If `uid` is a live member of `rid` here that
+    /// is not leaving, the store removed it behind this edge's back (another edge reaped it
+    /// while this one was paused or cut off): its session is taken out of the room first, so it
+    /// never gets an onLeave about itself, and closed with `close::SHUTDOWN` so its client
+    /// resumes and joins again visibly. Everyone else gets the push as usual.
+    pub fn member_left_push(
+        &mut self,
+        rid: &str,
+        seq: u64,
+        uid: &str,
+        frame: Bytes,
+        out: &mut Vec<Effect>,
+    ) {
+        let local = self.by_uid.get(uid).copied().filter(|sid| {
+            self.sessions
+                .get(sid)
+                .is_some_and(|s| s.rooms.contains(rid) && !s.leaving.contains(rid))
+                && self.rooms.covers(rid, *sid, seq)
+        });
+        if let Some(sid) = local {
+            tracing::warn!(uid, rid, seq, "a local member was removed by another edge");
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                s.rooms.remove(rid);
+            }
+            self.rooms.leave(rid, sid);
+            out.push(Effect::Finish {
+                sid,
+                rid: rid.to_string(),
+            });
+            out.push(Effect::Close {
+                sid,
+                code: close::SHUTDOWN,
+                reason: LEASE_LOST_REASON,
+            });
+            self.unhold(rid, out);
+        }
+        self.room_push(rid, seq, frame, out);
+    }
+
+    /// The registry refresh wrote the lease: `generation` is the store's generation id,
+    /// `recovering` whether its recovery window is open, and `lease_existed` whether the lease
+    /// was still there. Decides what the driver must do (see [`Registration`]); on
+    /// [`Registration::Resume`] the sessions are closed here.
+    ///
+    /// This is the fence against a paused edge's stale state: it writes back silently only
+    /// into a store that lost everything *and* still has numbering stopped. After a lost lease
+    /// in the same generation (others may have reaped and seen its members leave), or after a
+    /// reset whose window already closed (others may have numbered pushes since), its sessions
+    /// resume instead and every change is visible.
+    pub fn registration_checked(
+        &mut self,
+        generation: &str,
+        recovering: bool,
+        lease_existed: bool,
+        out: &mut Vec<Effect>,
+    ) -> Registration {
+        let known = self.generation.replace(generation.to_string());
+        if lease_existed {
+            return Registration::Ok;
+        }
+        match known {
+            // The first registration of this process: nothing to restore.
+            None => Registration::Ok,
+            Some(g) if g != generation && recovering => Registration::Reregister,
+            Some(_) => {
+                for sid in self.sessions.keys() {
+                    out.push(Effect::Close {
+                        sid: *sid,
+                        code: close::SHUTDOWN,
+                        reason: LEASE_LOST_REASON,
+                    });
+                }
+                Registration::Resume
+            }
         }
     }
 

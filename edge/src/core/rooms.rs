@@ -125,6 +125,15 @@ impl LocalRooms {
         was
     }
 
+    /// Whether the member's membership covers the push numbered `seq` (it joined before it):
+    /// an older push is about an earlier membership.
+    pub fn covers(&self, rid: &str, sid: SessionId, seq: u64) -> bool {
+        self.feeds
+            .get(rid)
+            .and_then(|f| f.members.get(&sid))
+            .is_some_and(|m| m.next <= seq)
+    }
+
     pub fn is_member(&self, rid: &str, sid: SessionId) -> bool {
         self.feeds
             .get(rid)

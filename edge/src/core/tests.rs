@@ -171,7 +171,11 @@ impl Sim {
     fn deliver_bus(&mut self) {
         for (rid, seq, what) in std::mem::take(&mut self.bus) {
             let frame = Bytes::from(format!("{seq}:{what}"));
-            self.run(|c, out| c.room_push(&rid, seq, frame, out));
+            // The driver hands an onLeave over with its uid (bus.rs decodes the body).
+            match what.strip_prefix("onLeave ") {
+                Some(uid) => self.run(|c, out| c.member_left_push(&rid, seq, uid, frame, out)),
+                None => self.run(|c, out| c.room_push(&rid, seq, frame, out)),
+            }
         }
     }
 
@@ -678,4 +682,87 @@ fn a_flood_is_closed_for_abuse() {
     assert_eq!(sim.closed, vec![(s, close::ABUSE)]);
     assert_eq!(admissions.last(), Some(&Admission::Drop));
     assert!(admissions.contains(&Admission::Refuse));
+}
+
+/// An edge paused past its lease: another edge reaped its members (onLeave for each). They
+/// never get an onLeave about themselves, are told to resume, and come back visibly.
+#[test]
+fn members_reaped_behind_the_edges_back_resume_and_rejoin_visibly() {
+    let (mut sim, alice, bob) = lobby();
+    // Another edge's reaper removes both (the leave script publishes onLeave for each).
+    sim.store_leave("lobby", "alice");
+    sim.store_leave("lobby", "bob");
+    sim.deliver_bus();
+    for (sid, uid) in [(alice, "alice"), (bob, "bob")] {
+        assert!(
+            sim.stream(sid, "lobby")
+                .iter()
+                .all(|p| !p.ends_with(&format!("onLeave {uid}"))),
+            "{uid} got an onLeave about itself: {:?}",
+            sim.stream(sid, "lobby")
+        );
+        assert!(
+            sim.closed.contains(&(sid, close::SHUTDOWN)),
+            "{uid} told to resume"
+        );
+    }
+    assert!(sim.finished.contains(&(alice, "lobby".to_string())));
+    assert!(!sim.core.in_room(alice, "lobby"));
+    assert_eq!(sim.stream(bob, "lobby").last().unwrap(), "6:onLeave alice");
+
+    // Alice's client resumes: the store no longer has her, so she joins again visibly.
+    sim.lose_connection(alice);
+    let again = sim.connect();
+    sim.login(again, "alice", Some("edge-1.1"));
+    let gap = sim.resume(again, "lobby", 5);
+    assert_eq!(gap, Some((6, 8)), "her removal and return are a gap to her");
+    assert_eq!(
+        sim.rooms["lobby"].history[&8], "onAdd alice",
+        "others see her come back"
+    );
+    assert!(sim.rooms["lobby"].members.contains_key("alice"));
+}
+
+/// A member's own `connector.leave` is not mistaken for a reap.
+#[test]
+fn a_deliberate_leave_is_not_taken_for_a_reap() {
+    let (mut sim, alice, _bob) = lobby();
+    sim.core.begin_leave(alice, "lobby");
+    sim.store_leave("lobby", "alice");
+    sim.deliver_bus();
+    assert!(sim.closed.is_empty());
+    sim.run(|c, out| c.left(alice, "lobby", out));
+    assert!(!sim.core.in_room(alice, "lobby"));
+}
+
+/// The registry refresh: a new store generation inside its recovery window means the store
+/// lost its state (write back silently); the same generation with the lease gone means this
+/// edge was presumed dead, and a reset whose window is over means others numbered pushes
+/// since: then sessions resume, nothing is resurrected silently.
+#[test]
+fn a_lost_lease_is_told_apart_from_a_store_reset() {
+    let (mut sim, alice, bob) = lobby();
+    let check = |sim: &mut Sim, generation: &str, recovering: bool, existed: bool| {
+        sim.run(|c, out| c.registration_checked(generation, recovering, existed, out))
+    };
+    assert_eq!(
+        check(&mut sim, "g1", false, false),
+        Registration::Ok,
+        "first registration"
+    );
+    assert_eq!(check(&mut sim, "g1", false, true), Registration::Ok);
+    assert_eq!(check(&mut sim, "g2", true, false), Registration::Reregister);
+    assert!(sim.closed.is_empty(), "a store reset closes nobody");
+    assert_eq!(check(&mut sim, "g2", true, true), Registration::Ok);
+    assert_eq!(check(&mut sim, "g2", false, false), Registration::Resume);
+    let mut closed = sim.closed.clone();
+    closed.sort();
+    assert_eq!(
+        closed,
+        vec![(alice, close::SHUTDOWN), (bob, close::SHUTDOWN)]
+    );
+    // Paused through a whole reset: the window closed before this edge could write back.
+    sim.closed.clear();
+    assert_eq!(check(&mut sim, "g3", false, false), Registration::Resume);
+    assert_eq!(sim.closed.len(), 2);
 }

@@ -19,16 +19,20 @@ mod rooms;
 mod sessions;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use crate::engine::{BackendInfo, EdgeInfo, Engine};
+use crate::engine::{BackendInfo, EdgeInfo, Engine, Generation};
 use crate::keys::Keys;
-use crate::{HistoryConfig, PresenceConfig, Result};
+use crate::{HistoryConfig, PresenceConfig, Result, RECOVERY_WINDOW};
 
 pub use bus::BUS_QUEUE_LEN;
+
+/// Makes generation ids distinct even when two resets fall in one millisecond.
+static RESET_COUNT: AtomicU64 = AtomicU64::new(0);
 
 /// How often expired entries are swept (lazily, by the next operation).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -40,16 +44,42 @@ pub struct MemoryEngine {
     state: Arc<Mutex<State>>,
     history: HistoryConfig,
     presence: PresenceConfig,
+    /// Set on an edge's own handle: its joins and claims carry the fencing token.
+    fence: Option<Arc<crate::Fence>>,
 }
 
 impl MemoryEngine {
+    /// Whether a join or claim through `edge` is refused by this handle's fence.
+    fn fenced_out(&self, state: &State, edge: &str, now: Instant) -> bool {
+        self.fence.as_ref().is_some_and(|f| {
+            f.edge() == edge
+                && !(state.edge_alive(edge, now)
+                    && state.edge_fences.get(edge).is_some_and(|t| *t == f.token()))
+        })
+    }
+
+    /// Whether this (fenced) handle's leave through `edge` is a reap of an edge that is alive
+    /// again, which must not happen.
+    fn reaping_a_live_edge(&self, state: &State, edge: Option<&str>, now: Instant) -> bool {
+        match (&self.fence, edge) {
+            (Some(f), Some(e)) => f.edge() != e && state.edge_alive(e, now),
+            _ => false,
+        }
+    }
     /// A new, empty state. `keys` names the channels (as on Redis, for readable logs).
     pub fn new(keys: Keys) -> MemoryEngine {
         MemoryEngine {
             keys,
-            state: Arc::new(Mutex::new(State::default())),
+            state: Arc::new(Mutex::new(State {
+                generation: Some(Gen {
+                    id: crate::now_ms().to_string(),
+                    recovering_until: None,
+                }),
+                ..State::default()
+            })),
             history: HistoryConfig::default(),
             presence: PresenceConfig::default(),
+            fence: None,
         }
     }
 
@@ -116,8 +146,17 @@ impl<T> Lease<T> {
     }
 }
 
+/// The generation marker (Redis: `rc:generation`).
+struct Gen {
+    id: String,
+    /// End of the recovery window opened when the marker was found gone.
+    recovering_until: Option<Instant>,
+}
+
 #[derive(Default)]
 struct State {
+    /// `None` once [`Engine::forget_everything`] ran, until an operation notices it.
+    generation: Option<Gen>,
     /// Every room with members, a seq, history or dedupe markers.
     rooms: HashMap<String, rooms::Room>,
     /// uid → claim.
@@ -125,6 +164,8 @@ struct State {
     /// Edge ids, alive or not, until reaped.
     edge_index: BTreeSet<String>,
     edge_leases: HashMap<String, Lease<EdgeInfo>>,
+    /// edge → the fencing token of its lease (meaningful while the lease is live).
+    edge_fences: HashMap<String, String>,
     /// edge → rooms where it has members (entries removed when empty, as Redis does).
     edge_rooms: HashMap<String, BTreeSet<String>>,
     /// edge → uids whose claims it holds.
@@ -145,6 +186,39 @@ impl State {
         self.backend_leases.retain(|_, l| l.live(now));
         self.reaper_locks.retain(|_, l| l.live(now));
         self.bus.sweep();
+    }
+
+    /// Whether the recovery window is open; a missing marker (the state was lost) opens a new
+    /// generation and its window, as the Redis scripts' `recovering()` does.
+    fn recovering(&mut self, now: Instant) -> bool {
+        let generation = self.generation.get_or_insert_with(|| Gen {
+            id: format!(
+                "{}.{}",
+                crate::now_ms(),
+                RESET_COUNT.fetch_add(1, Ordering::Relaxed)
+            ),
+            recovering_until: Some(now + RECOVERY_WINDOW),
+        });
+        generation.recovering_until.is_some_and(|t| now < t)
+    }
+
+    /// Whether the window is open, without opening one (a missing marker counts as open).
+    fn recovering_now(&self, now: Instant) -> bool {
+        self.generation
+            .as_ref()
+            .is_none_or(|g| g.recovering_until.is_some_and(|t| now < t))
+    }
+
+    fn generation(&mut self, now: Instant) -> Generation {
+        let recovering = self.recovering(now);
+        Generation {
+            id: self
+                .generation
+                .as_ref()
+                .map(|g| g.id.clone())
+                .unwrap_or_default(),
+            recovering,
+        }
     }
 
     fn edge_alive(&self, edge: &str, now: Instant) -> bool {
@@ -191,6 +265,13 @@ impl Engine for MemoryEngine {
         })
     }
 
+    fn fenced(&self, fence: Arc<crate::Fence>) -> Arc<dyn Engine> {
+        Arc::new(MemoryEngine {
+            fence: Some(fence),
+            ..self.clone()
+        })
+    }
+
     async fn init_settings(&self, settings: &[(String, String)]) -> Result<Vec<String>> {
         let (mut state, _) = self.lock();
         Ok(settings
@@ -203,5 +284,15 @@ impl Engine for MemoryEngine {
                     .clone()
             })
             .collect())
+    }
+
+    async fn forget_everything(&self) -> Result<()> {
+        let (mut state, _) = self.lock();
+        let bus = std::mem::take(&mut state.bus);
+        *state = State {
+            bus,
+            ..State::default()
+        };
+        Ok(())
     }
 }

@@ -6,14 +6,20 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{Lease, MemoryEngine};
-use crate::engine::{BackendInfo, EdgeInfo, Registry};
+use crate::engine::{BackendInfo, EdgeInfo, Generation, Registry};
 use crate::Result;
 
 #[async_trait]
 impl Registry for MemoryEngine {
-    async fn register_edge(&self, e: &EdgeInfo, ttl: Duration) -> Result<bool> {
+    async fn register_edge_fenced(&self, e: &EdgeInfo, ttl: Duration) -> Result<(bool, String)> {
         let (mut state, now) = self.lock();
         let existed = state.edge_alive(&e.id, now);
+        if !existed || !state.edge_fences.contains_key(&e.id) {
+            state
+                .edge_fences
+                .insert(e.id.clone(), crate::new_fence_token());
+        }
+        let fence = state.edge_fences[&e.id].clone();
         state.edge_leases.insert(
             e.id.clone(),
             Lease {
@@ -22,12 +28,13 @@ impl Registry for MemoryEngine {
             },
         );
         state.edge_index.insert(e.id.clone());
-        Ok(existed)
+        Ok((existed, fence))
     }
 
     async fn unregister_edge(&self, id: &str) -> Result<()> {
         let (mut state, _) = self.lock();
         state.edge_leases.remove(id);
+        state.edge_fences.remove(id);
         state.edge_index.remove(id);
         Ok(())
     }
@@ -126,5 +133,10 @@ impl Registry for MemoryEngine {
         state.edge_index.remove(edge);
         state.reaper_locks.remove(edge);
         Ok(())
+    }
+
+    async fn generation(&self) -> Result<Generation> {
+        let (mut state, now) = self.lock();
+        Ok(state.generation(now))
     }
 }

@@ -146,12 +146,22 @@ impl Rooms for MemoryEngine {
     ) -> Result<Joined> {
         let limit = self.presence.max_members;
         let (mut state, now) = self.lock();
+        let recovering = state.recovering(now);
+        let room = state.room(rid);
+        let old = room.members.get(uid).cloned();
+        let after = room.members.len() as u64 + u64::from(old.is_none());
+        let silent = (old.is_some() && resume) || push.is_none() || (limit > 0 && after > limit);
+        if recovering && old.as_deref() != Some(edge) && !silent {
+            return Err(StoreError::Recovering);
+        }
+        if self.fenced_out(&state, edge, now) {
+            return Err(StoreError::Fenced);
+        }
         let room = state.room(rid);
         if seq_floor > room.seq_now(now) {
             room.seq = seq_floor;
             room.seq_expires = None;
         }
-        let old = room.members.get(uid).cloned();
         if old.as_deref() == Some(edge) {
             return Ok(Joined {
                 seq: room.seq_now(now),
@@ -169,7 +179,6 @@ impl Rooms for MemoryEngine {
         room.seq_expires = None;
         let n = room.members.len() as u64;
         set_add(&mut state.edge_rooms, edge, rid);
-        let silent = (old.is_some() && resume) || push.is_none() || (limit > 0 && n > limit);
         let room = state.room(rid);
         if silent {
             return Ok(Joined {
@@ -208,6 +217,10 @@ impl Rooms for MemoryEngine {
     ) -> Result<Option<u64>> {
         let limit = self.presence.max_members;
         let (mut state, now) = self.lock();
+        let recovering = state.recovering(now);
+        if self.reaping_a_live_edge(&state, edge, now) {
+            return Ok(None);
+        }
         let Some(room) = state.rooms.get_mut(rid) else {
             return Ok(None);
         };
@@ -218,6 +231,9 @@ impl Rooms for MemoryEngine {
             return Ok(None);
         }
         let silent = push.is_none() || (limit > 0 && room.members.len() as u64 > limit);
+        if recovering && !silent {
+            return Err(StoreError::Recovering);
+        }
         room.members.remove(uid);
         state.ungroup(rid, &old, uid);
         let room = state.room(rid);
@@ -307,6 +323,9 @@ impl Rooms for MemoryEngine {
         request_key: Option<&str>,
     ) -> Result<u64> {
         let (mut state, now) = self.lock();
+        if state.recovering(now) {
+            return Err(StoreError::Recovering);
+        }
         let room = state.room(rid);
         if let Some(uid) = sender {
             if !room.members.contains_key(uid) {
@@ -346,9 +365,14 @@ impl Rooms for MemoryEngine {
         route: &str,
         body: &[u8],
     ) -> Result<()> {
-        let (mut state, _) = self.lock();
+        let (mut state, now) = self.lock();
+        let recovering = state.recovering_now(now);
         let room = state.rooms.get(rid);
         let is_member = |uid: &str| room.is_some_and(|r| r.members.contains_key(uid));
+        let missing = sender.is_some_and(|uid| !is_member(uid)) || !is_member(target);
+        if recovering && missing {
+            return Err(StoreError::Recovering);
+        }
         if let Some(uid) = sender.filter(|uid| !is_member(uid)) {
             return Err(StoreError::NotMember {
                 rid: rid.into(),
@@ -415,6 +439,9 @@ impl Rooms for MemoryEngine {
 
     async fn destroy(&self, rid: &str) -> Result<u64> {
         let (mut state, now) = self.lock();
+        if state.recovering(now) {
+            return Err(StoreError::Recovering);
+        }
         let room = state.room(rid);
         let n = room.members.len() as u64;
         let edges: Vec<String> = room.groups.keys().cloned().collect();

@@ -36,6 +36,9 @@ impl Sessions for MemoryEngine {
         resume: Option<&str>,
     ) -> Result<Claim> {
         let (mut state, now) = self.lock();
+        if self.fenced_out(&state, edge, now) {
+            return Err(crate::StoreError::Fenced);
+        }
         let mut replaced = None;
         if let Some(cur) = state.sessions.get(uid) {
             if cur.edge == edge && cur.session == session {

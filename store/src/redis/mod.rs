@@ -35,6 +35,18 @@ pub struct RedisEngine {
     client: redis::Client,
     history: HistoryConfig,
     presence: PresenceConfig,
+    /// Set on an edge's own handle: its joins and claims carry the fencing token.
+    fence: Option<Arc<crate::Fence>>,
+}
+
+impl RedisEngine {
+    /// (fenced edge, token) as script arguments; empty when this handle is not fenced.
+    fn fence_args(&self) -> (String, String) {
+        self.fence
+            .as_ref()
+            .map(|f| (f.edge().to_string(), f.token()))
+            .unwrap_or_default()
+    }
 }
 
 impl RedisEngine {
@@ -47,12 +59,20 @@ impl RedisEngine {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
         let conn = ConnectionManager::new_with_config(client.clone(), cfg).await?;
+        // A store without a marker is new when a process connects to it (see the contract's
+        // "Losing state"); a running process finding it gone later opens the recovery window.
+        let _: String = scripts::INIT_GENERATION
+            .key(keys.generation())
+            .arg(crate::now_ms())
+            .invoke_async(&mut conn.clone())
+            .await?;
         Ok(RedisEngine {
             keys,
             conn,
             client,
             history: HistoryConfig::default(),
             presence: PresenceConfig::default(),
+            fence: None,
         })
     }
 }
@@ -79,6 +99,13 @@ impl Engine for RedisEngine {
         })
     }
 
+    fn fenced(&self, fence: Arc<crate::Fence>) -> Arc<dyn Engine> {
+        Arc::new(RedisEngine {
+            fence: Some(fence),
+            ..self.clone()
+        })
+    }
+
     async fn init_settings(&self, settings: &[(String, String)]) -> Result<Vec<String>> {
         let mut inv = scripts::INIT_SETTINGS.prepare_invoke();
         inv.key(self.keys.settings());
@@ -86,5 +113,28 @@ impl Engine for RedisEngine {
             inv.arg(name).arg(value);
         }
         Ok(inv.invoke_async(&mut self.conn.clone()).await?)
+    }
+
+    async fn forget_everything(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let pattern = format!("{}:*", self.keys.prefix());
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                let _: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
     }
 }

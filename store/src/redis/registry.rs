@@ -7,9 +7,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::AsyncCommands;
 
+use super::scripts;
 use super::RedisEngine;
-use crate::engine::{BackendInfo, EdgeInfo, Registry};
-use crate::{now_ms, Result};
+use crate::engine::{BackendInfo, EdgeInfo, Generation, Registry};
+use crate::{now_ms, Result, RECOVERY_WINDOW};
 
 impl RedisEngine {
     async fn list_registry(
@@ -49,30 +50,26 @@ impl RedisEngine {
 impl Registry for RedisEngine {
     /// Writes (or refreshes) an edge's entry, its lease: it expires after `ttl` unless
     /// refreshed. Returns whether the entry existed before (false after a lease expiry, or when
-    /// Redis lost its data).
-    async fn register_edge(&self, e: &EdgeInfo, ttl: Duration) -> Result<bool> {
-        let key = self.keys.edge(&e.id);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .exists(&key)
-            .hset_multiple(
-                &key,
-                &[
-                    ("id", e.id.clone()),
-                    ("addr", e.addr.clone()),
-                    ("region", e.region.clone()),
-                    ("load", e.load.to_string()),
-                    ("draining", u8::from(e.draining).to_string()),
-                    ("heartbeat", now_ms().to_string()),
-                ],
-            )
-            .ignore()
-            .pexpire(&key, ttl.as_millis() as i64)
-            .ignore()
-            .sadd(self.keys.edges(), &e.id)
-            .ignore();
-        let (existed,): (bool,) = pipe.query_async(&mut self.conn.clone()).await?;
-        Ok(existed)
+    /// Redis lost its data) and its fencing token (new when the entry was written anew).
+    async fn register_edge_fenced(&self, e: &EdgeInfo, ttl: Duration) -> Result<(bool, String)> {
+        let mut inv = scripts::REGISTER_EDGE.prepare_invoke();
+        inv.key(self.keys.edge(&e.id))
+            .key(self.keys.edges())
+            .arg(ttl.as_millis() as u64)
+            .arg(crate::new_fence_token())
+            .arg(&e.id);
+        for (field, value) in [
+            ("id", e.id.clone()),
+            ("addr", e.addr.clone()),
+            ("region", e.region.clone()),
+            ("load", e.load.to_string()),
+            ("draining", u8::from(e.draining).to_string()),
+            ("heartbeat", now_ms().to_string()),
+        ] {
+            inv.arg(field).arg(value);
+        }
+        let (existed, fence): (u8, String) = inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok((existed == 1, fence))
     }
 
     /// Removes the edge's entry (its lease) and its id from the index.
@@ -218,5 +215,17 @@ impl Registry for RedisEngine {
             .ignore();
         pipe.query_async::<()>(&mut self.conn.clone()).await?;
         Ok(())
+    }
+
+    async fn generation(&self) -> Result<Generation> {
+        let (id, recovering): (String, u8) = scripts::GENERATION
+            .key(self.keys.generation())
+            .arg(RECOVERY_WINDOW.as_millis() as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(Generation {
+            id,
+            recovering: recovering == 1,
+        })
     }
 }

@@ -9,7 +9,19 @@ use roomcast_protocol::bus::{self, BusMessage};
 use super::{scripts, RedisEngine};
 use crate::engine::{HistoryEntry, Joined, Rooms};
 use crate::keys::{EDGE_CHANNEL_SUFFIX, EDGE_ROOMS_SUFFIX};
-use crate::{Result, StoreError, EMPTY_ROOM_SEQ_TTL_SECS, REQUEST_DEDUPE_TTL_SECS};
+use crate::{
+    Result, StoreError, EMPTY_ROOM_SEQ_TTL_SECS, RECOVERY_WINDOW, REQUEST_DEDUPE_TTL_SECS,
+};
+
+/// A room script's error: `RECOVERING` (a numbered push refused inside the recovery window)
+/// becomes [`StoreError::Recovering`].
+fn script_error(e: redis::RedisError) -> StoreError {
+    match e.code() {
+        Some("RECOVERING") => StoreError::Recovering,
+        Some("FENCED") => StoreError::Fenced,
+        _ => StoreError::Redis(e),
+    }
+}
 
 impl RedisEngine {
     /// An invocation of a room script with the shared keys and arguments filled in.
@@ -21,6 +33,7 @@ impl RedisEngine {
             .key(k.room_seq(rid))
             .key(k.rooms())
             .key(k.room_history(rid))
+            .key(k.generation())
             .arg(rid)
             .arg(k.room_edge_members_prefix(rid))
             .arg(k.room_channel(rid))
@@ -28,7 +41,8 @@ impl RedisEngine {
             .arg(EDGE_ROOMS_SUFFIX)
             .arg(self.history.max_len)
             .arg(self.history.max_age.as_millis() as u64)
-            .arg(EMPTY_ROOM_SEQ_TTL_SECS);
+            .arg(EMPTY_ROOM_SEQ_TTL_SECS)
+            .arg(RECOVERY_WINDOW.as_millis() as u64);
         inv
     }
 }
@@ -49,6 +63,7 @@ impl Rooms for RedisEngine {
     ) -> Result<Joined> {
         let k = &self.keys;
         let payload = push.map(|(route, body)| room_body(rid, route, body));
+        let (fence_edge, fence_token) = self.fence_args();
         let (status, seq, mut users, members): (i64, u64, Vec<String>, u64) = self
             .room_call(&scripts::JOIN, rid)
             .key(k.room_edge_members(rid, edge))
@@ -59,8 +74,11 @@ impl Rooms for RedisEngine {
             .arg(if resume { "1" } else { "0" })
             .arg(seq_floor)
             .arg(self.presence.max_members)
+            .arg(fence_edge)
+            .arg(fence_token)
             .invoke_async(&mut self.conn.clone())
-            .await?;
+            .await
+            .map_err(script_error)?;
         users.sort();
         Ok(Joined {
             seq,
@@ -88,8 +106,10 @@ impl Rooms for RedisEngine {
             .arg(edge.unwrap_or(""))
             .arg(payload.unwrap_or_default())
             .arg(self.presence.max_members)
+            .arg(self.fence_args().0)
             .invoke_async(&mut self.conn.clone())
-            .await?;
+            .await
+            .map_err(script_error)?;
         Ok((removed == 1).then_some(seq))
     }
 
@@ -170,7 +190,8 @@ impl Rooms for RedisEngine {
                 0
             })
             .invoke_async(&mut self.conn.clone())
-            .await?;
+            .await
+            .map_err(script_error)?;
         match status {
             0 | 2 => Ok(seq),
             1 => Err(StoreError::NotMember {
@@ -201,13 +222,15 @@ impl Rooms for RedisEngine {
         );
         let status: i64 = scripts::PUBLISH_MEMBER
             .key(k.room_members(rid))
+            .key(k.generation())
             .arg(sender.unwrap_or(""))
             .arg(target)
             .arg(payload)
             .arg(k.edge_prefix())
             .arg(EDGE_CHANNEL_SUFFIX)
             .invoke_async(&mut self.conn.clone())
-            .await?;
+            .await
+            .map_err(script_error)?;
         match status {
             0 => Ok(()),
             1 => Err(StoreError::NotMember {
@@ -218,6 +241,7 @@ impl Rooms for RedisEngine {
                 rid: rid.into(),
                 uid: target.into(),
             }),
+            3 => Err(StoreError::Recovering),
             s => Err(StoreError::Reply(format!("publish_to_member status {s}"))),
         }
     }
@@ -289,7 +313,8 @@ impl Rooms for RedisEngine {
             .room_call(&scripts::DESTROY, rid)
             .arg(body)
             .invoke_async(&mut self.conn.clone())
-            .await?;
+            .await
+            .map_err(script_error)?;
         Ok(n)
     }
 

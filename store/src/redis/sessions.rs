@@ -35,6 +35,7 @@ impl Sessions for RedisEngine {
         session: &str,
         resume: Option<&str>,
     ) -> Result<Claim> {
+        let (fence_edge, fence_token) = self.fence_args();
         let (status, old_edge, old_session): (i64, String, String) = scripts::CLAIM
             .key(self.keys.session(uid))
             .arg(edge)
@@ -44,8 +45,13 @@ impl Sessions for RedisEngine {
             .arg(EDGE_SESSIONS_SUFFIX)
             .arg(resume.unwrap_or(""))
             .arg(uid)
+            .arg(fence_edge)
+            .arg(fence_token)
             .invoke_async(&mut self.conn.clone())
             .await?;
+        if status == 2 {
+            return Err(crate::StoreError::Fenced);
+        }
         Ok(if status == 0 {
             Claim::Granted {
                 replaced: (!old_session.is_empty()).then_some((old_edge, old_session)),
