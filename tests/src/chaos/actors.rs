@@ -20,7 +20,8 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use roomcast_client::{Client, ClientError, ClientOptions, Connection, Push};
 use roomcast_protocol::protocol::{
-    route, DevToken, DevTokenRequest, Enter, Entered, Resume, ResumeAnswer,
+    route, DevToken, DevTokenRequest, Enter, Entered, EntryAnswer, QueryEntry, Resume,
+    ResumeAnswer,
 };
 
 use super::history::{Event, Recorder};
@@ -83,6 +84,40 @@ async fn connect_via_gate(ctx: &Ctx, uid: &str, gate: usize) -> Result<Connectio
     Connection::connect(&opts, addr).await
 }
 
+/// An observer declares its edge dead after this long without an answer to its heartbeat.
+/// Longer than the longest pause the runner injects (8 s), so a paused edge keeps its
+/// observers (and the presence split it causes stays visible); far shorter than QUIC's 30 s
+/// idle timeout, which is how long a client of a `kill -9`'d edge otherwise waits: the edge
+/// restarted on the same address cannot reset the old connections.
+pub const OBSERVER_DEAD_AFTER: Duration = Duration::from_secs(12);
+
+/// Asks the edge a cheap question (the gate query, answered from its cache) every second;
+/// closes the connection (as a network loss, code 99) when no answer came for
+/// [`OBSERVER_DEAD_AFTER`].
+async fn heartbeat(conn: Arc<Connection>, uid: String) {
+    let mut last_ok = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if conn.quic().close_reason().is_some() {
+            return;
+        }
+        let q = QueryEntry {
+            uid: uid.clone(),
+            region: None,
+        };
+        let asked = conn.request_json::<_, EntryAnswer>(route::QUERY_ENTRY, &q);
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), asked).await {
+            last_ok = tokio::time::Instant::now();
+        } else if last_ok.elapsed() >= OBSERVER_DEAD_AFTER {
+            conn.quic().close(
+                quinn::VarInt::from_u32(99),
+                b"chaos observer: edge silent (heartbeat)",
+            );
+            return;
+        }
+    }
+}
+
 /// Records one push of an observer.
 fn record_push(ctx: &Ctx, who: &str, conn: u32, p: &Push) {
     let body: serde_json::Value = serde_json::from_slice(&p.body).unwrap_or_default();
@@ -133,7 +168,7 @@ pub async fn observer(
     let mut failures = 0u32;
     while !stop.is_raised() {
         let conn = match connect_via_gate(&ctx, &uid, gate).await {
-            Ok(c) => c,
+            Ok(c) => Arc::new(c),
             Err(e) => {
                 gate += 1;
                 failures += 1;
@@ -149,6 +184,12 @@ pub async fn observer(
         let Some(mut rx) = conn.pushes() else {
             continue;
         };
+        ctx.rec.record(Event::Connected {
+            who: uid.clone(),
+            conn: conn_no,
+            edge: conn.welcome().edge.clone(),
+            session: conn.welcome().session.clone(),
+        });
         match &session {
             None => {
                 // First login: the runner starts faults only once every observer is in.
@@ -229,6 +270,7 @@ pub async fn observer(
         }
         delay = Duration::from_millis(50);
         session = Some(conn.welcome().session.clone());
+        let beat = tokio::spawn(heartbeat(conn.clone(), uid.clone()));
         // Read until the connection ends or the run stops.
         loop {
             let p = tokio::select! {
@@ -239,6 +281,7 @@ pub async fn observer(
                         while let Ok(p) = rx.try_recv() {
                             record_push(&ctx, &uid, conn_no, &p);
                         }
+                        beat.abort();
                         conn.close().await;
                         return;
                     }
@@ -253,6 +296,7 @@ pub async fn observer(
             let l = last.entry(p.rid.clone()).or_insert(0);
             *l = (*l).max(p.seq);
         }
+        beat.abort();
         ctx.rec.record(Event::Lost {
             who: uid.clone(),
             conn: conn_no,

@@ -308,7 +308,7 @@ pub fn check(records: &[Record]) -> Report {
                 }
                 last.insert(key, prev.unwrap_or(0).max(*seq));
             }
-            Event::Fault { .. } | Event::Members { .. } => {}
+            Event::Fault { .. } | Event::Members { .. } | Event::Connected { .. } => {}
         }
     }
 

@@ -30,6 +30,13 @@ pub struct Record {
 pub enum Event {
     /// Declares an observer and the rooms it enters (and never leaves).
     Observer { who: String, rooms: Vec<String> },
+    /// An observer connected to an edge (before its enter or resume on that connection).
+    Connected {
+        who: String,
+        conn: u32,
+        edge: String,
+        session: String,
+    },
     /// An observer's `connector.enter` answer.
     Enter {
         who: String,

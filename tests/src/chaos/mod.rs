@@ -36,7 +36,7 @@ use history::{Event, Recorder};
 pub enum Fault {
     /// `kill -9` of a random edge, restarted on the same address 1–3 s later.
     KillEdge,
-    /// SIGSTOP of a random edge for 2–9 s (past the 5 s lease sometimes), then SIGCONT.
+    /// SIGSTOP of a random edge for 2–8 s (past the 5 s lease sometimes), then SIGCONT.
     PauseEdge,
     /// `kill -9` of a random backend, restarted 1–3 s later.
     KillBackend,
@@ -632,7 +632,7 @@ fn inject(
             let Some(node) = slot.as_ref() else {
                 return Ok(());
             };
-            let paused = rng.ms(2000, 9000);
+            let paused = rng.ms(2000, 8000);
             mark(id, "begin", format!("SIGSTOP for {paused:?}"));
             signal(node, libc::SIGSTOP);
             std::thread::sleep(paused);
