@@ -40,8 +40,16 @@ fn killed_edges_and_backends_break_no_promise_the_checker_knows() {
         r.summary()
     );
     // The run did something worth checking.
-    assert!(r.faults.get("kill-edge").copied().unwrap_or(0) >= 1, "{}", r.summary());
-    assert!(r.faults.get("kill-backend").copied().unwrap_or(0) >= 1, "{}", r.summary());
+    assert!(
+        r.faults.get("kill-edge").copied().unwrap_or(0) >= 1,
+        "{}",
+        r.summary()
+    );
+    assert!(
+        r.faults.get("kill-backend").copied().unwrap_or(0) >= 1,
+        "{}",
+        r.summary()
+    );
     assert!(r.accepted >= 30, "{}", r.summary());
     assert!(r.expected >= 2 * r.accepted / 2, "{}", r.summary());
     assert!(r.presence_checked);
@@ -69,11 +77,41 @@ fn bad_configurations_are_refused_with_a_reason() {
     };
     assert!(base.validate().is_ok());
     for (change, says) in [
-        (ChaosConfig { edges: 1, ..base.clone() }, "--edges"),
-        (ChaosConfig { rooms: 65, ..base.clone() }, "--rooms"),
-        (ChaosConfig { rate: 0.0, ..base.clone() }, "--rate"),
-        (ChaosConfig { rate: f64::NAN, ..base.clone() }, "--rate"),
-        (ChaosConfig { observers: 0, ..base.clone() }, "--observers"),
+        (
+            ChaosConfig {
+                edges: 1,
+                ..base.clone()
+            },
+            "--edges",
+        ),
+        (
+            ChaosConfig {
+                rooms: 65,
+                ..base.clone()
+            },
+            "--rooms",
+        ),
+        (
+            ChaosConfig {
+                rate: 0.0,
+                ..base.clone()
+            },
+            "--rate",
+        ),
+        (
+            ChaosConfig {
+                rate: f64::NAN,
+                ..base.clone()
+            },
+            "--rate",
+        ),
+        (
+            ChaosConfig {
+                observers: 0,
+                ..base.clone()
+            },
+            "--observers",
+        ),
     ] {
         let e = chaos::run(&change).err().expect("refused");
         assert!(e.to_string().contains(says), "{e:#}");

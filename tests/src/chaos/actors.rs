@@ -20,8 +20,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use roomcast_client::{Client, ClientError, ClientOptions, Connection, Push};
 use roomcast_protocol::protocol::{
-    route, DevToken, DevTokenRequest, Enter, Entered, EntryAnswer, QueryEntry, Resume,
-    ResumeAnswer,
+    route, DevToken, DevTokenRequest, Enter, Entered, EntryAnswer, QueryEntry, Resume, ResumeAnswer,
 };
 
 use super::history::{Event, Recorder};

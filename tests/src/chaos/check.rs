@@ -100,7 +100,11 @@ impl Report {
     /// The human summary printed after a run.
     pub fn summary(&self) -> String {
         let mut s = String::new();
-        let faults: Vec<String> = self.faults.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let faults: Vec<String> = self
+            .faults
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
         let _ = writeln!(
             s,
             "faults injected: {}",
@@ -137,10 +141,17 @@ impl Report {
             self.gaps, self.gap_seqs, self.observer_reconnects
         );
         if !self.gave_up.is_empty() {
-            let _ = writeln!(s, "observers skipped (gave up): {}", self.gave_up.join("; "));
+            let _ = writeln!(
+                s,
+                "observers skipped (gave up): {}",
+                self.gave_up.join("; ")
+            );
         }
         if !self.presence_checked {
-            let _ = writeln!(s, "presence: not checked (no store member lists in the history)");
+            let _ = writeln!(
+                s,
+                "presence: not checked (no store member lists in the history)"
+            );
         }
         for kind in [
             Kind::SeqConflict,
@@ -325,7 +336,10 @@ pub fn check(records: &[Record]) -> Report {
             let s = seen.get(&(*who, room.as_str())).unwrap_or(&empty);
             for a in accepted.iter().filter(|a| a.room == room && a.seq > joined) {
                 r.expected += 1;
-                if s.got.get(&a.seq).is_some_and(|ids| ids.contains(&a.identity)) {
+                if s.got
+                    .get(&a.seq)
+                    .is_some_and(|ids| ids.contains(&a.identity))
+                {
                     continue;
                 }
                 if s.gaps.iter().any(|(f, t)| (*f..=*t).contains(&a.seq)) {
@@ -808,9 +822,16 @@ mod tests {
         let evs: Vec<Event> = back.into_iter().map(|r| r.ev).collect();
         assert_eq!(evs, clean().into_iter().map(|r| r.ev).collect::<Vec<_>>());
         // A line that is not a record is an error naming the line, not a panic.
-        std::fs::write(&path, "{\"t_ms\":1,\"ev\":\"observer\",\"who\":\"o\",\"rooms\":[]}\nnot json\n").unwrap();
+        std::fs::write(
+            &path,
+            "{\"t_ms\":1,\"ev\":\"observer\",\"who\":\"o\",\"rooms\":[]}\nnot json\n",
+        )
+        .unwrap();
         let e = super::super::history::read(&path).unwrap_err();
-        assert!(format!("{e:#}").contains(":2: not a history record"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains(":2: not a history record"),
+            "{e:#}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -273,7 +273,8 @@ fn cli(bin: &Path, a: ChaosArgs) -> Result<bool> {
                 std::process::id(),
                 clock_seed()
             ));
-            std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+            std::fs::create_dir_all(&d)
+                .with_context(|| format!("cannot create {}", d.display()))?;
             (d, true)
         }
     };
@@ -408,12 +409,15 @@ fn wait_registry(redis: &RedisServer, edges: usize, backends: usize) -> Result<(
 }
 
 /// The store's member list of each room (`HKEYS rc:room:{<rid>}:members`).
-fn store_members(redis: &RedisServer, rooms: &[String]) -> Result<BTreeMap<String, BTreeSet<String>>> {
+fn store_members(
+    redis: &RedisServer,
+    rooms: &[String],
+) -> Result<BTreeMap<String, BTreeSet<String>>> {
     let mut out = BTreeMap::new();
     for room in rooms {
         let v = redis.cmd(&["HKEYS", &format!("rc:room:{{{room}}}:members")])?;
-        let members: Vec<String> = redis::from_redis_value(v)
-            .with_context(|| format!("members of {room}"))?;
+        let members: Vec<String> =
+            redis::from_redis_value(v).with_context(|| format!("members of {room}"))?;
         out.insert(room.clone(), members.into_iter().collect());
     }
     Ok(out)
@@ -461,7 +465,10 @@ pub fn run(cfg: &ChaosConfig) -> Result<Outcome> {
         .enable_all()
         .build()?;
     let (obs_stop, traffic_stop) = (Stop::default(), Stop::default());
-    let wait_ready = |rx: &mut tokio::sync::mpsc::Receiver<Result<(), String>>, n: usize, what: &str| -> Result<()> {
+    let wait_ready = |rx: &mut tokio::sync::mpsc::Receiver<Result<(), String>>,
+                      n: usize,
+                      what: &str|
+     -> Result<()> {
         rt.block_on(async {
             for _ in 0..n {
                 match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
@@ -655,7 +662,11 @@ fn inject(
             mark(&id, "end", String::new());
         }
         Fault::RestartRedis => {
-            mark("redis", "begin", "killed, started empty on the same port".into());
+            mark(
+                "redis",
+                "begin",
+                "killed, started empty on the same port".into(),
+            );
             redis.restart().context("restarting redis-server")?;
             mark("redis", "end", String::new());
         }
