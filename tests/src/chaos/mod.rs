@@ -548,6 +548,12 @@ pub fn run(cfg: &ChaosConfig) -> Result<Outcome> {
         inject(fault, &mut rng, &mut nodes, &mut redis, &rec)?;
     }
     nodes.repair(&rec);
+    if cfg.faults.contains(&Fault::PauseEdge) {
+        // The end state is what the presence check sees, and a later fault (a Redis restart
+        // re-registering everything) can hide what a pause did. So the last fault is a pause
+        // long enough for the edge's lease (5 s) to expire and its members to be reaped.
+        final_pause(&mut rng, &nodes, &rec);
+    }
     println!("chaos: faults over; stopping traffic and settling");
 
     // Traffic stops, then the system settles: until every observer's view matches the store
@@ -600,6 +606,30 @@ pub fn run(cfg: &ChaosConfig) -> Result<Outcome> {
         history: cfg.history.clone(),
     })
 }
+
+/// SIGSTOP of a random edge for [`FINAL_PAUSE`], then SIGCONT.
+fn final_pause(rng: &mut Rng, nodes: &Nodes, rec: &Recorder) {
+    let (id, _, slot) = &nodes.edges[rng.below(nodes.edges.len())];
+    let Some(node) = slot.as_ref() else {
+        return;
+    };
+    let mark = |phase: &str, detail: String| {
+        rec.record(Event::Fault {
+            kind: Fault::PauseEdge.name().into(),
+            target: id.clone(),
+            phase: phase.into(),
+            detail,
+        })
+    };
+    mark("begin", format!("final pause: SIGSTOP for {FINAL_PAUSE:?}"));
+    signal(node, libc::SIGSTOP);
+    std::thread::sleep(FINAL_PAUSE);
+    signal(node, libc::SIGCONT);
+    mark("end", String::new());
+}
+
+/// The last pause of a run with `pause-edge`: past the 5 s lease and the reaper's sweep.
+const FINAL_PAUSE: Duration = Duration::from_secs(8);
 
 /// Injects one fault and waits until it is over (the node restarted or resumed).
 fn inject(
