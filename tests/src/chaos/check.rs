@@ -409,6 +409,9 @@ fn name_seq<'a>(
     }
 }
 
+/// A member change seen by an observer: (seq, added, uid).
+type Change<'a> = (u64, bool, &'a str);
+
 /// Each observer's member view of each of its rooms, rebuilt from the history: the last
 /// enter/resume answer's users, then the `onAdd`/`onLeave` pushes with a higher seq (received
 /// on that connection or a later one), in seq order.
@@ -440,7 +443,7 @@ pub fn views(records: &[Record]) -> BTreeMap<(String, String), BTreeSet<String>>
             _ => {}
         }
     }
-    let mut changes: HashMap<(&str, &str), Vec<(u64, bool, &str)>> = HashMap::new();
+    let mut changes: HashMap<(&str, &str), Vec<Change>> = HashMap::new();
     for rec in records {
         if let Event::Push {
             who,
