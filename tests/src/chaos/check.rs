@@ -70,6 +70,9 @@ pub struct Report {
     /// them.
     pub gaps: u64,
     pub gap_seqs: u64,
+    /// Of the `lost` violations, those where the observer got another message with that seq
+    /// (a reused seq hid the accepted one).
+    pub lost_shadowed: u64,
     /// Observer connections lost (each followed by a reconnect attempt).
     pub observer_reconnects: u64,
     /// Observers that gave up (skipped by the loss and presence checks), with why.
@@ -161,7 +164,15 @@ impl Report {
             Kind::Presence,
         ] {
             let v = self.violations.get(&kind).cloned().unwrap_or_default();
-            let _ = writeln!(s, "violations {:<13} {}", kind.name(), v.count);
+            let _ = write!(s, "violations {:<13} {}", kind.name(), v.count);
+            if kind == Kind::Lost && self.lost_shadowed > 0 {
+                let _ = write!(
+                    s,
+                    " ({} of them: the observer got another message with that seq)",
+                    self.lost_shadowed
+                );
+            }
+            let _ = writeln!(s);
             for e in &v.examples {
                 let _ = writeln!(s, "    e.g. {e}");
             }
@@ -345,6 +356,9 @@ pub fn check(records: &[Record]) -> Report {
                 if s.gaps.iter().any(|(f, t)| (*f..=*t).contains(&a.seq)) {
                     r.excused_by_gap += 1;
                     continue;
+                }
+                if s.got.contains_key(&a.seq) {
+                    r.lost_shadowed += 1;
                 }
                 r.add(Kind::Lost, || {
                     let instead = match s.got.get(&a.seq) {
@@ -639,8 +653,9 @@ mod tests {
         let r = check(&h);
         assert_eq!(r.count(Kind::SeqConflict), 1, "{}", r.summary());
         assert!(r.violations[&Kind::SeqConflict].examples[0].contains("r seq 7"));
-        // s#1 with seq 7 never arrived: it is also lost.
+        // s#1 with seq 7 never arrived: it is also lost, hidden by the other message.
         assert_eq!(r.count(Kind::Lost), 1, "{}", r.summary());
+        assert_eq!(r.lost_shadowed, 1);
     }
 
     #[test]
@@ -663,6 +678,7 @@ mod tests {
         h.remove(5);
         let r = check(&h);
         only(&r, Kind::Lost);
+        assert_eq!(r.lost_shadowed, 0);
         assert!(r.violations[&Kind::Lost].examples[0].contains("seq 7"));
     }
 
