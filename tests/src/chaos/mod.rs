@@ -278,6 +278,7 @@ fn cli(bin: &Path, a: ChaosArgs) -> Result<bool> {
             (d, true)
         }
     };
+    continue_paused_on_interrupt();
     let cfg = ChaosConfig {
         bin: bin.to_path_buf(),
         certs: Certs::ensure(&a.certs)
@@ -374,6 +375,56 @@ impl Nodes {
             }
         }
     }
+}
+
+/// The pid of the edge currently stopped by SIGSTOP (0: none), so an interrupted runner can
+/// continue it before exiting: the SIGTERM its children get from the kernel when it dies
+/// ([`crate::child`]) would stay pending forever in a stopped process.
+static PAUSED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Stops `node` (SIGSTOP) for `d`, then continues it (SIGCONT).
+fn pause(node: &Node, d: Duration) {
+    use std::sync::atomic::Ordering;
+    PAUSED.store(node.pid(), Ordering::SeqCst);
+    signal(node, libc::SIGSTOP);
+    std::thread::sleep(d);
+    signal(node, libc::SIGCONT);
+    PAUSED.store(0, Ordering::SeqCst);
+}
+
+/// On SIGINT or SIGTERM: continues a paused edge, then exits (130); the children then get
+/// SIGTERM from the kernel and exit by themselves.
+fn continue_paused_on_interrupt() {
+    std::thread::spawn(|| {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            let pid = PAUSED.load(std::sync::atomic::Ordering::SeqCst);
+            if pid != 0 {
+                // SAFETY: plain syscall on the pid of our own child, stopped and not reaped.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGCONT);
+                }
+            }
+            eprintln!("roomcast-dev bench chaos: interrupted; stopping");
+            std::process::exit(130);
+        });
+    });
 }
 
 /// Sends `sig` to a node's own pid (never to a group or by name). The node is our unreaped
@@ -622,9 +673,7 @@ fn final_pause(rng: &mut Rng, nodes: &Nodes, rec: &Recorder) {
         })
     };
     mark("begin", format!("final pause: SIGSTOP for {FINAL_PAUSE:?}"));
-    signal(node, libc::SIGSTOP);
-    std::thread::sleep(FINAL_PAUSE);
-    signal(node, libc::SIGCONT);
+    pause(node, FINAL_PAUSE);
     mark("end", String::new());
 }
 
@@ -671,9 +720,7 @@ fn inject(
             };
             let paused = rng.ms(2000, 8000);
             mark(id, "begin", format!("SIGSTOP for {paused:?}"));
-            signal(node, libc::SIGSTOP);
-            std::thread::sleep(paused);
-            signal(node, libc::SIGCONT);
+            pause(node, paused);
             mark(id, "end", String::new());
         }
         Fault::KillBackend => {
