@@ -51,7 +51,10 @@ fn killed_edges_and_backends_break_no_promise_the_checker_knows() {
         r.summary()
     );
     assert!(r.accepted >= 30, "{}", r.summary());
-    assert!(r.expected >= 2 * r.accepted / 2, "{}", r.summary());
+    // Both observers are in both rooms: every accepted send is checked against each of them,
+    // and some of those deliveries were actually compared (not all excused by a gap).
+    assert!(r.expected >= 2 * r.accepted, "{}", r.summary());
+    assert!(r.expected > r.excused_by_gap + 10, "{}", r.summary());
     assert!(r.presence_checked);
     let _ = std::fs::remove_dir_all(&dir);
 }

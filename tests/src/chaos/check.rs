@@ -66,8 +66,8 @@ pub struct Report {
     /// (accepted send, observer) pairs the loss check looked at; of those, excused by a gap.
     pub expected: u64,
     pub excused_by_gap: u64,
-    /// Gap ranges observers were told about (`onGap` pushes and resume `gap`s), and the seqs in
-    /// them.
+    /// Gap reports observers got (`onGap` pushes and resume `gap`s: one gap is often reported
+    /// both ways), and the seqs in them.
     pub gaps: u64,
     pub gap_seqs: u64,
     /// Of the `lost` violations, those where the observer got another message with that seq
@@ -140,7 +140,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "gaps reported to observers: {} ranges, {} seqs; observer reconnects: {}",
+            "gap reports to observers: {} (onGap pushes and resume gaps; a resume usually reports one gap both ways), {} seqs in them; observer reconnects: {}",
             self.gaps, self.gap_seqs, self.observer_reconnects
         );
         if !self.gave_up.is_empty() {
