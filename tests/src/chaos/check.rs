@@ -827,6 +827,21 @@ mod tests {
         assert_eq!(v[&("o".to_string(), "r".to_string())], want);
     }
 
+    /// A real history (the e2e chaos test, before observers' reconnects were staggered): two
+    /// observers of a killed edge resumed on it in the same millisecond; `obs-2`'s answer for
+    /// room-2 had seq 38, `obs-1`'s re-join was seq 39, and `obs-2` never got that `onAdd`.
+    #[test]
+    fn a_real_history_with_a_lost_onadd_shows_a_presence_split() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/chaos-concurrent-rejoin.jsonl");
+        let r = check(&super::super::history::read(&path).unwrap());
+        only(&r, Kind::Presence);
+        let e = &r.violations[&Kind::Presence].examples[0];
+        assert!(e.starts_with("obs-2's view of room-2"), "{e}");
+        assert!(e.contains("the store also has [\"obs-1\"]"), "{e}");
+        assert_eq!(r.faults.get("kill-edge"), Some(&1));
+    }
+
     #[test]
     fn a_history_round_trips_through_its_file_format() {
         let dir = std::env::temp_dir().join(format!("roomcast-chaos-test-{}", std::process::id()));
