@@ -263,21 +263,18 @@ fn cli(bin: &Path, a: ChaosArgs) -> Result<bool> {
         return Ok(report.ok());
     }
     let (dir, temporary) = match &a.out {
-        Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
-            (d.clone(), false)
-        }
-        None => {
-            let d = std::env::temp_dir().join(format!(
+        Some(d) => (d.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!(
                 "roomcast-chaos-{}-{:x}",
                 std::process::id(),
                 clock_seed()
-            ));
-            std::fs::create_dir_all(&d)
-                .with_context(|| format!("cannot create {}", d.display()))?;
-            (d, true)
-        }
+            )),
+            true,
+        ),
     };
+    // Bad flags leave nothing behind: the directory is created once they are checked.
+    let faults = Fault::parse_list(&a.faults)?;
     continue_paused_on_interrupt();
     let cfg = ChaosConfig {
         bin: bin.to_path_buf(),
@@ -292,12 +289,13 @@ fn cli(bin: &Path, a: ChaosArgs) -> Result<bool> {
         observers: a.observers,
         churners: a.churners,
         rate: a.rate,
-        faults: Fault::parse_list(&a.faults)?,
+        faults,
         fault_gap_ms: (1000, 4000),
         settle: Duration::from_secs(a.settle),
         history: dir.join("history.jsonl"),
     };
     cfg.validate()?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let outcome = run(&cfg)?;
     let summary = format!(
         "chaos run: seed {}, {} s, {} edges, {} backends, {} rooms, {} senders at {}/s, {} observers, {} churners, faults [{}]\n{}",
