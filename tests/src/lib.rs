@@ -6,12 +6,14 @@
 //! - [`ceilings`]: the machine's raw UDP and Redis ceilings, measured beside each scenario.
 //! - [`child`]: children that never outlive their parent (`PR_SET_PDEATHSIG`), bounded SIGTERM.
 //! - [`cluster`]: certificates for tests, and edge/backend child processes that can be killed.
+//! - [`chaos`]: `roomcast-dev bench chaos`, faults under traffic and a history checker.
 //! - [`scenarios`]: `roomcast-dev bench <scenario>`, the benchmark scenarios of BENCHMARKS.md.
 //! - [`stack`]: `roomcast-dev up`, the one-command local stack of README.
 //!
 //! The end-to-end tests themselves are in `tests/tests/`.
 
 pub mod ceilings;
+pub mod chaos;
 pub mod child;
 pub mod cluster;
 pub mod memory;

@@ -28,6 +28,12 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("edge") => node(|a| runtime()?.block_on(roomcast_edge::run_cli(a))),
         Some("chat") => node(|a| runtime()?.block_on(roomcast_backend::run_cli(a))),
+        // Its own flags (and exit codes: 1 = violations found), so it is parsed apart.
+        Some("bench") if args.get(2).map(String::as_str) == Some("chaos") => {
+            roomcast_common::telemetry::init_logging();
+            let bin = std::env::current_exe().expect("current executable");
+            std::process::exit(roomcast_e2e::chaos::main_cli(&bin, &args[3..]));
+        }
         Some("bench") => {
             #[derive(Parser)]
             #[command(name = "roomcast-dev bench")]

@@ -17,7 +17,7 @@ use crate::redis_server::RedisServer;
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// fanout-100 | big-room | idle | churn
+    /// fanout-100 | big-room | idle | churn (and chaos, with its own flags: `bench chaos --help`)
     pub scenario: String,
     /// Offered rates (messages per second; joins + leaves per second for churn),
     /// comma-separated to run several.
