@@ -224,7 +224,7 @@ pub fn check(records: &[Record]) -> Report {
     };
     let mut observers: BTreeMap<&str, &[String]> = BTreeMap::new();
     let mut gave_up: BTreeMap<&str, &str> = BTreeMap::new();
-    let mut accepted: Vec<Accepted> = Vec::new();
+    let mut accepted: Vec<Accepted<'_>> = Vec::new();
     // (room, seq) → (identity, where it was seen first).
     let mut names: HashMap<(&str, u64), (String, String)> = HashMap::new();
     let mut conflicts: HashSet<(&str, u64)> = HashSet::new();
@@ -457,7 +457,7 @@ pub fn views(records: &[Record]) -> BTreeMap<(String, String), BTreeSet<String>>
             _ => {}
         }
     }
-    let mut changes: HashMap<(&str, &str), Vec<Change>> = HashMap::new();
+    let mut changes: HashMap<(&str, &str), Vec<Change<'_>>> = HashMap::new();
     for rec in records {
         if let Event::Push {
             who,
