@@ -23,7 +23,7 @@ pub mod rooms;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -193,6 +193,12 @@ struct Detached {
 struct Sub {
     users: usize,
     confirmed: bool,
+    /// Pushes that arrived while joins were under way but before the room had a feed here:
+    /// the subscription is confirmed before the store's join, so a push numbered after a join
+    /// (another member's onAdd, a message) can beat the join's answer to the edge. Handed to
+    /// the feed the first join creates; at most [`rooms::MAX_BUFFERED`], the oldest dropped
+    /// first (the feed then fills them from history).
+    early: BTreeMap<u64, Bytes>,
 }
 
 pub struct EdgeCore<H> {
@@ -549,6 +555,14 @@ impl<H> EdgeCore<H> {
         };
         let (_, more) = self.rooms.join(rid, sid, seq, since);
         actions.extend(more);
+        let early = self
+            .subs
+            .get_mut(rid)
+            .map(|sub| std::mem::take(&mut sub.early))
+            .unwrap_or_default();
+        for (seq, frame) in early {
+            actions.extend(self.rooms.push(rid, seq, frame));
+        }
         if !actions.is_empty() {
             out.push(Effect::Feed {
                 rid: rid.to_string(),
@@ -607,6 +621,16 @@ impl<H> EdgeCore<H> {
 
     /// A room push numbered `seq` arrived (the client frame, encoded once).
     pub fn room_push(&mut self, rid: &str, seq: u64, frame: Bytes, out: &mut Vec<Effect>) {
+        if self.rooms.last_seq(rid).is_none() {
+            // No feed yet: keep it for the joins under way (see `Sub::early`), else drop it.
+            if let Some(sub) = self.subs.get_mut(rid) {
+                sub.early.insert(seq, frame);
+                if sub.early.len() > rooms::MAX_BUFFERED {
+                    sub.early.pop_first();
+                }
+            }
+            return;
+        }
         let actions = self.rooms.push(rid, seq, frame);
         if !actions.is_empty() {
             out.push(Effect::Feed {

@@ -766,3 +766,37 @@ fn a_lost_lease_is_told_apart_from_a_store_reset() {
     assert_eq!(check(&mut sim, "g3", false, false), Registration::Resume);
     assert_eq!(sim.closed.len(), 2);
 }
+
+#[test]
+fn a_push_that_beats_the_join_answer_to_a_new_feed_is_not_lost() {
+    // Two sessions of an edge that has nobody in the room yet join at the same instant (both
+    // resumed onto a restarted edge): the second join's onAdd comes off the bus before the
+    // first join's answer has created the room's feed here.
+    let mut sim = Sim::new();
+    let alice = sim.connect();
+    sim.login(alice, "alice", None);
+    let bob = sim.connect();
+    sim.login(bob, "bob", None);
+    for sid in [alice, bob] {
+        sim.core.begin_join(sid, "lobby").unwrap();
+        sim.core.subscribed("lobby");
+    }
+    let (a_seq, _) = sim.store_join("lobby", "alice");
+    let (b_seq, _) = sim.store_join("lobby", "bob");
+    sim.deliver_bus(); // both onAdds arrive before either join is reported
+    sim.run(|c, out| c.joined(alice, "lobby", a_seq, JoinKind::Enter, out));
+    sim.run(|c, out| c.joined(bob, "lobby", b_seq, JoinKind::Enter, out));
+    assert_eq!(
+        sim.stream(alice, "lobby"),
+        vec![format!("{b_seq}:onAdd bob")]
+    );
+    assert!(sim.stream(bob, "lobby").is_empty(), "never its own onAdd");
+    assert!(
+        sim.fetches.is_empty(),
+        "nothing to fetch: the push was kept"
+    );
+    // Later pushes follow in order.
+    sim.publish("lobby", "m1");
+    sim.deliver_bus();
+    assert_eq!(sim.stream(bob, "lobby"), vec![format!("{}:m1", b_seq + 1)]);
+}
