@@ -158,14 +158,27 @@ impl Connection {
         };
 
         // One bound for the whole exchange: opening the stream can wait for stream credit and
-        // the write for flow control, not only the read of the answer.
-        let (send, recv, buf, welcome) =
-            match tokio::time::timeout(opts.request_timeout, handshake(&conn)).await {
-                Ok(Ok(done)) => done,
-                Ok(Err(e @ ClientError::Handshake { .. })) => return Err(e),
-                Ok(Err(e)) => return Err(close_reason(&conn).unwrap_or(e)),
-                Err(_) => return Err(ClientError::Timeout(opts.request_timeout)),
-            };
+        // the write for flow control, not only the read of the answer. With 0-RTT the
+        // connection "opens" at once, whoever is at `addr` (session tickets are per server
+        // name, not per address): then the first answer is also the proof that an edge is
+        // there, and nothing within `connect_timeout` is a failure to connect, as without 0-RTT.
+        let bound = if zero_rtt.is_some() {
+            opts.connect_timeout.min(opts.request_timeout)
+        } else {
+            opts.request_timeout
+        };
+        let (send, recv, buf, welcome) = match tokio::time::timeout(bound, handshake(&conn)).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(e @ ClientError::Handshake { .. })) => return Err(e),
+            Ok(Err(e)) => return Err(close_reason(&conn).unwrap_or(e)),
+            Err(_) if zero_rtt.is_some() => {
+                return Err(fail(format!(
+                    "no answer within {:?} (is an edge listening there?)",
+                    opts.connect_timeout
+                )))
+            }
+            Err(_) => return Err(ClientError::Timeout(opts.request_timeout)),
+        };
 
         let error = Arc::new(Mutex::new(None));
         tokio::spawn(control_reader(
