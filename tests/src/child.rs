@@ -77,3 +77,22 @@ pub fn terminate_all(children: &mut [&mut Child], grace: Duration) {
         let _ = c.wait();
     }
 }
+
+/// The lines `child` writes on its (piped) stdout, echoed with `tag` so a failing test shows
+/// them, as a channel that a test can wait on with a bound (`recv_timeout`).
+pub fn stdout_lines(child: &mut Child, tag: &'static str) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    if let Some(stdout) = child.stdout.take() {
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                println!("[{tag}] {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    rx
+}

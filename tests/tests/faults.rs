@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use redis::AsyncCommands;
 use roomcast_client::{Client, ClientError, Push};
-use roomcast_protocol::protocol::{Resume, ResumeAnswer};
 use support::{body, collect_route, next_push, Env, WAIT};
 use tokio::sync::mpsc::Receiver;
 
@@ -367,19 +366,7 @@ async fn a_resume_older_than_history_is_told_explicitly() {
         .await
         .unwrap();
     let mut rx = again.pushes().unwrap();
-    let answer: ResumeAnswer = again
-        .connection()
-        .request_json(
-            "connector.resume",
-            &Resume {
-                username: "bob".into(),
-                session: old_session,
-                rooms: [("lobby".to_string(), joined.seq)].into(),
-                token: support::token("bob", &["lobby"]),
-            },
-        )
-        .await
-        .unwrap();
+    let answer = support::resume_by_hand(&again, "bob", old_session, "lobby", joined.seq).await;
     let lobby = &answer.rooms["lobby"];
     assert_eq!(
         lobby.users,

@@ -3,9 +3,7 @@
 //! process on the in-memory engine), says so, and gives a working chat to real QUIC clients that
 //! find their edge through the gate; SIGTERM stops it.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use roomcast_client::{Client, ClientOptions, Push};
@@ -50,15 +48,7 @@ async fn without_redis_the_stack_runs_in_memory_and_chat_works() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start roomcast-dev up");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            println!("[stack] {line}");
-            let _ = tx.send(line);
-        }
-    });
+    let rx = roomcast_e2e::child::stdout_lines(&mut child, "stack");
     let deadline = Instant::now() + READY_WAIT;
     let mut said_mode = false;
     loop {

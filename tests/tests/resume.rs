@@ -7,7 +7,6 @@ mod support;
 use std::time::Duration;
 
 use roomcast_client::Client;
-use roomcast_protocol::protocol::{Resume, ResumeAnswer};
 use support::{body, collect_route, next_push, Env, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,19 +38,7 @@ async fn a_resume_after_the_grace_period_rejoins_with_a_gap_and_no_own_presence(
         .await
         .unwrap();
     let mut brx = again.pushes().unwrap();
-    let answer: ResumeAnswer = again
-        .connection()
-        .request_json(
-            "connector.resume",
-            &Resume {
-                username: "bob".into(),
-                session: old_session,
-                rooms: [("lobby".to_string(), joined.seq)].into(),
-                token: support::token("bob", &["lobby"]),
-            },
-        )
-        .await
-        .unwrap();
+    let answer = support::resume_by_hand(&again, "bob", old_session, "lobby", joined.seq).await;
     let lobby = &answer.rooms["lobby"];
     assert_eq!(lobby.users, vec!["alice", "bob"]);
     // Missed: onLeave, the chat message and the rejoin's own onAdd.

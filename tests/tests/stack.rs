@@ -4,9 +4,7 @@
 //! and after SIGKILL of the stack (not handleable: the kernel's parent-death signal stops them).
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Start-up of a debug-build stack on a busy machine can be slow.
@@ -79,15 +77,7 @@ impl Stack {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start roomcast-dev up");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                println!("[stack] {line}");
-                let _ = tx.send(line);
-            }
-        });
+        let rx = roomcast_e2e::child::stdout_lines(&mut child, "stack");
         let deadline = Instant::now() + READY_WAIT;
         let mut pids = BTreeSet::new();
         loop {

@@ -242,3 +242,27 @@ pub async fn collect_route(rx: &mut Receiver<Push>, route: &str, n: usize) -> Ve
 pub fn body(p: &Push) -> serde_json::Value {
     serde_json::from_slice(&p.body).expect("push body is JSON")
 }
+
+/// Sends `connector.resume` for `uid` by hand on `client`'s connection (a test token for
+/// `rid`), with `since` as the last seq seen in `rid`; the answer as the edge gave it.
+pub async fn resume_by_hand(
+    client: &Client,
+    uid: &str,
+    session: String,
+    rid: &str,
+    since: u64,
+) -> roomcast_protocol::protocol::ResumeAnswer {
+    client
+        .connection()
+        .request_json(
+            "connector.resume",
+            &roomcast_protocol::protocol::Resume {
+                username: uid.into(),
+                session,
+                rooms: [(rid.to_string(), since)].into(),
+                token: token(uid, &[rid]),
+            },
+        )
+        .await
+        .expect("connector.resume answered")
+}
