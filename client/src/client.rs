@@ -18,7 +18,7 @@ use roomcast_protocol::protocol::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::connection::{Connection, Push};
 use crate::error::ClientError;
@@ -218,6 +218,15 @@ impl Client {
 
     /// The pushes (taken once). Across reconnects each room's pushes arrive once, in seq order;
     /// an `onGap` push (its seq is the last lost one) says when some could not be replayed.
+    ///
+    /// After every resume, each resumed room also gets one [`ON_RESUME`] push, made by the SDK
+    /// (not sent by the edge): its `seq` is the room's seq at the resume and its body the
+    /// edge's answer for the room (`users`, `members`, `seq`, and `gap` when some seqs were
+    /// lost), as [`roomcast_protocol::protocol::Resumed`] JSON. It comes after the replayed
+    /// pushes up to that seq and before any later one, so an application that replaces its
+    /// member list with `users` there and then applies the `onAdd`/`onLeave` that follow has
+    /// the room's membership exactly (the edge's view can have changed while the connection
+    /// was lost: members who left meanwhile, or the client's own rejoin).
     pub fn pushes(&self) -> Option<mpsc::Receiver<Push>> {
         self.pushes.lock().expect("pushes lock").take()
     }
@@ -488,7 +497,7 @@ pub async fn query_gate(
 /// Forwards the current connection's pushes to the application; when the connection is lost,
 /// reconnects and resumes.
 async fn supervise(shared: Arc<Shared>, mut conn: Arc<Connection>, tx: mpsc::Sender<Push>) {
-    let mut forwarder = tokio::spawn(forward(shared.clone(), conn.clone(), tx.clone()));
+    let mut forwarder = tokio::spawn(forward(shared.clone(), conn.clone(), tx.clone(), None));
     loop {
         let _ = (&mut forwarder).await;
         if shared.closing.load(Ordering::SeqCst) || !shared.opts.reconnect {
@@ -514,25 +523,83 @@ async fn supervise(shared: Arc<Shared>, mut conn: Arc<Connection>, tx: mpsc::Sen
     }
 }
 
-/// Hands the connection's pushes to the application, dropping replayed duplicates.
-async fn forward(shared: Arc<Shared>, conn: Arc<Connection>, tx: mpsc::Sender<Push>) {
+/// The route of the pushes the SDK makes after a resume (see [`Client::pushes`]).
+pub const ON_RESUME: &str = "onResume";
+
+/// Hands the connection's pushes to the application, dropping replayed duplicates. With
+/// `resumed`, pushes are held until the resume's answer arrives: then the held pushes up to
+/// each room's resume seq go first, then an [`ON_RESUME`] push per room, then the rest. The
+/// hold is bounded by the connection's own push queue (it ends when the answer comes or the
+/// request fails, which the request timeout bounds).
+async fn forward(
+    shared: Arc<Shared>,
+    conn: Arc<Connection>,
+    tx: mpsc::Sender<Push>,
+    resumed: Option<oneshot::Receiver<ResumeAnswer>>,
+) {
     let Some(mut rx) = conn.pushes() else {
         return;
     };
     drop(conn);
-    while let Some(push) = rx.recv().await {
-        if !push.rid.is_empty() {
-            let mut rooms = shared.rooms.lock().expect("rooms lock");
-            match rooms.get_mut(&push.rid) {
-                Some(last) if push.seq <= *last => continue,
-                Some(last) => *last = push.seq,
-                None => {}
+    if let Some(mut answer) = resumed {
+        let mut held = Vec::new();
+        let answer = loop {
+            tokio::select! {
+                a = &mut answer => break a.ok(),
+                p = rx.recv() => match p {
+                    Some(p) => held.push(p),
+                    None => break None,
+                },
+            }
+        };
+        let Some(answer) = answer else {
+            return;
+        };
+        let at = |p: &Push| answer.rooms.get(&p.rid).map(|r| r.seq);
+        let (before, after): (Vec<Push>, Vec<Push>) = held
+            .into_iter()
+            .partition(|p| at(p).is_none_or(|s| p.seq <= s));
+        let snapshots = answer.rooms.iter().map(|(rid, r)| Push {
+            route: ON_RESUME.into(),
+            rid: rid.clone(),
+            seq: r.seq,
+            body: serde_json::to_vec(r).unwrap_or_default().into(),
+        });
+        for p in before {
+            if !deliver(&shared, &tx, p, true).await {
+                return;
             }
         }
-        if tx.send(push).await.is_err() {
+        for p in snapshots {
+            if !deliver(&shared, &tx, p, false).await {
+                return;
+            }
+        }
+        for p in after {
+            if !deliver(&shared, &tx, p, true).await {
+                return;
+            }
+        }
+    }
+    while let Some(push) = rx.recv().await {
+        if !deliver(&shared, &tx, push, true).await {
             return;
         }
     }
+}
+
+/// Sends one push to the application (a room push only if it is new, when `filter`); false
+/// when the application dropped its receiver.
+async fn deliver(shared: &Shared, tx: &mpsc::Sender<Push>, push: Push, filter: bool) -> bool {
+    if filter && !push.rid.is_empty() {
+        let mut rooms = shared.rooms.lock().expect("rooms lock");
+        match rooms.get_mut(&push.rid) {
+            Some(last) if push.seq <= *last => return true,
+            Some(last) => *last = push.seq,
+            None => {}
+        }
+    }
+    tx.send(push).await.is_ok()
 }
 
 /// Connects again (through the gate, with backoff and jitter) and resumes every room.
@@ -571,8 +638,15 @@ async fn resume_once(
     let (conn, gate) = connect_through(&shared.opts, &gates, &shared.uid).await?;
     *shared.good_gate.lock().expect("gate lock") = Some(gate);
     let conn = Arc::new(conn);
-    // Start forwarding before resuming: the replay arrives while the request runs.
-    let forwarder = tokio::spawn(forward(shared.clone(), conn.clone(), tx.clone()));
+    // Start forwarding before resuming: the replay arrives while the request runs; it is held
+    // until the answer, which goes to the application in its place among the pushes.
+    let (answered, resumed) = oneshot::channel();
+    let forwarder = tokio::spawn(forward(
+        shared.clone(),
+        conn.clone(),
+        tx.clone(),
+        Some(resumed),
+    ));
     let rooms = shared.rooms.lock().expect("rooms lock").clone();
     let answer: Result<ResumeAnswer, ClientError> = conn
         .request_json(
@@ -592,6 +666,7 @@ async fn resume_once(
                     tracing::warn!("{rid}: seqs {from}..={to} were lost (older than the history)");
                 }
             }
+            let _ = answered.send(a);
             *shared.conn.lock().expect("conn lock") = conn.clone();
             Ok((conn, forwarder))
         }

@@ -32,6 +32,6 @@ pub mod connection;
 pub mod error;
 pub mod format;
 
-pub use client::{Client, ClientOptions};
+pub use client::{Client, ClientOptions, ON_RESUME};
 pub use connection::{Connection, Push, Welcome};
 pub use error::ClientError;

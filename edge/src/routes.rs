@@ -373,9 +373,10 @@ async fn resume(state: &Arc<EdgeState>, session: &Arc<SessionHandle>, body: &[u8
                 &state.id,
                 Some((route::ON_ADD, &on_add)),
                 true,
-                // What the client saw is a floor for the room's numbering (the store may have
-                // lost it; see the store contract).
-                since,
+                // No floor from the client: a client's word must not move a room's numbering
+                // (a huge `since` would exhaust it for everyone), and the store never reuses a
+                // seq without one (see the store contract).
+                0,
             )
             .await
         {

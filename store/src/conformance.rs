@@ -88,15 +88,23 @@ fn room(rid: &str, route: &str, body: &[u8]) -> BusMessage {
     }
 }
 
-/// The next payload, decoded, or `None` after `wait`.
-async fn next(p: &mut Payloads, wait: Duration) -> Option<(u64, BusMessage)> {
-    let payload = tokio::time::timeout(wait, p.next()).await.ok()??;
-    Some(bus::decode(&payload).expect("decodable payload"))
+/// A seq's place in its room's numbering: 1 for the first push (a numbering starts at
+/// [`crate::seq_start`], with the counter bits clear), 0 for pushes that are not room messages.
+fn nth(seq: u64) -> u64 {
+    seq & ((1 << crate::SEQ_COUNTER_BITS) - 1)
 }
 
+/// The next payload, decoded, with its seq as [`nth`], or `None` after `wait`.
+async fn next(p: &mut Payloads, wait: Duration) -> Option<(u64, BusMessage)> {
+    let payload = tokio::time::timeout(wait, p.next()).await.ok()??;
+    let (seq, msg) = bus::decode(&payload).expect("decodable payload");
+    Some((nth(seq), msg))
+}
+
+/// The room's history, as [`nth`] seqs.
 async fn seqs(s: &Store, rid: &str) -> Vec<u64> {
     let h = s.history(rid, 0, u64::MAX).await.expect("history");
-    h.iter().map(|e| e.seq).collect()
+    h.iter().map(|e| nth(e.seq)).collect()
 }
 
 pub async fn join_and_leave_are_idempotent_and_numbered(s: Store) {
@@ -104,14 +112,18 @@ pub async fn join_and_leave_are_idempotent_and_numbered(s: Store) {
     let gone = Some(("onLeave", &b"{}"[..]));
     let j = s.join("lobby", "alice", "e1", add).await.expect("join");
     assert_eq!(
-        (j.seq, j.added, j.users, j.members),
+        (nth(j.seq), j.added, j.users, j.members),
         (1, true, vec!["alice".into()], 1)
     );
     // Idempotent: the same edge again changes nothing and pushes nothing.
     let again = s.join("lobby", "alice", "e1", add).await.expect("join");
-    assert_eq!((again.seq, again.added, again.members), (1, false, 1));
+    assert_eq!((nth(again.seq), again.added, again.members), (1, false, 1));
+    let base = again.seq - 1;
     let j = s.join("lobby", "bob", "e2", add).await.expect("join");
-    assert_eq!((j.seq, j.users), (2, vec!["alice".into(), "bob".into()]));
+    assert_eq!(
+        (j.seq, j.users),
+        (base + 2, vec!["alice".into(), "bob".into()])
+    );
     assert_eq!(
         s.member("lobby", "bob").await.expect("member").as_deref(),
         Some("e2")
@@ -136,7 +148,7 @@ pub async fn join_and_leave_are_idempotent_and_numbered(s: Store) {
         s.leave("lobby", "bob", Some("e2"), gone)
             .await
             .expect("leave"),
-        Some(3)
+        Some(base + 3)
     );
     assert_eq!(
         s.leave("lobby", "bob", None, gone).await.expect("leave"),
@@ -155,7 +167,7 @@ pub async fn join_and_leave_are_idempotent_and_numbered(s: Store) {
     );
     assert_eq!(
         s.leave("lobby", "alice", None, gone).await.expect("leave"),
-        Some(4)
+        Some(base + 4)
     );
     assert!(
         s.rooms().await.expect("rooms").is_empty(),
@@ -164,7 +176,7 @@ pub async fn join_and_leave_are_idempotent_and_numbered(s: Store) {
     assert!(s.members("lobby").await.expect("members").is_empty());
     // Re-joining continues the numbering.
     let j = s.join("lobby", "carol", "e1", add).await.expect("join");
-    assert_eq!(j.seq, 5);
+    assert_eq!(j.seq, base + 5);
     assert_eq!(seqs(&s, "lobby").await, [1, 2, 3, 4, 5]);
 }
 
@@ -185,7 +197,7 @@ pub async fn presence_pushes_carry_their_seqs(s: Store) {
         .publish_room("lobby", "onChat", b"hello", Some("alice"), None)
         .await
         .expect("publish");
-    assert_eq!(seq, 2);
+    assert_eq!(nth(seq), 2);
     s.leave("lobby", "alice", None, Some(("onLeave", b"bye")))
         .await
         .expect("leave");
@@ -202,8 +214,8 @@ pub async fn presence_pushes_carry_their_seqs(s: Store) {
         ]
     );
     // The history holds the same pushes.
-    let h = s.history("lobby", 0, 3).await.expect("history");
-    let h: Vec<(u64, BusMessage)> = h.into_iter().map(|e| (e.seq, e.message)).collect();
+    let h = s.history("lobby", 0, seq + 1).await.expect("history");
+    let h: Vec<(u64, BusMessage)> = h.into_iter().map(|e| (nth(e.seq), e.message)).collect();
     assert_eq!(h, got);
 }
 
@@ -212,7 +224,7 @@ pub async fn seqs_never_repeat_and_are_gapless(s: Store) {
         max_len: 10_000,
         max_age: Duration::from_secs(60),
     });
-    s.join("r", "sender", "e1", None).await.expect("join");
+    let base = s.join("r", "sender", "e1", None).await.expect("join").seq;
     let mut tasks = Vec::new();
     for t in 0..4 {
         let s = s.clone();
@@ -240,9 +252,13 @@ pub async fn seqs_never_repeat_and_are_gapless(s: Store) {
     let unique: HashSet<u64> = all.iter().copied().collect();
     assert_eq!(unique.len(), all.len(), "a seq was handed out twice");
     all.sort();
-    assert_eq!(all, (1..=300).collect::<Vec<u64>>(), "gapless");
-    assert_eq!(seqs(&s, "r").await, all);
-    assert_eq!(s.room_seq("r").await.expect("seq"), 300);
+    assert_eq!(
+        all,
+        (base + 1..=base + 300).collect::<Vec<u64>>(),
+        "gapless"
+    );
+    assert_eq!(seqs(&s, "r").await, (1..=300).collect::<Vec<u64>>());
+    assert_eq!(s.room_seq("r").await.expect("seq"), base + 300);
 }
 
 pub async fn request_keys_publish_once(s: Store) {
@@ -272,17 +288,23 @@ pub async fn request_keys_publish_once(s: Store) {
         .publish_room("other", "onChat", b"x", Some("alice"), Some("sess/7"))
         .await
         .expect("publish");
-    assert_eq!(o, 1);
+    assert_eq!(nth(o), 1);
     let c = s
         .publish_room("lobby", "onChat", b"x", Some("alice"), Some("sess/8"))
         .await
         .expect("publish");
     assert_eq!(c, a + 1);
     // Published once: the subscriber sees a, then c, and nothing else.
-    assert_eq!(next(&mut sub.payloads, WAIT).await.map(|m| m.0), Some(a));
-    assert_eq!(next(&mut sub.payloads, WAIT).await.map(|m| m.0), Some(c));
+    assert_eq!(
+        next(&mut sub.payloads, WAIT).await.map(|m| m.0),
+        Some(nth(a))
+    );
+    assert_eq!(
+        next(&mut sub.payloads, WAIT).await.map(|m| m.0),
+        Some(nth(c))
+    );
     assert_eq!(next(&mut sub.payloads, QUIET).await, None);
-    assert_eq!(seqs(&s, "lobby").await, [a, c]);
+    assert_eq!(seqs(&s, "lobby").await, [nth(a), nth(c)]);
 }
 
 pub async fn private_messages_reach_members_only(s: Store) {
@@ -315,9 +337,9 @@ pub async fn private_messages_reach_members_only(s: Store) {
         )
     );
     assert_eq!(
-        s.room_seq("lobby").await.expect("seq"),
+        nth(s.room_seq("lobby").await.expect("seq")),
         0,
-        "no seq, no history"
+        "no push, no history"
     );
     assert!(seqs(&s, "lobby").await.is_empty());
 }
@@ -327,9 +349,12 @@ pub async fn history_keeps_the_last_pushes_in_range(s: Store) {
         max_len: 5,
         max_age: Duration::from_secs(60),
     });
-    s.join("lobby", "alice", "e1", Some(("onAdd", b"a")))
+    let base = s
+        .join("lobby", "alice", "e1", Some(("onAdd", b"a")))
         .await
-        .expect("join");
+        .expect("join")
+        .seq
+        - 1;
     for i in 0..9 {
         let body = format!("m{i}");
         s.publish_room("lobby", "onChat", body.as_bytes(), None, None)
@@ -337,17 +362,20 @@ pub async fn history_keeps_the_last_pushes_in_range(s: Store) {
             .expect("publish");
     }
     // seqs 1..=10 were pushed; the last 5 are kept.
-    let h = s.history("lobby", 0, 10).await.expect("history");
+    let h = s.history("lobby", 0, base + 10).await.expect("history");
     assert_eq!(
-        h.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        h.iter().map(|e| nth(e.seq)).collect::<Vec<_>>(),
         [6, 7, 8, 9, 10]
     );
     assert_eq!(h[4].message, room("lobby", "onChat", b"m8"));
     let range = |after, upto| {
         let s = s.clone();
         async move {
-            let h = s.history("lobby", after, upto).await.expect("history");
-            h.iter().map(|e| e.seq).collect::<Vec<u64>>()
+            let h = s
+                .history("lobby", base + after, base + upto)
+                .await
+                .expect("history");
+            h.iter().map(|e| nth(e.seq)).collect::<Vec<u64>>()
         }
     };
     assert_eq!(range(8, 9).await, [9]);
@@ -374,7 +402,7 @@ pub async fn history_forgets_old_pushes(s: Store) {
         .publish_room("lobby", "onChat", b"new", None, None)
         .await
         .expect("publish");
-    assert_eq!(seq, 2, "the seq outlives the history");
+    assert_eq!(nth(seq), 2, "the seq outlives the history");
     assert_eq!(
         seqs(&s, "lobby").await,
         [2],
@@ -396,7 +424,8 @@ pub async fn resume_moves_silently_and_the_seq_floor_holds(s: Store) {
         .join_with("lobby", "alice", "e2", Some(("onAdd", b"a")), true, 0)
         .await
         .expect("resume");
-    assert_eq!((j.added, j.seq, j.members), (false, 1, 1));
+    assert_eq!((j.added, nth(j.seq), j.members), (false, 1, 1));
+    let base = j.seq - 1;
     assert_eq!(
         s.member("lobby", "alice").await.expect("member").as_deref(),
         Some("e2")
@@ -409,23 +438,24 @@ pub async fn resume_moves_silently_and_the_seq_floor_holds(s: Store) {
         .join_with("lobby", "alice", "e3", Some(("onAdd", b"a")), false, 0)
         .await
         .expect("move");
-    assert_eq!((j.added, j.seq), (true, 2));
-    // A seq floor raises the numbering (after the store lost its state), never lowers it.
+    assert_eq!((j.added, j.seq), (true, base + 2));
+    // A seq floor raises the numbering (an edge writing back what it delivered), never lowers
+    // it.
     let j = s
-        .join_with("lobby", "bob", "e2", None, true, 42)
+        .join_with("lobby", "bob", "e2", None, true, base + 42)
         .await
         .expect("floor");
-    assert_eq!(j.seq, 42);
+    assert_eq!(j.seq, base + 42);
     let j = s
-        .join_with("lobby", "carol", "e2", None, true, 7)
+        .join_with("lobby", "carol", "e2", None, true, base + 7)
         .await
         .expect("floor");
-    assert_eq!(j.seq, 42);
+    assert_eq!(j.seq, base + 42);
     let seq = s
         .publish_room("lobby", "onChat", b"x", None, None)
         .await
         .expect("publish");
-    assert_eq!(seq, 43);
+    assert_eq!(seq, base + 43);
 }
 
 pub async fn rooms_over_the_presence_limit_are_silent(s: Store) {
@@ -434,10 +464,16 @@ pub async fn rooms_over_the_presence_limit_are_silent(s: Store) {
     let gone = Some(("onLeave", &b"{}"[..]));
     assert!(s.join("big", "a", "e1", add).await.expect("join").added);
     let b = s.join("big", "b", "e1", add).await.expect("join");
-    assert_eq!((b.added, b.seq, b.members, b.users.len()), (true, 2, 2, 2));
+    assert_eq!(
+        (b.added, nth(b.seq), b.members, b.users.len()),
+        (true, 2, 2, 2)
+    );
     // The third member makes the room larger than the limit: no push, no list, only a count.
     let c = s.join("big", "c", "e2", add).await.expect("join");
-    assert_eq!((c.added, c.seq, c.members, c.users.len()), (false, 2, 3, 0));
+    assert_eq!(
+        (c.added, nth(c.seq), c.members, c.users.len()),
+        (false, 2, 3, 0)
+    );
     assert_eq!(
         s.member("big", "c").await.expect("member").as_deref(),
         Some("e2")
@@ -450,12 +486,18 @@ pub async fn rooms_over_the_presence_limit_are_silent(s: Store) {
     );
     // Leaving a room over the limit is silent too, and consumes no seq.
     assert_eq!(
-        s.leave("big", "c", None, gone).await.expect("leave"),
+        s.leave("big", "c", None, gone)
+            .await
+            .expect("leave")
+            .map(nth),
         Some(2)
     );
     // Back at the limit: leaves are pushed again.
     assert_eq!(
-        s.leave("big", "b", None, gone).await.expect("leave"),
+        s.leave("big", "b", None, gone)
+            .await
+            .expect("leave")
+            .map(nth),
         Some(3)
     );
     assert_eq!(
@@ -745,7 +787,7 @@ pub async fn bus_delivers_a_room_only_after_a_confirmed_subscription(s: Store) {
         .await
         .expect("publish");
     for p in [&mut sub.payloads, &mut sub2.payloads] {
-        assert_eq!(next(p, WAIT).await.map(|m| m.0), Some(seq));
+        assert_eq!(next(p, WAIT).await.map(|m| m.0), Some(nth(seq)));
     }
 }
 
@@ -846,11 +888,8 @@ pub async fn destroy_removes_everything_and_tells_edges(s: Store) {
     s.join("lobby", "alice", "e1", None).await.expect("join");
     s.join("lobby", "bob", "e2", None).await.expect("join");
     s.join("hall", "bob", "e2", None).await.expect("join");
-    assert_eq!(
-        s.room_seq("lobby").await.expect("seq"),
-        0,
-        "a join without a push takes no seq"
-    );
+    let base = s.room_seq("lobby").await.expect("seq");
+    assert_eq!(nth(base), 0, "a join without a push takes no seq");
     assert_eq!(s.destroy("lobby").await.expect("destroy"), 2);
     assert!(s.members("lobby").await.expect("members").is_empty());
     assert!(s
@@ -876,7 +915,7 @@ pub async fn destroy_removes_everything_and_tells_edges(s: Store) {
         .join("lobby", "alice", "e1", Some(("onAdd", b"{}")))
         .await
         .expect("join");
-    assert_eq!((j.seq, j.members), (2, 1));
+    assert_eq!((j.seq, j.members), (base + 2, 1));
     assert_eq!(s.destroy("empty").await.expect("destroy"), 0);
 }
 
@@ -893,7 +932,7 @@ pub async fn hostile_ids_stay_apart(s: Store) {
         .await
         .expect("publish");
     assert_eq!(s.members("lobby").await.expect("members"), ["alice"]);
-    assert_eq!(s.room_seq("lobby").await.expect("seq"), 1);
+    assert_eq!(nth(s.room_seq("lobby").await.expect("seq")), 1);
     assert_eq!(s.members(evil_room).await.expect("members"), [evil_user]);
     assert_eq!(s.rooms().await.expect("rooms"), ["lobby", evil_room]);
     // Ids that escape to the same-looking text stay distinct.
@@ -978,7 +1017,8 @@ pub async fn settings_are_written_once_and_checked(s: Store) {
 }
 
 /// The store loses everything (Redis restarted empty): nothing is numbered until edges could
-/// write back what they own, so no seq a client saw is handed out again.
+/// write back what they own, and the new numbering starts above the old one, so no seq a client
+/// saw is handed out again.
 pub async fn a_reset_store_never_reuses_a_seq(s: Store) {
     let add = Some(("onAdd", &b"{}"[..]));
     let fresh = s.generation().await.expect("generation");
@@ -995,8 +1035,12 @@ pub async fn a_reset_store_never_reuses_a_seq(s: Store) {
         .await
         .expect("publish");
     }
-    assert_eq!(s.room_seq("lobby").await.expect("seq"), 5);
+    let old = s.room_seq("lobby").await.expect("seq");
+    assert_eq!(nth(old), 5);
 
+    // A numbering outlives its pushes by a millisecond per 2048 (`crate::seq_start`); a store
+    // reset faster than that is only possible in a test.
+    tokio::time::sleep(Duration::from_millis(2)).await;
     s.forget_everything().await.expect("forget");
     // Ordinary writes are refused with a distinct error, never "not a member".
     let refused = |r: crate::Result<_>| matches!(r, Err(StoreError::Recovering));
@@ -1013,19 +1057,24 @@ pub async fn a_reset_store_never_reuses_a_seq(s: Store) {
     assert!(refused(s.destroy("lobby").await.map(|_| ())));
     // A resuming client's join that would push onAdd is refused too.
     assert!(refused(
-        s.join_with("lobby", "carol", "e2", add, true, 3)
+        s.join_with("lobby", "carol", "e2", add, true, old - 2)
             .await
             .map(|_| ())
     ));
     let after = s.generation().await.expect("generation");
     assert!(after.recovering, "the reset opened the recovery window");
     assert_ne!(after.id, fresh.id, "a reset starts a new generation");
-    // The edge's re-registration (silent, with its floor) is accepted, and so are claims.
+    // The edge's re-registration (silent) is accepted, and so are claims. It carries no floor
+    // here: the new numbering starts above the old one by itself, so no seq is reused even
+    // when no edge could write back what its clients saw (restarts in quick succession, a
+    // paused edge).
     let j = s
-        .join_with("lobby", "alice", "e1", None, true, 5)
+        .join_with("lobby", "alice", "e1", None, true, 0)
         .await
         .expect("re-registration is accepted while recovering");
-    assert_eq!((j.seq, j.added), (5, false));
+    assert!(!j.added);
+    assert!(j.seq > old, "{} > {old}", j.seq);
+    assert_eq!(nth(j.seq), 0);
     assert!(matches!(
         s.claim_session("alice", "e1", "s1", Some("s1"))
             .await
@@ -1050,12 +1099,13 @@ pub async fn a_reset_store_never_reuses_a_seq(s: Store) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let j = s.join("lobby", "bob", "e2", add).await.expect("join");
-    assert_eq!((j.seq, j.added), (6, true));
+    assert!(j.added);
+    assert!(j.seq > old);
     let seq = s
         .publish_room("lobby", "onChat", b"{}", Some("alice"), None)
         .await
         .expect("publish");
-    assert_eq!(seq, 7);
+    assert_eq!(seq, j.seq + 1);
 }
 
 /// An edge paused past its lease: its writes still in flight are refused (fenced) once the

@@ -10,8 +10,12 @@
 //!   of one, and two of them on one room are ordered.
 //! - **Seqs never repeat.** Every room push gets the room's next seq (`+1`, gapless as seen in
 //!   the history), and a number is never handed out twice for a room. Numbering continues
-//!   across a room emptying and filling again; only a room left empty for
-//!   [`crate::EMPTY_ROOM_SEQ_TTL_SECS`] starts again from 1 (it is then a new room).
+//!   across a room emptying and filling again. A room with no seq (new, left empty for
+//!   [`crate::EMPTY_ROOM_SEQ_TTL_SECS`], or lost with the store's state) starts a new numbering
+//!   at [`crate::seq_start`] of the engine's clock, the first time a join or push touches it:
+//!   above every earlier numbering of that room, with no one having to remember a floor. The
+//!   engine's clock must not go back, and a numbering must not issue more than 2048 seqs per
+//!   millisecond of its life.
 //! - **Request keys.** A publish with a request key is published at most once per room within
 //!   [`crate::REQUEST_DEDUPE_TTL_SECS`]; a retry with the same key publishes nothing and
 //!   returns the first publish's seq. This is what lets an edge retry a request on another
@@ -20,10 +24,11 @@
 //!   the moment of the publish, or is lost (connection drop, slow subscriber). Room pushes are
 //!   also in the room's history, so a subscriber that sees a seq jump fills the gap with
 //!   [`Rooms::history`]; other pushes (to uids, broadcasts) are simply lost.
-//! - **Losing state: seqs are still never reused.** An engine may lose everything (Redis
-//!   restarted empty, a Redis failover to a replica that missed the last writes, a memory
-//!   engine's process restarted). Edges hold the truth about what clients saw, so the store
-//!   must not number anything until they wrote it back. Every engine keeps a *generation
+//! - **Losing state: seqs are still never reused, rooms are whole again.** An engine may lose
+//!   everything (Redis restarted empty, a Redis failover to a replica that missed the last
+//!   writes, a memory engine's process restarted). A lost room's next numbering starts above
+//!   the old one (above), and edges hold the truth about who is where, so the store must not
+//!   announce anything until they wrote it back. Every engine keeps a *generation
 //!   marker* ([`Generation`]), created when a handle connects to a store that has none (a new
 //!   deployment). A room operation or [`Registry::generation`] that finds the marker gone
 //!   knows the state was lost: it creates a new generation and opens a *recovery window* of
@@ -37,10 +42,13 @@
 //!   through a new [`Generation::id`] (or its lease gone) on its next refresh, at most a second
 //!   later, and writes back each session's claim ([`Sessions::claim_session`], resuming its own
 //!   session name) and each local membership ([`Rooms::join_with`], `resume = true`, no push,
-//!   `seq_floor` = the highest seq it delivered in that room); a resuming client's join carries
-//!   its last seen seq as the floor. When the window closes every room's seq is at least
-//!   anything a client saw, so numbering continues above it. (One marker per store: under
-//!   Redis Cluster it would be one per shard, carried in each room script's slot.)
+//!   `seq_floor` = the highest seq it delivered in that room). The floors are not what keeps
+//!   seqs unique (a lost room starts a new numbering above the old one, see above): the window
+//!   exists so that a joiner's member list is complete and nobody is told "not a member" while
+//!   memberships are written back. Floors only help a store that kept a room's seq but lost its
+//!   last increments (a failover to a replica that missed writes), and come from edges only:
+//!   a client's word never moves a room's numbering. (One marker per store: under Redis
+//!   Cluster it would be one per shard, carried in each room script's slot.)
 //! - **Fencing.** An edge's lease carries a fencing token, new each time the lease is written
 //!   anew ([`Registry::register_edge_fenced`]). Through a handle with a [`crate::Fence`] (the
 //!   edge's own), [`Rooms::join_with`] and [`Sessions::claim_session`] through that edge fail
@@ -146,7 +154,8 @@ pub trait Rooms: Send + Sync {
 
     /// [`Rooms::join`] with the resume options: `resume` moves an existing member to `edge`
     /// without a push; `seq_floor` first raises the room's seq to at least that value (an edge
-    /// re-registering after the store lost its state keeps numbering above what clients saw).
+    /// re-registering after the store lost its state writes back the highest seq it
+    /// delivered; never a value a client sent).
     /// No push either when the room would exceed the presence limit; the join still happens.
     async fn join_with(
         &self,

@@ -36,7 +36,8 @@ pub use engine::{
 pub use settings::Settings;
 
 /// How long a room's seq counter survives after its last member left, so that a room that is
-/// re-joined soon continues its numbering while abandoned rooms do not leak keys forever.
+/// re-joined soon continues its numbering while abandoned rooms do not leak keys forever (a
+/// room that comes back later starts a new numbering above the old one: [`seq_start`]).
 pub const EMPTY_ROOM_SEQ_TTL_SECS: u64 = 24 * 3600;
 /// How long a published request id is remembered for deduplication of retries.
 pub const REQUEST_DEDUPE_TTL_SECS: u64 = 300;
@@ -45,6 +46,23 @@ pub const REQUEST_DEDUPE_TTL_SECS: u64 = 300;
 /// (every second) and write back its members with their seq floors (the default lease TTL,
 /// 5 s, plus one refresh). See the engine contract ("Losing state").
 pub const RECOVERY_WINDOW: Duration = Duration::from_secs(6);
+/// The origin of seq numberings: 2026-01-01T00:00:00Z in Unix milliseconds.
+pub const SEQ_EPOCH_UNIX_MS: u64 = 1_767_225_600_000;
+/// Low bits of a seq that count within one numbering; the bits above are the millisecond
+/// ([`SEQ_EPOCH_UNIX_MS`] on) at which the numbering began.
+pub const SEQ_COUNTER_BITS: u32 = 11;
+
+/// Where a room's numbering starts when the store has no seq for it (a new room, a room left
+/// empty longer than [`EMPTY_ROOM_SEQ_TTL_SECS`], or a store that lost its state): the
+/// millisecond it begins, shifted above [`SEQ_COUNTER_BITS`] counter bits. A numbering that
+/// began earlier stays below it as long as it issued fewer than 2048 seqs per millisecond of
+/// its life (2 million pushes a second in one room, sustained), so no seq is ever reused,
+/// whatever the store forgets and whoever wrote back what. Seqs stay below 2^53 (exact in a
+/// JavaScript number and a Lua double) until the year 2165.
+pub fn seq_start(unix_ms: u64) -> u64 {
+    unix_ms.saturating_sub(SEQ_EPOCH_UNIX_MS) << SEQ_COUNTER_BITS
+}
+
 /// The reason of the 503 answered while the store recovers (clients retry it).
 pub const RECOVERING_REASON: &str = "store recovering after a reset; retry";
 /// The reason of the 503 answered when an edge's write was fenced (clients retry it).

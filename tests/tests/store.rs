@@ -35,20 +35,25 @@ async fn join_and_leave_keep_records_and_groups_consistent() {
         .await
         .unwrap();
     assert_eq!(
-        (j.seq, j.added, j.users.clone()),
-        (1, true, vec!["alice".to_string()])
+        (j.added, j.users.clone()),
+        (true, vec!["alice".to_string()])
     );
+    // A new room's numbering starts at the millisecond it began (see `seq_start`).
+    let base = j.seq - 1;
+    assert_eq!(base % (1 << roomcast_store::SEQ_COUNTER_BITS), 0);
+    let began = roomcast_store::seq_start(roomcast_store::now_ms());
+    assert!(base <= began && began - base < 60_000 << roomcast_store::SEQ_COUNTER_BITS);
     // Idempotent: same edge again changes nothing.
     let again = s
         .join("lobby", "alice", "e1", Some(("onAdd", b"{}")))
         .await
         .unwrap();
-    assert_eq!((again.seq, again.added), (1, false));
+    assert_eq!((again.seq, again.added), (base + 1, false));
     let j = s
         .join("lobby", "bob", "e2", Some(("onAdd", b"{}")))
         .await
         .unwrap();
-    assert_eq!(j.seq, 2);
+    assert_eq!(j.seq, base + 2);
     assert_eq!(j.users, vec!["alice", "bob"]);
 
     let members: HashMap<String, String> = c.hgetall("rc:room:{lobby}:members").await.unwrap();
@@ -78,7 +83,7 @@ async fn join_and_leave_keep_records_and_groups_consistent() {
         s.leave("lobby", "bob", Some("e2"), Some(("onLeave", b"{}")))
             .await
             .unwrap(),
-        Some(3)
+        Some(base + 3)
     );
     let edges: HashSet<String> = c.smembers("rc:room:{lobby}:edges").await.unwrap();
     assert_eq!(edges, set(&["e1"]));
@@ -90,7 +95,7 @@ async fn join_and_leave_keep_records_and_groups_consistent() {
         s.leave("lobby", "alice", None, Some(("onLeave", b"{}")))
             .await
             .unwrap(),
-        Some(4)
+        Some(base + 4)
     );
     let rooms: HashSet<String> = c.smembers("rc:rooms").await.unwrap();
     assert!(rooms.is_empty(), "an empty room leaves the index");
@@ -101,9 +106,28 @@ async fn join_and_leave_keep_records_and_groups_consistent() {
         .join("lobby", "carol", "e1", Some(("onAdd", b"{}")))
         .await
         .unwrap();
-    assert_eq!(j.seq, 5);
+    assert_eq!(j.seq, base + 5);
     let ttl: i64 = c.ttl("rc:room:{lobby}:seq").await.unwrap();
     assert_eq!(ttl, -1);
+}
+
+/// A seq key that is gone (expired after 24 h empty, or lost with the data) starts a numbering
+/// above the old one: the store needs no one to remember a floor.
+#[tokio::test]
+async fn a_lost_seq_key_starts_a_numbering_above_the_old_one() {
+    let (_r, s, mut c) = setup().await;
+    s.join("lobby", "alice", "e1", None).await.unwrap();
+    let mut last = 0;
+    for _ in 0..3 {
+        let seq = s
+            .publish_room("lobby", "onChat", b"x", Some("alice"), None)
+            .await
+            .unwrap();
+        assert!(seq > last, "{seq} after {last}");
+        last = seq;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let _: () = c.del("rc:room:{lobby}:seq").await.unwrap();
+    }
 }
 
 #[tokio::test]
@@ -115,19 +139,21 @@ async fn pushes_carry_gapless_room_sequence_numbers() {
         .await
         .unwrap();
     pubsub.subscribe("rc:room:{lobby}:push").await.unwrap();
-    s.join(
-        "lobby",
-        "alice",
-        "e1",
-        Some(("onAdd", b"{\"user\":\"alice\"}")),
-    )
-    .await
-    .unwrap();
+    let first = s
+        .join(
+            "lobby",
+            "alice",
+            "e1",
+            Some(("onAdd", b"{\"user\":\"alice\"}")),
+        )
+        .await
+        .unwrap()
+        .seq;
     let seq = s
         .publish_room("lobby", "onChat", b"hello", Some("alice"), None)
         .await
         .unwrap();
-    assert_eq!(seq, 2);
+    assert_eq!(seq, first + 1);
     let mut stream = pubsub.on_message();
     let mut got = Vec::new();
     for _ in 0..2 {
@@ -141,7 +167,7 @@ async fn pushes_carry_gapless_room_sequence_numbers() {
         got,
         vec![
             (
-                1,
+                first,
                 BusMessage::Room {
                     rid: "lobby".into(),
                     route: "onAdd".into(),
@@ -149,7 +175,7 @@ async fn pushes_carry_gapless_room_sequence_numbers() {
                 }
             ),
             (
-                2,
+                first + 1,
                 BusMessage::Room {
                     rid: "lobby".into(),
                     route: "onChat".into(),
@@ -210,9 +236,11 @@ async fn settings_are_a_readable_hash() {
 #[tokio::test]
 async fn hostile_ids_stay_in_their_own_keys() {
     let (_r, s, mut c) = setup().await;
-    s.join("lobby", "alice", "e1", Some(("onAdd", b"{}")))
+    let first = s
+        .join("lobby", "alice", "e1", Some(("onAdd", b"{}")))
         .await
-        .unwrap();
+        .unwrap()
+        .seq;
     let evil_room = "lobby}:members {x";
     let evil_user = "bob' .. redis.call('FLUSHALL') .. '\"*";
     s.join(evil_room, evil_user, "e1", None).await.unwrap();
@@ -221,7 +249,7 @@ async fn hostile_ids_stay_in_their_own_keys() {
         .unwrap();
     // The real lobby is untouched.
     assert_eq!(s.members("lobby").await.unwrap(), vec!["alice"]);
-    assert_eq!(s.room_seq("lobby").await.unwrap(), 1);
+    assert_eq!(s.room_seq("lobby").await.unwrap(), first);
     assert_eq!(s.members(evil_room).await.unwrap(), vec![evil_user]);
     let key = Keys::default().room_members(evil_room);
     assert_eq!(key, "rc:room:{lobby%7D%3Amembers%20%7Bx}:members");
@@ -345,10 +373,11 @@ async fn destroy_removes_everything_and_tells_edges() {
     pubsub.subscribe("rc:room:{lobby}:push").await.unwrap();
     s.join("lobby", "alice", "e1", None).await.unwrap();
     s.join("lobby", "bob", "e2", None).await.unwrap();
+    let base = s.room_seq("lobby").await.unwrap();
     assert_eq!(
-        s.room_seq("lobby").await.unwrap(),
+        base % (1 << roomcast_store::SEQ_COUNTER_BITS),
         0,
-        "a join without a push takes no seq"
+        "a join without a push starts the numbering but takes no seq"
     );
     assert_eq!(s.destroy("lobby").await.unwrap(), 2);
     for key in [
@@ -367,7 +396,7 @@ async fn destroy_removes_everything_and_tells_edges() {
     assert_eq!(
         bus::decode(msg.get_payload_bytes()).unwrap(),
         (
-            1,
+            base + 1,
             BusMessage::RoomDestroyed {
                 rid: "lobby".into()
             }
@@ -434,23 +463,32 @@ async fn history_is_a_bounded_sorted_set_with_an_expiry() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
+    let mut published = Vec::new();
     for i in 0..9 {
-        s.publish_room("lobby", "onChat", format!("m{i}").as_bytes(), None, None)
-            .await
-            .unwrap();
+        published.push(
+            s.publish_room("lobby", "onChat", format!("m{i}").as_bytes(), None, None)
+                .await
+                .unwrap(),
+        );
     }
+    let base = published[0] - 1;
+    assert_eq!(published, (base + 1..=base + 9).collect::<Vec<u64>>());
     let scored: Vec<(Vec<u8>, u64)> = c
         .zrange_withscores("rc:room:{lobby}:history", 0, -1)
         .await
         .unwrap();
     let scores: Vec<u64> = scored.iter().map(|(_, s)| *s).collect();
-    assert_eq!(scores, vec![5, 6, 7, 8, 9], "scored by seq, last 5 kept");
+    assert_eq!(
+        scores,
+        (base + 5..=base + 9).collect::<Vec<u64>>(),
+        "scored by seq, last 5 kept"
+    );
     // Member = 8-byte ms timestamp + the bus payload.
     let (seq, msg) = bus::decode(&scored[4].0[8..]).unwrap();
     assert_eq!(
         (seq, msg),
         (
-            9,
+            base + 9,
             BusMessage::Room {
                 rid: "lobby".into(),
                 route: "onChat".into(),

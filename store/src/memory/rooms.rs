@@ -39,8 +39,17 @@ impl Room {
         self.seq
     }
 
+    /// A room without a seq starts a new numbering above every earlier one
+    /// ([`crate::seq_start`]).
+    fn ensure_seq(&mut self, now: Instant) {
+        if self.seq_now(now) == 0 {
+            self.seq = crate::seq_start(crate::now_ms());
+        }
+    }
+
     fn incr(&mut self, now: Instant) -> u64 {
-        self.seq = self.seq_now(now) + 1;
+        self.ensure_seq(now);
+        self.seq += 1;
         self.seq
     }
 
@@ -158,6 +167,9 @@ impl Rooms for MemoryEngine {
             return Err(StoreError::Fenced);
         }
         let room = state.room(rid);
+        if old.as_deref() != Some(edge) {
+            room.ensure_seq(now);
+        }
         if seq_floor > room.seq_now(now) {
             room.seq = seq_floor;
             room.seq_expires = None;

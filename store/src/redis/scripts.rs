@@ -52,6 +52,18 @@ local function ungroup(edge, uid)
   end
 end
 local function seq_now() return tonumber(redis.call('GET', KEYS[3]) or '0') end
+-- A room without a seq starts a new numbering above every earlier one (crate::seq_start).
+local function ensure_seq()
+  if redis.call('EXISTS', KEYS[3]) == 0 then
+    local since = now_ms() - SEQ_EPOCH_MS
+    if since < 0 then since = 0 end
+    redis.call('SET', KEYS[3], string.format('%.0f', since * SEQ_SPAN))
+  end
+end
+local function next_seq()
+  ensure_seq()
+  return redis.call('INCR', KEYS[3])
+end
 -- True inside the recovery window. A missing marker means Redis lost its data: start a new
 -- generation whose window ends ARGV[9] ms from now.
 local function recovering()
@@ -70,7 +82,11 @@ local FENCED = 'FENCED the edge lease does not hold this fencing token'
 "#;
 
 fn room_script(body: &str) -> Script {
-    Script::new(&format!("{LIB}\n{body}"))
+    Script::new(&format!(
+        "local SEQ_EPOCH_MS = {}\nlocal SEQ_SPAN = {}\n{LIB}\n{body}",
+        crate::SEQ_EPOCH_UNIX_MS,
+        1u64 << crate::SEQ_COUNTER_BITS
+    ))
 }
 
 /// KEYS[7] group of the new edge, KEYS[8] rooms index of the new edge.
@@ -103,11 +119,13 @@ if rec and old ~= edge and not silent then return redis.error_reply(RECOVERING) 
 if ARGV[16] == edge and redis.call('HGET', ARGV[4] .. edge, 'fence') ~= ARGV[17] then
   return redis.error_reply(FENCED)
 end
-if floor > seq_now() then redis.call('SET', KEYS[3], floor) end
 if old == edge then
+  if floor > seq_now() then redis.call('SET', KEYS[3], ARGV[14]) end
   local n = redis.call('HLEN', KEYS[1])
   return {0, seq_now(), users(n), n}
 end
+ensure_seq()
+if floor > seq_now() then redis.call('SET', KEYS[3], ARGV[14]) end
 if old then ungroup(old, uid) end
 redis.call('HSET', KEYS[1], uid, edge)
 redis.call('SADD', KEYS[7], uid)
@@ -119,7 +137,7 @@ local n = redis.call('HLEN', KEYS[1])
 if silent then
   return {2, seq_now(), users(n), n}
 end
-local seq = redis.call('INCR', KEYS[3])
+local seq = next_seq()
 push(seq, ARGV[12])
 return {1, seq, users(n), n}
 "#,
@@ -152,7 +170,7 @@ redis.call('HDEL', KEYS[1], uid)
 ungroup(old, uid)
 local seq = seq_now()
 if not silent then
-  seq = redis.call('INCR', KEYS[3])
+  seq = next_seq()
   push(seq, ARGV[12])
 end
 if redis.call('HLEN', KEYS[1]) == 0 then
@@ -177,7 +195,7 @@ if ARGV[12] ~= '0' then
   local prev = redis.call('GET', KEYS[7])
   if prev then return {2, tonumber(prev)} end
 end
-local seq = redis.call('INCR', KEYS[3])
+local seq = next_seq()
 if ARGV[12] ~= '0' then redis.call('SET', KEYS[7], seq, 'EX', ARGV[12]) end
 push(seq, ARGV[11])
 return {0, seq}
@@ -198,7 +216,7 @@ end
 local n = redis.call('HLEN', KEYS[1])
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('SREM', KEYS[4], ARGV[1])
-local seq = redis.call('INCR', KEYS[3])
+local seq = next_seq()
 push(seq, ARGV[10])
 redis.call('EXPIRE', KEYS[3], ARGV[8])
 return n
