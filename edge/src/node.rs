@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use clap::Parser;
@@ -167,10 +167,19 @@ pub async fn start_with_store(cfg: EdgeConfig, store: Store) -> anyhow::Result<R
         .await
         .map_err(|_| anyhow!("the bus subscription did not come up within 10s"))?
         .map_err(|_| anyhow!("bus task ended"))?;
-    // Members a previous run of this edge id left behind (it was killed) are stale.
-    let (rooms, members) = reaper::reap(&state, &id)
-        .await
-        .context("cannot clean up after a previous run of this edge")?;
+    // Members a previous run of this edge id left behind (it was killed) are stale. A store
+    // that just lost its state refuses their onLeave pushes for its recovery window: wait that
+    // out instead of failing to start (an edge restarted right after Redis was, seen under
+    // chaos).
+    let patience = Instant::now() + roomcast_store::RECOVERY_WINDOW * 2;
+    let (rooms, members) = loop {
+        match reaper::reap(&state, &id).await {
+            Err(roomcast_store::StoreError::Recovering) if Instant::now() < patience => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            r => break r.context("cannot clean up after a previous run of this edge")?,
+        }
+    };
     if members > 0 {
         tracing::info!("removed {members} stale members from {rooms} rooms left by a previous run");
     }

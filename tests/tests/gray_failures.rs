@@ -128,6 +128,7 @@ async fn redis_restarting_empty_never_reuses_a_seq_nor_says_not_a_member() {
         "the enter answer lists every member"
     );
     // Bob sees carol's onAdd with a seq he never saw for anything else.
+    let mut gaps = Vec::new();
     let deadline = Instant::now() + WAIT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -139,7 +140,20 @@ async fn redis_restarting_empty_never_reuses_a_seq_nor_says_not_a_member() {
             assert!(!seen.contains(&p.seq), "onAdd reused seq {}", p.seq);
             break;
         }
+        if p.route == "onGap" {
+            gaps.push((body(&p)["from"].as_u64().unwrap(), p.seq));
+        }
         assert!(seen.insert(p.seq), "bob got seq {} twice", p.seq);
+    }
+    // The room's new numbering starts above the old one; bob, who was in the room, is told of
+    // the jump by an onGap (the history from before the restart is gone), which names no seq
+    // he had.
+    assert!(!gaps.is_empty(), "no onGap for the new numbering");
+    for (from, to) in gaps {
+        assert!(
+            seen.range(from..=to).all(|s| *s == to),
+            "the gap {from}..={to} covers seqs bob got: {seen:?}"
+        );
     }
     // Carol gets nothing from before her join.
     for p in drain(&mut crx, Duration::from_millis(500)).await {
@@ -359,4 +373,55 @@ async fn a_paused_edge_does_not_resurrect_its_members_silently() {
             break;
         }
     }
+}
+
+/// An edge killed and restarted (same id) while the store recovers from a reset: its previous
+/// run's members, written back after the reset, are stale, and their onLeave is refused until
+/// the recovery window closes. The edge waits that out instead of failing to start (the chaos
+/// runner's "restart-failed"), then reaps them: the others see them leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_restarted_during_the_recovery_window_starts_and_reaps_its_old_members() {
+    let mut env = Env::start(&["edge-a", "edge-b"], &["chat-a"]);
+    let alice = env.connect_to(0, "alice").await;
+    let mut opts = env.options(1);
+    opts.reconnect = false;
+    let bob = roomcast_client::Client::connect_direct(opts, env.edges[1].addr, "bob")
+        .await
+        .unwrap();
+    let mut arx = alice.pushes().unwrap();
+    alice.enter("lobby").await.unwrap();
+    bob.enter("lobby").await.unwrap();
+
+    env.redis.kill();
+    env.redis.restart().unwrap();
+    let back = Instant::now();
+    let mut r = env.redis().await;
+    // edge-b writes bob back (silently) within a refresh.
+    wait_until("bob written back", WAIT, || {
+        let mut r = r.clone();
+        async move {
+            let m: Option<String> = r
+                .hget("rc:room:{lobby}:members", "bob")
+                .await
+                .unwrap_or(None);
+            m.is_some()
+        }
+    })
+    .await;
+    let addr = env.edges[1].addr.to_string();
+    env.edges[1].kill();
+    let restarted = env
+        .cluster
+        .edge_on("edge-b", &addr, &[])
+        .expect("edge-b starts again during the recovery window");
+    println!(
+        "edge-b restarted {:?} after redis came back",
+        back.elapsed()
+    );
+    env.edges[1] = restarted;
+    let left = support::collect_route(&mut arx, "onLeave", 1).await;
+    assert_eq!(body(left.last().unwrap())["user"], "bob");
+    let members: HashMap<String, String> = r.hgetall("rc:room:{lobby}:members").await.unwrap();
+    assert_eq!(members.keys().collect::<Vec<_>>(), ["alice"]);
+    drop(bob);
 }
