@@ -46,6 +46,19 @@ pub struct BenchConfig {
     /// Churn instead of chat: `rate` is then joins + leaves per second, spread over every
     /// client (each leaves its room and enters it again, in turn); nothing is sent.
     pub churn: bool,
+    /// Called with `true` as the measured window opens and `false` as it closes (after the
+    /// CPU readings), e.g. to zero and dump a profiler's counters around exactly that window.
+    pub window_hook: Option<WindowHook>,
+}
+
+/// See [`BenchConfig::window_hook`].
+#[derive(Clone)]
+pub struct WindowHook(pub std::sync::Arc<dyn Fn(bool) + Send + Sync>);
+
+impl std::fmt::Debug for WindowHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WindowHook")
+    }
 }
 
 /// One server process's use of the machine during the measured window.
@@ -326,6 +339,9 @@ pub async fn run(
     }
 
     tokio::time::sleep(cfg.warmup).await;
+    if let Some(h) = &cfg.window_hook {
+        (h.0)(true);
+    }
     let cpu_before: Vec<f64> = cfg.pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
     let own_before = cpu_seconds(std::process::id());
     window_ns
@@ -353,6 +369,9 @@ pub async fn run(
     let elapsed = window.elapsed().as_secs_f64();
     let cpu_after: Vec<f64> = cfg.pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
     let generator_cpu_seconds = cpu_seconds(std::process::id()) - own_before;
+    if let Some(h) = &cfg.window_hook {
+        (h.0)(false);
+    }
     progress("measured window over; waiting for senders".into());
     for s in senders {
         let _ = s.await;

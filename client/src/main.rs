@@ -173,6 +173,7 @@ async fn main() {
                 connect_concurrency: 64,
                 clients_per_socket: 500,
                 churn,
+                window_hook: None,
             };
             match roomcast_client::bench::run(cfg, |l| eprintln!("{l}")).await {
                 Ok(r) => {

@@ -3,12 +3,13 @@
 //! the stack, and prints a JSON line and a table per run. See BENCHMARKS.md for the method and
 //! the numbers.
 
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use roomcast_client::bench::{self, BenchConfig, BenchReport};
+use roomcast_client::bench::{self, BenchConfig, BenchReport, WindowHook};
 use roomcast_client::ClientOptions;
 
 use crate::ceilings::{self, Ceilings};
@@ -42,6 +43,12 @@ pub struct BenchArgs {
     /// Skip the ceiling measurements (UDP, Redis) printed before the runs.
     #[arg(long)]
     pub no_ceilings: bool,
+    /// Run the edges under valgrind's callgrind and report the instructions they executed per
+    /// delivery over the measured window: a count that does not move with the machine's load,
+    /// unlike CPU time. Valgrind runs them one thread at a time and ~50x slower, so use low
+    /// rates and few clients (e.g. `--rates 5 --clients 200`).
+    #[arg(long)]
+    pub callgrind: bool,
     /// Where development certificates are read from (generated if missing).
     #[arg(long, default_value = "certs")]
     pub certs: std::path::PathBuf,
@@ -141,9 +148,22 @@ pub fn run(bin: &Path, args: BenchArgs) -> Result<()> {
         "30000",
     ];
     let mut nodes: Vec<Node> = vec![cluster.chat("chat-1", &[])?];
+    let callgrind_dir = if args.callgrind {
+        Some(callgrind_wrapper(bin)?)
+    } else {
+        None
+    };
+    let edge_cluster = match &callgrind_dir {
+        Some(dir) => ClusterConfig {
+            bin: dir.join("edge-under-callgrind.sh"),
+            ..cluster.clone()
+        },
+        None => cluster.clone(),
+    };
     for i in 0..sc.edges {
-        nodes.push(cluster.edge(&format!("edge-{}", i + 1), &quiet)?);
+        nodes.push(edge_cluster.edge(&format!("edge-{}", i + 1), &quiet)?);
     }
+    let edge_pids: Vec<u32> = nodes[1..].iter().map(|n| n.pid()).collect();
     std::thread::sleep(Duration::from_millis(1500));
     let edges: Vec<_> = nodes[1..].iter().map(|n| n.addr).collect();
     let pids: Vec<(String, u32)> = nodes
@@ -154,7 +174,7 @@ pub fn run(bin: &Path, args: BenchArgs) -> Result<()> {
     let one = |rate: u64| -> Result<BenchReport> {
         let mut options = ClientOptions::new(edges[0], certs.ca.clone());
         options.request_timeout = Duration::from_secs(30);
-        let cfg = BenchConfig {
+        let mut cfg = BenchConfig {
             name: args.scenario.clone(),
             edges: edges.clone(),
             options,
@@ -168,11 +188,37 @@ pub fn run(bin: &Path, args: BenchArgs) -> Result<()> {
             connect_concurrency: 64,
             clients_per_socket: 500,
             churn: sc.churn,
+            window_hook: None,
         };
+        let instructions = Arc::new(Mutex::new(None::<Result<u64>>));
+        if let Some(dir) = &callgrind_dir {
+            let (dir, pids, out) = (dir.clone(), edge_pids.clone(), instructions.clone());
+            cfg.window_hook = Some(WindowHook(Arc::new(move |opening| {
+                if opening {
+                    for pid in &pids {
+                        callgrind_control(&["--zero", &pid.to_string()]);
+                    }
+                } else {
+                    let total = pids.iter().map(|pid| window_instructions(&dir, *pid)).sum();
+                    *out.lock().expect("instructions lock") = Some(total);
+                }
+            })));
+        }
         let before: Vec<u64> = nodes.iter().map(|n| bench::rss_kib(n.pid())).collect();
         let report = rt.block_on(bench::run(cfg, |line| eprintln!("{line}")))?;
         println!("{}", serde_json::to_string(&report)?);
         print!("{}", report.table());
+        if let Some(total) = instructions.lock().expect("instructions lock").take() {
+            let total = total?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "edge_instructions": total,
+                    "deliveries": report.deliveries,
+                    "edge_instructions_per_delivery": total as f64 / report.deliveries.max(1) as f64,
+                })
+            );
+        }
         if let Some(c) = &ceilings {
             println!("{}", fractions(&report, c, &nodes));
         }
@@ -288,4 +334,63 @@ fn fractions(r: &BenchReport, c: &Ceilings, nodes: &[Node]) -> String {
         );
     }
     out
+}
+
+/// A directory with `edge-under-callgrind.sh`, which runs `bin` under callgrind, writing its
+/// counts next to itself (`edge.<pid>.out`, and `.1`, `.2`… for each dump).
+fn callgrind_wrapper(bin: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let found = std::process::Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        bail!("--callgrind needs valgrind (Debian package `valgrind`)");
+    }
+    let dir = std::env::temp_dir().join(format!("roomcast-callgrind-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let script = dir.join("edge-under-callgrind.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file='{}/edge.%p.out' '{}' \"$@\"\n",
+            dir.display(),
+            bin.display()
+        ),
+    )?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    println!("edges run under callgrind; counts in {}", dir.display());
+    Ok(dir)
+}
+
+fn callgrind_control(args: &[&str]) {
+    let _ = std::process::Command::new("callgrind_control")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status();
+}
+
+/// Asks the edge `pid` for a dump of what it executed since its counters were zeroed (the
+/// window's start) and reads its total from the dump file.
+fn window_instructions(dir: &Path, pid: u32) -> Result<u64> {
+    // Dumps are numbered from 1 in the order they are made: one per measured window.
+    let prefix = format!("edge.{pid}.out.");
+    let made = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .count();
+    callgrind_control(&["--dump=window", &pid.to_string()]);
+    let file = dir.join(format!("{prefix}{}", made + 1));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        if let Some(n) = text.lines().find_map(|l| l.strip_prefix("summary: ")) {
+            return n.trim().parse().context("callgrind summary");
+        }
+        if Instant::now() > deadline {
+            bail!("no callgrind dump from edge {pid} in {}", file.display());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
