@@ -354,7 +354,7 @@ fn callgrind_wrapper(bin: &Path) -> Result<PathBuf> {
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file='{}/edge.%p.out' '{}' \"$@\"\n",
+            "#!/bin/sh\nexec valgrind --tool=callgrind --compress-strings=no --callgrind-out-file='{}/edge.%p.out' '{}' \"$@\"\n",
             dir.display(),
             bin.display()
         ),
