@@ -15,7 +15,7 @@
 //! stream.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -27,6 +27,32 @@ use crate::fanout::gap_frame;
 
 /// Overflows (each dropping a quarter of a queue) tolerated before the session is closed.
 pub const OVERFLOWS_BEFORE_DISCONNECT: u32 = 8;
+
+/// Push-stream writer tasks alive in this process (every edge in it).
+static LIVE_WRITERS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many push-stream writer tasks are alive in this process. Each ends when its stream is
+/// finished or its connection closes; one that outlived its connection would keep the whole
+/// QUIC connection state (tens of KiB) alive with it.
+pub fn live_writers() -> usize {
+    LIVE_WRITERS.load(Ordering::Relaxed)
+}
+
+/// Counts a writer task while it lives.
+struct LiveWriter;
+
+impl LiveWriter {
+    fn new() -> LiveWriter {
+        LIVE_WRITERS.fetch_add(1, Ordering::Relaxed);
+        LiveWriter
+    }
+}
+
+impl Drop for LiveWriter {
+    fn drop(&mut self) {
+        LIVE_WRITERS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Which push stream a frame goes on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -164,6 +190,7 @@ impl Outbound {
             StreamKey::Session => String::new(),
         };
         tokio::spawn(async move {
+            let _live = LiveWriter::new();
             let Ok(mut send) = conn.open_uni().await else {
                 return;
             };
@@ -177,10 +204,13 @@ impl Outbound {
                     }
                 };
                 let Some(item) = next else {
-                    // Drained: the client keeps up again.
+                    // Drained: the client keeps up again. Wait for more, or for the end of the
+                    // connection: nobody finishes the streams of a session that closed.
                     overflows.store(0, Ordering::Relaxed);
-                    s.wake.notified().await;
-                    continue;
+                    tokio::select! {
+                        _ = s.wake.notified() => continue,
+                        _ = conn.closed() => return,
+                    }
                 };
                 let bytes = match item {
                     Item::Frame { bytes, .. } => bytes,
