@@ -252,6 +252,8 @@ export class RoomcastClient extends EventTarget {
     this.closing = false;
     /** The session a reconnect resumes: that of the last link fully set up. */
     this.resumeSession = '';
+    /** @type {Promise<unknown> | undefined} */
+    this.reconnectHold = undefined;
   }
 
   /** Connects through the gates (and fetches a development token if none was given). */
@@ -362,6 +364,7 @@ export class RoomcastClient extends EventTarget {
       return;
     }
     this.#setState('reconnecting', why);
+    await this.reconnectHold;
     let backoff = 50;
     while (!this.closing) {
       await sleep(backoff * (0.5 + Math.random()));
@@ -483,6 +486,17 @@ export class RoomcastClient extends EventTarget {
   dropConnection() {
     this.link?.close(4000, 'connection dropped on purpose');
   }
+
+  /**
+   * Holds automatic reconnects until {@link releaseReconnect}: tests use it to make sure that
+   * messages are sent while the client is away.
+   */
+  holdReconnect() {
+    this.reconnectHold = new Promise((resolve) => { this.releaseReconnect = () => resolve(undefined); });
+  }
+
+  /** Ends {@link holdReconnect}. */
+  releaseReconnect() {}
 
   /** Leaves every room at once (close code 0) and stops reconnecting. */
   close() {

@@ -1,0 +1,417 @@
+//! Browsers in rooms: the chat page and the JavaScript client in real headless Chromium
+//! (Debian's `chromium`, driven by `web/tests/browser.mjs` through playwright-core), over
+//! WebTransport to real edge processes, with a real redis-server, and a Rust SDK user in the
+//! same room. Also runs the JavaScript client's unit tests (`node --test web/client/`).
+//!
+//! Needs `chromium`, `node` and `web/node_modules` (`npm ci` in `web/`); `.ci/run` installs
+//! them. Without them these tests fail and say what is missing: they never skip.
+
+mod support;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use roomcast_client::Client;
+use roomcast_e2e::web::{web_dir, PageConfig, WebServer};
+use serde_json::{json, Value};
+use support::{collect_route, Env};
+
+/// Bound for one step of a browser scenario (Chromium starts slowly on a busy machine).
+const STEP: Duration = Duration::from_secs(90);
+
+fn chromium() -> String {
+    let path = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "Chromium not found at {path}: install Debian's `chromium` (`apt-get install chromium`; \
+         .ci/run does) or set CHROMIUM"
+    );
+    path
+}
+
+fn check_node_modules() {
+    let pw = web_dir().join("node_modules/playwright-core");
+    assert!(
+        pw.exists(),
+        "{} is missing: run `npm ci` in web/ (.ci/run does)",
+        pw.display()
+    );
+}
+
+/// The WebTransport certificate of this test process's edges (made once: edges read it).
+fn webtransport_cert() -> (PathBuf, PathBuf) {
+    static CERT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    CERT.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("roomcast-wt-certs-{}", std::process::id()));
+        roomcast_certs::generate_webtransport(&dir, &roomcast_certs::default_hosts())
+            .expect("WebTransport certificate")
+    })
+    .clone()
+}
+
+/// Two edges, one chat backend, Redis, and the chat page.
+struct Stack {
+    env: Env,
+    web: WebServer,
+}
+
+impl Stack {
+    async fn start() -> Stack {
+        chromium();
+        check_node_modules();
+        let (cert, key) = webtransport_cert();
+        let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
+        let edge_args = [
+            "--webtransport-cert",
+            &cert_s,
+            "--webtransport-key",
+            &key_s,
+            "--webtransport-pin",
+        ];
+        let env = tokio::task::block_in_place(|| {
+            Env::start_with(&["edge-1", "edge-2"], &["chat-1"], &edge_args, &[])
+        });
+        let addrs: Vec<_> = env.edges.iter().map(|e| e.addr).collect();
+        let page = PageConfig::for_edges(&addrs, &cert).expect("page config");
+        let web = WebServer::start("127.0.0.1:0".parse().unwrap(), page)
+            .await
+            .expect("chat page server");
+        Stack { env, web }
+    }
+
+    /// A uid that the gate sends to `edge` (rendezvous hashing, as the edges compute it).
+    fn uid_on(&self, prefix: &str, edge: &str) -> String {
+        let ids: Vec<&str> = self.env.edges.iter().map(|e| e.id.as_str()).collect();
+        (0..)
+            .map(|i| format!("{prefix}{i}"))
+            .find(|uid| {
+                ids.iter()
+                    .max_by_key(|id| roomcast_edge::gate::score(uid, id))
+                    .is_some_and(|best| *best == edge)
+            })
+            .unwrap()
+    }
+
+    /// Starts `scenario` of `web/tests/browser.mjs` with `cfg` (plus the page's address).
+    fn browser(&self, scenario: &str, mut cfg: Value) -> Script {
+        cfg["page"] = json!(self.web.url());
+        let mut child = roomcast_e2e::child::die_with_parent(&mut Command::new("node"))
+            .arg(web_dir().join("tests/browser.mjs"))
+            .arg(scenario)
+            .arg(cfg.to_string())
+            .env("CHROMIUM", chromium())
+            .current_dir(web_dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run node (install nodejs)");
+        let lines = roomcast_e2e::child::stdout_lines(&mut child, "browser");
+        let stdin = child.stdin.take();
+        Script {
+            child,
+            lines,
+            stdin,
+        }
+    }
+}
+
+/// The running browser script.
+struct Script {
+    child: Child,
+    lines: Receiver<String>,
+    stdin: Option<ChildStdin>,
+}
+
+impl Script {
+    /// Waits for the script's `@tag` line; its JSON value (`null` if none). Panics on `@error`.
+    fn expect(&mut self, tag: &str) -> Value {
+        let deadline = std::time::Instant::now() + STEP;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = tokio::task::block_in_place(|| self.lines.recv_timeout(left))
+                .unwrap_or_else(|_| panic!("the browser script did not say @{tag} in time"));
+            if let Some(err) = line.strip_prefix("@error ") {
+                panic!("browser script failed: {err}");
+            }
+            let Some(rest) = line.strip_prefix('@') else {
+                continue;
+            };
+            let (t, value) = rest.split_once(' ').unwrap_or((rest, "null"));
+            if t == tag {
+                return serde_json::from_str(value).expect("JSON after the tag");
+            }
+            panic!("expected @{tag} from the browser script, got `{line}`");
+        }
+    }
+
+    fn tell(&mut self, word: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{word}").expect("write to the browser script");
+    }
+
+    fn finish(mut self) {
+        let status = tokio::task::block_in_place(|| self.child.wait()).expect("wait for node");
+        assert!(status.success(), "browser script exited with {status}");
+    }
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `[seq, from, msg]` of the room chats a Rust user received.
+fn rust_chats(pushes: &[roomcast_client::Push]) -> Vec<Value> {
+    pushes
+        .iter()
+        .filter(|p| p.route == "onChat" && !p.rid.is_empty())
+        .map(|p| {
+            let b = support::body(p);
+            json!([p.seq, b["from"], b["msg"]])
+        })
+        .collect()
+}
+
+async fn rust_user(
+    stack: &Stack,
+    edge: usize,
+    uid: &str,
+) -> (Client, tokio::sync::mpsc::Receiver<roomcast_client::Push>) {
+    let c = stack.env.connect_to(edge, uid).await;
+    let rx = c.pushes().expect("pushes");
+    c.enter("lobby").await.expect("enter");
+    (c, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browsers_and_a_rust_user_on_two_edges_see_one_order() {
+    let stack = Stack::start().await;
+    let (a, b) = (stack.uid_on("web", "edge-1"), stack.uid_on("web", "edge-2"));
+    let (carol, mut rx) = rust_user(&stack, 0, "carol").await;
+    let n = 10;
+    let shot = std::env::var("ROOMCAST_SCREENSHOT").ok();
+    let mut script = stack.browser(
+        "order",
+        json!({"names": [a, b], "rust": "carol", "n": n, "shot": shot}),
+    );
+    let ready = script.expect("ready");
+    assert_eq!(
+        ready["edges"],
+        json!(["edge-1", "edge-2"]),
+        "the browsers are on two edges"
+    );
+    for i in 0..n {
+        carol.send("lobby", &format!("carol {i}")).await.unwrap();
+    }
+    let result = script.expect("result");
+    script.finish();
+    let pushes = collect_route(&mut rx, "onChat", 3 * n).await;
+    let mine = rust_chats(&pushes);
+    assert_eq!(mine.len(), 3 * n);
+    let seqs: Vec<u64> = mine.iter().map(|m| m[0].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs {seqs:?}");
+    for user in [&a, &b] {
+        assert_eq!(
+            result[user.as_str()].as_array().unwrap(),
+            &mine,
+            "{user} saw another order than carol"
+        );
+    }
+    for from in [&a, &b, &"carol".to_string()] {
+        let got: Vec<_> = mine.iter().filter(|m| m[1] == json!(from)).collect();
+        assert_eq!(got.len(), n, "messages from {from}");
+    }
+    carol.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_whose_connection_is_cut_resumes_with_no_gap_and_no_duplicate() {
+    let stack = Stack::start().await;
+    let a = stack.uid_on("web", "edge-2");
+    let (carol, mut rx) = rust_user(&stack, 0, "carol").await;
+    let (before, during) = (5, 10);
+    let mut script = stack.browser(
+        "resume",
+        json!({"names": [a], "rust": "carol", "before": before, "during": during}),
+    );
+    script.expect("ready");
+    // The browser's onAdd.
+    collect_route(&mut rx, "onAdd", 1).await;
+    let mut sent = Vec::new();
+    for i in 0..before {
+        sent.push(
+            carol
+                .send("lobby", &format!("before {i}"))
+                .await
+                .unwrap()
+                .seq
+                .unwrap(),
+        );
+    }
+    script.expect("dropped");
+    // The browser is away (its reconnect is held): these reach it only through the resume.
+    for i in 0..during {
+        sent.push(
+            carol
+                .send("lobby", &format!("during {i}"))
+                .await
+                .unwrap()
+                .seq
+                .unwrap(),
+        );
+    }
+    script.tell("sent");
+    let result = script.expect("result");
+    script.finish();
+    let seqs: Vec<u64> = result["chats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m[0].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, sent, "no gap, no duplicate, in order");
+    assert_eq!(result["reconnects"], json!(1));
+    let states: Vec<&str> = result["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["reconnecting", "open"], "and no gap event");
+    assert_eq!(result["restoredShown"], json!(1), "the page said so");
+    // The resume was invisible to the room: carol saw her own messages and nothing else.
+    let pushes = collect_route(&mut rx, "onChat", before + during).await;
+    let routes: Vec<&str> = pushes.iter().map(|p| p.route.as_str()).collect();
+    assert!(routes.iter().all(|r| *r == "onChat"), "{routes:?}");
+    carol.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_message_reaches_the_right_browser_only() {
+    let stack = Stack::start().await;
+    let (a, b, c) = (
+        stack.uid_on("pa", "edge-1"),
+        stack.uid_on("pb", "edge-2"),
+        stack.uid_on("pc", "edge-2"),
+    );
+    let (carol, mut rx) = rust_user(&stack, 0, "carol").await;
+    let mut script = stack.browser("private", json!({"names": [a, b, c], "rust": "carol"}));
+    script.expect("ready");
+    // Carol receives the browser's marker on her session stream; a misdelivered secret or
+    // ping would have come before it on the same stream.
+    loop {
+        let p = support::next_push(&mut rx, STEP)
+            .await
+            .expect("the marker reaches carol");
+        if p.rid.is_empty() {
+            let body = support::body(&p);
+            assert_eq!(body["msg"], json!("marker for carol"), "carol got {body}");
+            assert_eq!(body["from"], json!(a));
+            break;
+        }
+    }
+    carol
+        .send_to("lobby", &a, &format!("from rust to {a}"))
+        .await
+        .unwrap();
+    let result = script.expect("result");
+    script.finish();
+    let privates = |user: &str| -> Vec<String> {
+        result[user]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["private"] == json!(true))
+            .map(|m| format!("{}>{}:{}", m["from"], m["target"], m["msg"]))
+            .collect()
+    };
+    assert_eq!(
+        privates(&a),
+        [format!("\"carol\">\"{a}\":\"from rust to {a}\"")],
+        "the sender gets no copy"
+    );
+    assert_eq!(
+        privates(&b),
+        [format!("\"{a}\">\"{b}\":\"secret for {b}\"")]
+    );
+    assert_eq!(privates(&c), [format!("\"{a}\">\"{c}\":\"ping for {c}\"")]);
+    carol.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_from_a_browser_gets_documented_errors_and_harms_no_one() {
+    let stack = Stack::start().await;
+    let (a, b) = (stack.uid_on("bad", "edge-1"), stack.uid_on("ok", "edge-2"));
+    let (carol, mut rx) = rust_user(&stack, 0, "carol").await;
+    let mut script = stack.browser("bad", json!({"names": [a, b], "rust": "carol"}));
+    script.expect("ready");
+    // The misbehaving browser's message after its errors reaches carol.
+    let pushes = collect_route(&mut rx, "onChat", 1).await;
+    let last = pushes.last().unwrap();
+    assert_eq!(support::body(last)["msg"], json!("still here"));
+    assert_eq!(support::body(last)["from"], json!(a));
+    carol.send("lobby", "rust is fine").await.unwrap();
+    script.tell("rust-sent");
+    let result = script.expect("result");
+    script.finish();
+    let ans = &result["answers"];
+    assert_eq!(
+        ans["beforeLogin"],
+        json!({"code": 401, "message": "route `chat.send` needs a logged-in session: call connector.enter first"})
+    );
+    assert_eq!(
+        ans["unknownRoute"],
+        json!({"code": 404, "message": "unknown route `nope.nothing`"})
+    );
+    assert_eq!(ans["oversize"]["code"], json!(413));
+    let oversize = ans["oversize"]["message"].as_str().unwrap();
+    assert!(
+        oversize.ends_with("exceeds the maximum of 65536 bytes"),
+        "{oversize}"
+    );
+    assert_eq!(
+        ans["unknownType"],
+        json!({"code": 422, "message": "unknown frame type 0x7f"})
+    );
+    assert_eq!(
+        ans["wrongFrame"],
+        json!({"code": 422, "message": "expected a Request or Notify frame on a request stream, got Push"})
+    );
+    assert_eq!(
+        ans["after"]["state"],
+        json!("open"),
+        "the connection lives on"
+    );
+    // The well-behaved browser saw both messages, in order.
+    let msgs: Vec<&str> = result[b.as_str()]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m[2].as_str().unwrap())
+        .collect();
+    assert_eq!(msgs, ["still here", "rust is fine"]);
+    carol.close().await;
+}
+
+/// The JavaScript client's codec tests (node's test runner), so `cargo test` runs them too.
+#[test]
+fn javascript_client_unit_tests_pass() {
+    let out = Command::new("node")
+        .arg("--test")
+        .arg("client/")
+        .current_dir(web_dir())
+        .output()
+        .expect("run node (install nodejs)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "node --test web/client/ failed");
+    assert!(text.contains("# fail 0"), "{text}");
+    assert!(!text.contains("# pass 0"), "no JavaScript test ran");
+}
