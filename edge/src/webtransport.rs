@@ -204,6 +204,9 @@ pub async fn serve(state: Arc<EdgeState>, conn: quinn::Connection) {
         let _ = request
             .reject(web_transport_quinn::http::StatusCode::NOT_FOUND)
             .await;
+        // Let the answer reach the client (it closes on reading it) before the connection goes.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn.closed()).await;
+        conn.close(0u32.into(), b"no WebTransport session here");
         return;
     }
     match request.ok().await {
