@@ -152,7 +152,7 @@ async fn a_webtransport_session_speaks_roomcast_frames_and_the_gate_tells_browse
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webtransport_elsewhere_than_roomcast_is_refused() {
     let env = tokio::task::block_in_place(|| start(&[]));
-    let err = wt_session(&env, 0, "/other").await.err().expect("refused");
+    let err = wt_session(&env, 0, "/other").await.expect_err("refused");
     assert!(err.contains("404"), "{err}");
 }
 
