@@ -53,25 +53,38 @@ fn webtransport_cert() -> (PathBuf, PathBuf) {
     .clone()
 }
 
+/// One browser test at a time: each runs Chromium, two edges, a backend and Redis, and several
+/// at once on a 2-core machine would only make each slower and less predictable.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Two edges, one chat backend, Redis, and the chat page.
 struct Stack {
     env: Env,
     web: WebServer,
+    /// Last: released after everything above has stopped.
+    _serial: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl Stack {
     async fn start() -> Stack {
+        Stack::start_with(&[]).await
+    }
+
+    /// With `extra` flags for both edges.
+    async fn start_with(extra: &[&str]) -> Stack {
         chromium();
         check_node_modules();
+        let serial = SERIAL.lock().await;
         let (cert, key) = webtransport_cert();
         let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
-        let edge_args = [
+        let mut edge_args = vec![
             "--webtransport-cert",
             &cert_s,
             "--webtransport-key",
             &key_s,
             "--webtransport-pin",
         ];
+        edge_args.extend_from_slice(extra);
         let env = tokio::task::block_in_place(|| {
             Env::start_with(&["edge-1", "edge-2"], &["chat-1"], &edge_args, &[])
         });
@@ -80,7 +93,11 @@ impl Stack {
         let web = WebServer::start("127.0.0.1:0".parse().unwrap(), page)
             .await
             .expect("chat page server");
-        Stack { env, web }
+        Stack {
+            env,
+            web,
+            _serial: serial,
+        }
     }
 
     /// A uid that the gate sends to `edge` (rendezvous hashing, as the edges compute it).
@@ -196,11 +213,7 @@ async fn two_browsers_and_a_rust_user_on_two_edges_see_one_order() {
     let (a, b) = (stack.uid_on("web", "edge-1"), stack.uid_on("web", "edge-2"));
     let (carol, mut rx) = rust_user(&stack, 0, "carol").await;
     let n = 10;
-    let shot = std::env::var("ROOMCAST_SCREENSHOT").ok();
-    let mut script = stack.browser(
-        "order",
-        json!({"names": [a, b], "rust": "carol", "n": n, "shot": shot}),
-    );
+    let mut script = stack.browser("order", json!({"names": [a, b], "rust": "carol", "n": n}));
     let ready = script.expect("ready");
     assert_eq!(
         ready["edges"],
@@ -295,7 +308,8 @@ async fn a_browser_whose_connection_is_cut_resumes_with_no_gap_and_no_duplicate(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_private_message_reaches_the_right_browser_only() {
-    let stack = Stack::start().await;
+    // A lost session would keep its rooms this long: only a close on purpose leaves at once.
+    let stack = Stack::start_with(&["--resume-grace-ms", "600000"]).await;
     let (a, b, c) = (
         stack.uid_on("pa", "edge-1"),
         stack.uid_on("pb", "edge-2"),
@@ -322,7 +336,6 @@ async fn a_private_message_reaches_the_right_browser_only() {
         .await
         .unwrap();
     let result = script.expect("result");
-    script.finish();
     let privates = |user: &str| -> Vec<String> {
         result[user]
             .as_array()
@@ -342,6 +355,73 @@ async fn a_private_message_reaches_the_right_browser_only() {
         [format!("\"{a}\">\"{b}\":\"secret for {b}\"")]
     );
     assert_eq!(privates(&c), [format!("\"{a}\">\"{c}\":\"ping for {c}\"")]);
+    // A browser closing on purpose leaves the room at once (no grace period).
+    script.expect("closed");
+    let left = collect_route(&mut rx, "onLeave", 1).await;
+    assert_eq!(support::body(left.last().unwrap())["user"], json!(c));
+    script.finish();
+    carol.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_moves_to_another_edge_when_its_edge_drains_and_misses_nothing() {
+    let mut stack = Stack::start().await;
+    let a = stack.uid_on("dr", "edge-1");
+    let (carol, mut rx) = rust_user(&stack, 1, "carol").await;
+    let (before, after) = (3, 6);
+    let mut script = stack.browser(
+        "drain",
+        json!({"names": [a], "rust": "carol", "before": before, "after": after}),
+    );
+    assert_eq!(script.expect("ready")["edge"], json!("edge-1"));
+    collect_route(&mut rx, "onAdd", 1).await;
+    let mut sent = Vec::new();
+    for i in 0..before {
+        sent.push(
+            carol
+                .send("lobby", &format!("before {i}"))
+                .await
+                .unwrap()
+                .seq
+                .unwrap(),
+        );
+    }
+    script.expect("counted");
+    // SIGTERM: edge-1 drains (closes its sessions with code 3) and exits once they moved.
+    let pid = stack.env.edges[0].pid().to_string();
+    assert!(Command::new("kill").arg(&pid).status().unwrap().success());
+    for i in 0..after {
+        sent.push(
+            carol
+                .send("lobby", &format!("after {i}"))
+                .await
+                .unwrap()
+                .seq
+                .unwrap(),
+        );
+    }
+    let result = script.expect("result");
+    script.finish();
+    assert_eq!(result["edge"], json!("edge-2"));
+    let seqs: Vec<u64> = result["chats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m[0].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, sent, "no gap, no duplicate, in order");
+    let states = result["states"].as_array().unwrap();
+    assert_eq!(states.len(), 2, "{states:?}");
+    assert!(
+        states[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("closed by the edge: 3 "),
+        "{states:?}"
+    );
+    assert_eq!(states[1]["state"], json!("open"));
+    let exited = tokio::task::block_in_place(|| stack.env.edges[0].wait_exit(STEP));
+    assert!(exited.is_some(), "edge-1 exited after its drain");
     carol.close().await;
 }
 

@@ -254,6 +254,8 @@ export class RoomcastClient extends EventTarget {
     this.resumeSession = '';
     /** @type {Promise<unknown> | undefined} */
     this.reconnectHold = undefined;
+    /** Set by {@link dropConnection}, for the reason the `state` event gives. */
+    this.dropping = false;
   }
 
   /** Connects through the gates (and fetches a development token if none was given). */
@@ -358,7 +360,10 @@ export class RoomcastClient extends EventTarget {
   /** @param {Link} link @param {number | null} code @param {string} reason */
   async #lost(link, code, reason) {
     if (this.link !== link || this.closing) return;
-    const why = code === null ? `connection lost (${reason})` : `closed by the edge: ${code} ${reason}`;
+    const why = this.dropping
+      ? 'connection dropped on purpose'
+      : code === null ? `connection lost (${reason})` : `closed by the edge: ${code} ${reason}`;
+    this.dropping = false;
     if (!this.opts.reconnect || code === CLOSE.REPLACED || code === CLOSE.BAD_HANDSHAKE) {
       this.#setState('closed', why);
       return;
@@ -484,6 +489,7 @@ export class RoomcastClient extends EventTarget {
    * resumes. For tests and demos of the reconnect path.
    */
   dropConnection() {
+    this.dropping = true;
     this.link?.close(4000, 'connection dropped on purpose');
   }
 

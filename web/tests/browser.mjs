@@ -106,7 +106,6 @@ const scenarios = {
     await waitMembers(pa, all);
     await waitMembers(pb, all);
     const edges = [await pa.evaluate(() => window.roomcastClient.edge), await pb.evaluate(() => window.roomcastClient.edge)];
-    if (cfg.shot) await pa.setViewportSize({ width: 1000, height: 560 });
     say('ready', { edges });
     // The Rust user sends at the same time.
     for (let i = 0; i < cfg.n; i++) {
@@ -115,7 +114,6 @@ const scenarios = {
     const total = 3 * cfg.n;
     await waitLog(pa, `log.filter(m => !m.private).length >= ${total}`, `${total} messages at ${a}`);
     await waitLog(pb, `log.filter(m => !m.private).length >= ${total}`, `${total} messages at ${b}`);
-    if (cfg.shot) await pa.screenshot({ path: cfg.shot });
     say('result', { [a]: roomChats(await chatLog(pa)), [b]: roomChats(await chatLog(pb)) });
   },
 
@@ -160,6 +158,29 @@ const scenarios = {
     await send(pa, `marker for ${cfg.rust}`, cfg.rust);
     await waitLog(pa, `log.some(m => m.private && m.msg === 'from rust to ${a}')`, `the Rust user's message at ${a}`);
     say('result', { [a]: await chatLog(pa), [b]: await chatLog(pb), [c]: await chatLog(pc) });
+    // Closing on purpose (close code 0) leaves the room at once, without the grace period.
+    await pc.evaluate(() => window.roomcastClient.close());
+    say('closed');
+  },
+
+  /** The browser's edge drains (SIGTERM): the browser moves to the other edge and resumes. */
+  async drain() {
+    const [a] = cfg.names;
+    const pa = await join(a);
+    await waitMembers(pa, [a, cfg.rust]);
+    say('ready', { edge: await pa.evaluate(() => window.roomcastClient.edge) });
+    await waitLog(pa, `log.length >= ${cfg.before}`, `${cfg.before} messages before the drain`);
+    say('counted');
+    const total = cfg.before + cfg.after;
+    await waitLog(pa, `log.length >= ${total}`, `${total} messages after the drain`);
+    await pa.waitForFunction(() => window.roomcastClient.state === 'open' && window.roomcastClient.reconnects === 1,
+      null, { timeout: WAIT });
+    say('result', {
+      chats: roomChats(await chatLog(pa)),
+      states: await pa.evaluate(() => window.stateLog),
+      edge: await pa.evaluate(() => window.roomcastClient.edge),
+      status: await pa.textContent('#status'),
+    });
   },
 
   /** Bad input from one browser: documented errors for it, nothing for the others. */
@@ -197,6 +218,48 @@ const scenarios = {
     await waitLog(pb, `log.some(m => m.msg === 'rust is fine')`, `the Rust user's message at ${b}`);
     say('result', { answers, [b]: roomChats(await chatLog(pb)) });
   },
+};
+
+/**
+ * Not a test: README's screenshot, two users side by side (two frames of one page, each its
+ * own client). With a stack running:
+ *   node web/tests/browser.mjs screenshot '{"page":"http://127.0.0.1:7080/","shot":"web/chat/screenshot.png"}'
+ */
+scenarios.screenshot = async () => {
+  const page = await open('screenshot');
+  await page.setViewportSize({ width: 1400, height: 540 });
+  await page.evaluate((url) => {
+    document.head.innerHTML = '<style>body{margin:0;display:flex;gap:6px;background:#999}iframe{flex:1;height:100vh;border:0}</style>';
+    document.body.innerHTML = `<iframe name="alice" src="${url}"></iframe><iframe name="bob" src="${url}"></iframe>`;
+  }, cfg.page);
+  const frame = async (/** @type {string} */ name) => {
+    for (let i = 0; i < 100; i++) {
+      const f = page.frame({ name });
+      if (f && (await f.$('#login input[name=name]').catch(() => null))) return f;
+      await page.waitForTimeout(50);
+    }
+    throw new Error(`frame ${name} did not load`);
+  };
+  const [fa, fb] = [await frame('alice'), await frame('bob')];
+  for (const [f, name] of [[fa, 'alice'], [fb, 'bob']]) {
+    await f.fill('#login input[name=name]', /** @type {string} */ (name));
+    await f.click('#login button');
+    await f.waitForSelector('#chat', { state: 'visible', timeout: WAIT });
+  }
+  const post = async (/** @type {any} */ f, /** @type {string} */ text, to = '*') => {
+    await f.selectOption('#send select', to);
+    await f.fill('#send input[name=text]', text);
+    await f.click('#send button');
+    if (to === '*') await f.waitForFunction((t) => window.chatLog.some((m) => m.msg === t), text, { timeout: WAIT });
+  };
+  await post(fa, 'hi bob, this is a browser on WebTransport');
+  await post(fb, 'hello alice! same room, maybe another edge');
+  await post(fa, 'psst, this one is for you only', 'bob');
+  await fb.waitForFunction(() => window.chatLog.some((m) => m.private), null, { timeout: WAIT });
+  await post(fb, 'got it');
+  await fa.fill('#send input[name=text]', 'see you later');
+  await page.screenshot({ path: cfg.shot });
+  say('result', { shot: cfg.shot });
 };
 
 const run = scenarios[/** @type {keyof typeof scenarios} */ (scenario)];
