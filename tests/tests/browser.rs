@@ -171,8 +171,19 @@ impl Script {
         writeln!(stdin, "{word}").expect("write to the browser script");
     }
 
+    /// Waits (bounded) for the script to exit; it must succeed.
     fn finish(mut self) {
-        let status = tokio::task::block_in_place(|| self.child.wait()).expect("wait for node");
+        let deadline = std::time::Instant::now() + STEP;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for node") {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the browser script did not exit in time"
+            );
+            tokio::task::block_in_place(|| std::thread::sleep(Duration::from_millis(50)));
+        };
         assert!(status.success(), "browser script exited with {status}");
     }
 }
@@ -282,7 +293,6 @@ async fn a_browser_whose_connection_is_cut_resumes_with_no_gap_and_no_duplicate(
     }
     script.tell("sent");
     let result = script.expect("result");
-    script.finish();
     let seqs: Vec<u64> = result["chats"]
         .as_array()
         .unwrap()
@@ -299,10 +309,18 @@ async fn a_browser_whose_connection_is_cut_resumes_with_no_gap_and_no_duplicate(
         .collect();
     assert_eq!(states, ["reconnecting", "open"], "and no gap event");
     assert_eq!(result["restoredShown"], json!(1), "the page said so");
-    // The resume was invisible to the room: carol saw her own messages and nothing else.
-    let pushes = collect_route(&mut rx, "onChat", before + during).await;
-    let routes: Vec<&str> = pushes.iter().map(|p| p.route.as_str()).collect();
-    assert!(routes.iter().all(|r| *r == "onChat"), "{routes:?}");
+    // The resume was invisible to the room: carol saw her own messages and nothing else, up to
+    // one sent after the resume (a leave and re-join would have come before it, in seq order).
+    carol.send("lobby", "final").await.unwrap();
+    let pushes = collect_route(&mut rx, "onChat", before + during + 1).await;
+    let routes: Vec<String> = pushes
+        .iter()
+        .map(|p| format!("{} {}", p.route, support::body(p)))
+        .collect();
+    assert!(routes.iter().all(|r| r.starts_with("onChat")), "{routes:?}");
+    // Only now may the browser leave (closing it leaves the room).
+    script.tell("done");
+    script.finish();
     carol.close().await;
 }
 
@@ -401,7 +419,6 @@ async fn a_browser_moves_to_another_edge_when_its_edge_drains_and_misses_nothing
         );
     }
     let result = script.expect("result");
-    script.finish();
     assert_eq!(result["edge"], json!("edge-2"));
     let seqs: Vec<u64> = result["chats"]
         .as_array()
@@ -422,6 +439,17 @@ async fn a_browser_moves_to_another_edge_when_its_edge_drains_and_misses_nothing
     assert_eq!(states[1]["state"], json!("open"));
     let exited = tokio::task::block_in_place(|| stack.env.edges[0].wait_exit(STEP));
     assert!(exited.is_some(), "edge-1 exited after its drain");
+    // The move was invisible to the room (no onLeave/onAdd before a message sent after it).
+    carol.send("lobby", "final").await.unwrap();
+    let pushes = collect_route(&mut rx, "onChat", before + after + 1).await;
+    let routes: Vec<String> = pushes
+        .iter()
+        .map(|p| format!("{} {}", p.route, support::body(p)))
+        .collect();
+    assert!(routes.iter().all(|r| r.starts_with("onChat")), "{routes:?}");
+    // Only now may the browser leave (closing it leaves the room).
+    script.tell("done");
+    script.finish();
     carol.close().await;
 }
 
@@ -485,6 +513,7 @@ async fn bad_input_from_a_browser_gets_documented_errors_and_harms_no_one() {
 fn javascript_client_unit_tests_pass() {
     let out = Command::new("node")
         .arg("--test")
+        .arg("--test-reporter=tap")
         .arg("client/")
         .current_dir(web_dir())
         .output()

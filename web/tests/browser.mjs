@@ -140,6 +140,8 @@ const scenarios = {
       reconnects: await pa.evaluate(() => window.roomcastClient.reconnects),
       restoredShown: await pa.locator('#messages li.system', { hasText: 'connection restored' }).count(),
     });
+    // Stay in the room until the test has checked what the others saw.
+    await expectLine('done');
   },
 
   /** Private messages reach their target only. */
@@ -181,6 +183,8 @@ const scenarios = {
       edge: await pa.evaluate(() => window.roomcastClient.edge),
       status: await pa.textContent('#status'),
     });
+    // Stay in the room until the test has checked what the others saw.
+    await expectLine('done');
   },
 
   /** Bad input from one browser: documented errors for it, nothing for the others. */
