@@ -524,3 +524,27 @@ fn javascript_client_unit_tests_pass() {
     assert!(text.contains("# fail 0"), "{text}");
     assert!(!text.contains("# pass 0"), "no JavaScript test ran");
 }
+
+/// The JavaScript client's JSDoc types, checked by TypeScript (`tsc -p web/client`, strict).
+#[test]
+fn javascript_client_types_check() {
+    check_node_modules();
+    let tsc = web_dir().join("node_modules/typescript/bin/tsc");
+    assert!(
+        tsc.exists(),
+        "{} is missing: run `npm ci` in web/ (.ci/run does)",
+        tsc.display()
+    );
+    let out = Command::new("node")
+        .arg(tsc)
+        .args(["-p", "client"])
+        .current_dir(web_dir())
+        .output()
+        .expect("run node (install nodejs)");
+    assert!(
+        out.status.success(),
+        "type errors in web/client:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
