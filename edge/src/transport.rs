@@ -97,7 +97,10 @@ impl Conn {
         match self {
             Conn::Quic(c) => {
                 c.set_max_concurrent_uni_streams(0u32.into());
-                let _ = c.accept_uni().await;
+                if c.accept_uni().await.is_err() {
+                    // The connection ended: the caller learns it from `accept_bi`.
+                    std::future::pending::<()>().await;
+                }
             }
             Conn::Web(_) => std::future::pending().await,
         }
