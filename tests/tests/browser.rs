@@ -67,11 +67,11 @@ struct Stack {
 
 impl Stack {
     async fn start() -> Stack {
-        Stack::start_with(&[]).await
+        Stack::start_with(&[], &[]).await
     }
 
-    /// With `extra` flags for both edges.
-    async fn start_with(extra: &[&str]) -> Stack {
+    /// With `extra` flags for both edges and `backend` flags for the chat backend.
+    async fn start_with(extra: &[&str], backend: &[&str]) -> Stack {
         chromium();
         check_node_modules();
         let serial = SERIAL.lock().await;
@@ -86,7 +86,7 @@ impl Stack {
         ];
         edge_args.extend_from_slice(extra);
         let env = tokio::task::block_in_place(|| {
-            Env::start_with(&["edge-1", "edge-2"], &["chat-1"], &edge_args, &[])
+            Env::start_with(&["edge-1", "edge-2"], &["chat-1"], &edge_args, backend)
         });
         let addrs: Vec<_> = env.edges.iter().map(|e| e.addr).collect();
         let page = PageConfig::for_edges(&addrs, &cert).expect("page config");
@@ -291,7 +291,7 @@ async fn a_browser_whose_connection_is_cut_resumes_with_no_gap_and_no_duplicate(
                 .unwrap(),
         );
     }
-    script.tell("sent");
+    script.tell(&format!("sent {}", sent.last().unwrap()));
     let result = script.expect("result");
     let seqs: Vec<u64> = result["chats"]
         .as_array()
@@ -325,9 +325,86 @@ async fn a_browser_whose_connection_is_cut_resumes_with_no_gap_and_no_duplicate(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_is_told_exactly_what_it_missed_beyond_the_history() {
+    // The rooms keep 3 pushes; the browser misses 10.
+    let history = ["--history-len", "3"];
+    let stack = Stack::start_with(&history, &history).await;
+    let a = stack.uid_on("gap", "edge-2");
+    let (carol, mut rx) = rust_user(&stack, 0, "carol").await;
+    let (before, during) = (2, 10);
+    let mut script = stack.browser(
+        "resume",
+        json!({"names": [a], "rust": "carol", "before": before, "during": during}),
+    );
+    script.expect("ready");
+    collect_route(&mut rx, "onAdd", 1).await;
+    let mut sent = Vec::new();
+    for i in 0..before {
+        sent.push(send(&carol, &format!("before {i}")).await);
+    }
+    let seq_at_cut = script.expect("dropped")["seqAtCut"].as_u64().unwrap();
+    for i in 0..during {
+        sent.push(send(&carol, &format!("during {i}")).await);
+    }
+    let last = *sent.last().unwrap();
+    script.tell(&format!("sent {last}"));
+    let result = script.expect("result");
+    let got: Vec<u64> = result["chats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m[0].as_u64().unwrap())
+        .collect();
+    let gaps: Vec<&Value> = result["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["state"] == json!("gap"))
+        .collect();
+    assert_eq!(gaps.len(), 1, "one gap event: {:?}", result["states"]);
+    let (from, to) = (
+        gaps[0]["from"].as_u64().unwrap(),
+        gaps[0]["to"].as_u64().unwrap(),
+    );
+    // Everything before the cut, then the gap right after it, then the rest: every seq sent
+    // is either received or inside the gap, once, in order.
+    assert_eq!(from, seq_at_cut + 1, "the gap starts right after the cut");
+    let received_after: Vec<u64> = got.iter().copied().filter(|s| *s > seq_at_cut).collect();
+    assert!(
+        !received_after.is_empty(),
+        "the history's pushes were replayed"
+    );
+    assert_eq!(
+        received_after[0],
+        to + 1,
+        "replay continues right after the gap"
+    );
+    assert!(
+        received_after.windows(2).all(|w| w[1] == w[0] + 1),
+        "{received_after:?}"
+    );
+    assert_eq!(*received_after.last().unwrap(), last);
+    let before_cut: Vec<u64> = got.iter().copied().filter(|s| *s <= seq_at_cut).collect();
+    assert_eq!(before_cut, sent[..before], "before the cut: all of it");
+    assert_eq!(
+        result["gapShown"],
+        json!([format!("missed messages {from}–{to}")]),
+        "the page says what was missed"
+    );
+    script.tell("done");
+    script.finish();
+    carol.close().await;
+}
+
+/// `chat.send` to the lobby from `c`; its seq.
+async fn send(c: &Client, text: &str) -> u64 {
+    c.send("lobby", text).await.unwrap().seq.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_private_message_reaches_the_right_browser_only() {
     // A lost session would keep its rooms this long: only a close on purpose leaves at once.
-    let stack = Stack::start_with(&["--resume-grace-ms", "600000"]).await;
+    let stack = Stack::start_with(&["--resume-grace-ms", "600000"], &[]).await;
     let (a, b, c) = (
         stack.uid_on("pa", "edge-1"),
         stack.uid_on("pb", "edge-2"),
