@@ -20,9 +20,7 @@ use crate::transport::{read_frame, write_frame, Conn, FrameError, Recv, Send};
 
 /// Serves one incoming connection until it closes.
 pub async fn serve(state: Arc<EdgeState>, incoming: quinn::Incoming) {
-    // 0.5-RTT: answer a resumed client's early `Hello` and gate query without waiting for the
-    // end of the handshake. Requests that arrive as 0-RTT data are screened in `request_stream`.
-    let conn = match incoming.accept() {
+    let connecting = match incoming.accept() {
         Ok(mut connecting) => {
             // The endpoint offers `roomcast/1` and `h3`: HTTP/3 connections are WebTransport
             // (browsers), served by the same driver once their session is established. The
@@ -43,7 +41,9 @@ pub async fn serve(state: Arc<EdgeState>, incoming: quinn::Incoming) {
             return;
         }
     };
-    let conn = match conn.into_0rtt() {
+    // 0.5-RTT: answer a resumed client's early `Hello` and gate query without waiting for the
+    // end of the handshake. Requests that arrive as 0-RTT data are screened in `request_stream`.
+    let conn = match connecting.into_0rtt() {
         Ok((c, _)) => c,
         Err(connecting) => match connecting.await {
             Ok(c) => c,
