@@ -458,44 +458,69 @@ async fn a_private_message_reaches_the_right_browser_only() {
     carol.close().await;
 }
 
+/// How the browser's edge goes away in [`a_browser_moves_when_its_edge_goes`].
+#[derive(Clone, Copy, Debug)]
+enum Goes {
+    /// SIGTERM: the edge drains (closes its sessions with code 3) and exits once they moved.
+    Drained,
+    /// `kill -9`: nothing is said to the browser (on loopback it notices at once through ICMP
+    /// port-unreachable; on a real network through the QUIC idle timeout).
+    Killed,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_moves_to_another_edge_when_its_edge_drains_and_misses_nothing() {
-    let mut stack = Stack::start().await;
+    a_browser_moves_when_its_edge_goes(Goes::Drained).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_moves_to_another_edge_when_its_edge_is_killed_and_misses_nothing() {
+    a_browser_moves_when_its_edge_goes(Goes::Killed).await;
+}
+
+async fn a_browser_moves_when_its_edge_goes(goes: Goes) {
+    // A killed edge's lease outlives the test: the gates keep naming it, so the browser can
+    // only move by the SDK's rule (a gate that answered, as the edge), and it must move before
+    // the dead edge's members are reaped (no onLeave, no gap).
+    let lease = ["--lease-ttl-ms", "60000"];
+    let mut stack = match goes {
+        Goes::Drained => Stack::start().await,
+        Goes::Killed => Stack::start_with(&lease, &[]).await,
+    };
     let a = stack.uid_on("dr", "edge-1");
     let (carol, mut rx) = rust_user(&stack, 1, "carol").await;
     let (before, after) = (3, 6);
     let mut script = stack.browser(
-        "drain",
-        json!({"names": [a], "rust": "carol", "before": before, "after": after}),
+        "move",
+        json!({
+            "names": [a], "rust": "carol", "before": before, "after": after,
+            "moveWaitMs": 30_000,
+        }),
     );
     assert_eq!(script.expect("ready")["edge"], json!("edge-1"));
     collect_route(&mut rx, "onAdd", 1).await;
     let mut sent = Vec::new();
     for i in 0..before {
-        sent.push(
-            carol
-                .send("lobby", &format!("before {i}"))
-                .await
-                .unwrap()
-                .seq
-                .unwrap(),
-        );
+        sent.push(send(&carol, &format!("before {i}")).await);
     }
     script.expect("counted");
-    // SIGTERM: edge-1 drains (closes its sessions with code 3) and exits once they moved.
-    let pid = stack.env.edges[0].pid().to_string();
-    assert!(Command::new("kill").arg(&pid).status().unwrap().success());
+    let gone = std::time::Instant::now();
+    match goes {
+        Goes::Drained => {
+            let pid = stack.env.edges[0].pid().to_string();
+            assert!(Command::new("kill").arg(&pid).status().unwrap().success());
+        }
+        Goes::Killed => stack.env.edges[0].kill(),
+    }
     for i in 0..after {
-        sent.push(
-            carol
-                .send("lobby", &format!("after {i}"))
-                .await
-                .unwrap()
-                .seq
-                .unwrap(),
-        );
+        sent.push(send(&carol, &format!("after {i}")).await);
     }
     let result = script.expect("result");
+    println!(
+        "{goes:?}: the browser resumed on {} {:.1} s after its edge went",
+        result["edge"],
+        gone.elapsed().as_secs_f64()
+    );
     assert_eq!(result["edge"], json!("edge-2"));
     let seqs: Vec<u64> = result["chats"]
         .as_array()
@@ -503,19 +528,19 @@ async fn a_browser_moves_to_another_edge_when_its_edge_drains_and_misses_nothing
         .iter()
         .map(|m| m[0].as_u64().unwrap())
         .collect();
-    assert_eq!(seqs, sent, "no gap, no duplicate, in order");
     let states = result["states"].as_array().unwrap();
+    assert_eq!(seqs, sent, "no gap, no duplicate, in order");
     assert_eq!(states.len(), 2, "{states:?}");
-    assert!(
-        states[0]["reason"]
-            .as_str()
-            .unwrap()
-            .starts_with("closed by the edge: 3 "),
-        "{states:?}"
-    );
+    let reason = states[0]["reason"].as_str().unwrap();
+    match goes {
+        Goes::Drained => assert!(reason.starts_with("closed by the edge: 3 "), "{states:?}"),
+        Goes::Killed => assert!(reason.starts_with("connection lost"), "{states:?}"),
+    }
     assert_eq!(states[1]["state"], json!("open"));
-    let exited = tokio::task::block_in_place(|| stack.env.edges[0].wait_exit(STEP));
-    assert!(exited.is_some(), "edge-1 exited after its drain");
+    if let Goes::Drained = goes {
+        let exited = tokio::task::block_in_place(|| stack.env.edges[0].wait_exit(STEP));
+        assert!(exited.is_some(), "edge-1 exited after its drain");
+    }
     // The move was invisible to the room (no onLeave/onAdd before a message sent after it).
     carol.send("lobby", "final").await.unwrap();
     let pushes = collect_route(&mut rx, "onChat", before + after + 1).await;
@@ -524,7 +549,6 @@ async fn a_browser_moves_to_another_edge_when_its_edge_drains_and_misses_nothing
         .map(|p| format!("{} {}", p.route, support::body(p)))
         .collect();
     assert!(routes.iter().all(|r| r.starts_with("onChat")), "{routes:?}");
-    // Only now may the browser leave (closing it leaves the room).
     script.tell("done");
     script.finish();
     carol.close().await;

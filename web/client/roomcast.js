@@ -293,58 +293,74 @@ export class RoomcastClient extends EventTarget {
    * @param {boolean} resume
    */
   async #establish(resume) {
+    const link = await this.#findEdge();
+    const oldSession = this.resumeSession;
+    if (resume && oldSession) {
+      /** @type {Record<string, number>} */
+      const rooms = {};
+      for (const [rid, r] of this.rooms) rooms[rid] = r.seq;
+      try {
+        const ans = await link.request('connector.resume', { token: this.token, session: oldSession, rooms });
+        for (const [rid, r] of Object.entries(ans.rooms ?? {})) {
+          const room = this.#room(rid);
+          room.users = new Set(r.users ?? []);
+          this.#emit('members', { rid, users: [...room.users] });
+        }
+      } catch (e) {
+        link.close(CLOSE.NORMAL, 'resume failed');
+        throw e;
+      }
+    }
+    // Only a link that is fully set up is watched: a failed attempt must not start a
+    // second reconnect loop when it is closed.
+    this.link = link;
+    this.resumeSession = link.session;
+    this.#watch(link);
+  }
+
+  /**
+   * A link to this uid's edge, as the Rust SDK finds it: ask the gates in order (the one that
+   * answered last first); when the edge a gate names cannot be reached (a killed edge stays in
+   * the registry until its lease expires), ask the next gate; when none leads anywhere, use a
+   * gate that answered as the edge (every edge serves every room).
+   * @returns {Promise<Link>}
+   */
+  async #findEdge() {
     const onPush = (/** @type {any} */ f) => this.#onPush(f);
     let lastError = /** @type {any} */ (null);
+    /** Gates that answered but named an edge that could not be reached. @type {string[]} */
+    const answered = [];
     for (const gate of [...this.gateOrder]) {
       /** @type {Link | null} */
       let gl = null;
-      /** @type {Link | null} */
-      let link = null;
       try {
         gl = await Link.open(gate, this.opts, this.#hashes(), onPush);
         if (!this.token) this.token = (await gl.request('gate.devToken', { uid: this.uid })).token;
         const entry = await gl.request('gate.queryEntry', { uid: this.uid });
         const wt = entry.webtransport;
         if (!wt?.url) throw new RoomcastError(0, `gate ${gate} announced no WebTransport URL`);
-        const hashes = this.#hashes(wt.certificate_hash ? [wt.certificate_hash] : []);
-        if (wt.url === gate) {
-          link = gl;
-          gl = null;
-        } else {
-          link = await Link.open(wt.url, this.opts, hashes, onPush);
-        }
         // The gate that answered goes first next time.
         this.gateOrder = [gate, ...this.gateOrder.filter((g) => g !== gate)];
+        if (wt.url === gate) {
+          const link = gl;
+          gl = null;
+          return link;
+        }
+        answered.push(gate);
+        const hashes = this.#hashes(wt.certificate_hash ? [wt.certificate_hash] : []);
+        return await Link.open(wt.url, this.opts, hashes, onPush);
       } catch (e) {
         lastError = e;
-        link?.close(CLOSE.NORMAL, 'gate failed');
-        continue;
       } finally {
         gl?.close(CLOSE.NORMAL, 'gate query done');
       }
-      const oldSession = this.resumeSession;
-      if (resume && oldSession) {
-        /** @type {Record<string, number>} */
-        const rooms = {};
-        for (const [rid, r] of this.rooms) rooms[rid] = r.seq;
-        try {
-          const ans = await link.request('connector.resume', { token: this.token, session: oldSession, rooms });
-          for (const [rid, r] of Object.entries(ans.rooms ?? {})) {
-            const room = this.#room(rid);
-            room.users = new Set(r.users ?? []);
-            this.#emit('members', { rid, users: [...room.users] });
-          }
-        } catch (e) {
-          link.close(CLOSE.NORMAL, 'resume failed');
-          throw e;
-        }
+    }
+    for (const gate of answered) {
+      try {
+        return await Link.open(gate, this.opts, this.#hashes(), onPush);
+      } catch (e) {
+        lastError = e;
       }
-      // Only a link that is fully set up is watched: a failed attempt must not start a
-      // second reconnect loop when it is closed.
-      this.link = link;
-      this.resumeSession = link.session;
-      this.#watch(link);
-      return;
     }
     throw lastError ?? new RoomcastError(0, 'no gate answered');
   }

@@ -172,18 +172,27 @@ const scenarios = {
     say('closed');
   },
 
-  /** The browser's edge drains (SIGTERM): the browser moves to the other edge and resumes. */
-  async drain() {
+  /**
+   * The browser's edge goes away (drained with SIGTERM, or killed): the browser moves to the
+   * other edge and resumes. `cfg.moveWaitMs` bounds the move (off loopback, a killed edge is
+   * noticed only by the QUIC idle timeout).
+   */
+  async move() {
     const [a] = cfg.names;
     const pa = await join(a);
     await waitMembers(pa, [a, cfg.rust]);
     say('ready', { edge: await pa.evaluate(() => window.roomcastClient.edge) });
-    await waitLog(pa, `log.length >= ${cfg.before}`, `${cfg.before} messages before the drain`);
+    await waitLog(pa, `log.length >= ${cfg.before}`, `${cfg.before} messages before the move`);
     say('counted');
     const total = cfg.before + cfg.after;
-    await waitLog(pa, `log.length >= ${total}`, `${total} messages after the drain`);
-    await pa.waitForFunction(() => window.roomcastClient.state === 'open' && window.roomcastClient.reconnects === 1,
-      null, { timeout: WAIT });
+    const wait = cfg.moveWaitMs ?? WAIT;
+    try {
+      await pa.waitForFunction(() => window.roomcastClient.state === 'open' && window.roomcastClient.reconnects === 1,
+        null, { timeout: wait });
+    } catch {
+      throw new Error(`not moved within ${wait} ms: ${JSON.stringify(await pa.evaluate(() => window.stateLog))}`);
+    }
+    await waitLog(pa, `log.length >= ${total}`, `${total} messages after the move`);
     say('result', {
       chats: roomChats(await chatLog(pa)),
       states: await pa.evaluate(() => window.stateLog),
