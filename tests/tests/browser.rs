@@ -454,6 +454,10 @@ async fn a_private_message_reaches_the_right_browser_only() {
     script.expect("closed");
     let left = collect_route(&mut rx, "onLeave", 1).await;
     assert_eq!(support::body(left.last().unwrap())["user"], json!(c));
+    // And `leave`: carol is told, and the page's member list shows it (checked by the script).
+    script.expect("left");
+    let left = collect_route(&mut rx, "onLeave", 1).await;
+    assert_eq!(support::body(left.last().unwrap())["user"], json!(b));
     script.finish();
     carol.close().await;
 }

@@ -170,6 +170,10 @@ const scenarios = {
     // Closing on purpose (close code 0) leaves the room at once, without the grace period.
     await pc.evaluate(() => window.roomcastClient.close());
     say('closed');
+    // Leaving a room: the others see it in their member lists.
+    await pb.evaluate(() => window.roomcastClient.leave('lobby'));
+    await waitMembers(pa, [a, cfg.rust]);
+    say('left');
   },
 
   /**
