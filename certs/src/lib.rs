@@ -124,6 +124,36 @@ pub fn generate(dir: &Path, hosts: &[String]) -> Result<Generated> {
     Ok(g)
 }
 
+/// Days a WebTransport development certificate is valid: browsers accept a certificate pinned
+/// through `serverCertificateHashes` only if it is valid for at most 14 days.
+pub const WEBTRANSPORT_DAYS: u32 = 13;
+
+/// Writes a fresh self-signed certificate for the edges' WebTransport side into `dir`
+/// (`webtransport.pem`, `webtransport.key`): ECDSA P-256, valid [`WEBTRANSPORT_DAYS`] from one
+/// hour ago, as browsers require of a certificate pinned by hash. Generated anew each time (it
+/// is cheap and never outlives a development run by much). Returns (certificate, key) paths.
+pub fn generate_webtransport(dir: &Path, hosts: &[String]) -> Result<(PathBuf, PathBuf)> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let (cert_path, key_path) = (dir.join("webtransport.pem"), dir.join("webtransport.key"));
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .context("cannot generate the WebTransport key")?;
+    let mut p = leaf_params("webtransport", hosts)?;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let now = date_time_ymd(1970, 1, 1) + Duration::from_secs(since_epoch.as_secs());
+    p.not_before = now - Duration::from_secs(3600);
+    p.not_after = p.not_before + WEBTRANSPORT_DAYS * DAY;
+    let cert = p
+        .self_signed(&key)
+        .context("cannot sign the WebTransport certificate")?;
+    write(&cert_path, &cert.pem(), false)?;
+    write(&key_path, &key.serialize_pem(), true)?;
+    Ok((cert_path, key_path))
+}
+
 fn ca_params() -> Result<CertificateParams> {
     let mut p = CertificateParams::new(Vec::<String>::new())?;
     p.distinguished_name = name("roomcast development CA");

@@ -35,6 +35,10 @@ pub struct EdgeConfig {
     #[command(flatten)]
     pub tls: TlsArgs<EdgeTls>,
 
+    /// `--webtransport-cert`, `--webtransport-key`, `--webtransport-pin`, `--no-webtransport`.
+    #[command(flatten)]
+    pub webtransport: crate::webtransport::WebTransportArgs,
+
     /// `--history-len`, `--history-age-secs`, `--presence-max-members`.
     #[command(flatten)]
     pub rooms: RoomArgs,

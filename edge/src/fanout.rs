@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use quinn::VarInt;
 use roomcast_protocol::bus::BusMessage;
 use roomcast_protocol::codec::Frame;
 use roomcast_protocol::protocol::{close, route, OnGap};
@@ -132,7 +131,7 @@ pub fn apply(core: &Core, effects: &mut Vec<Effect>, later: &mut Vec<Later>) {
             Effect::Close { sid, code, reason } => {
                 if let Some(s) = core.handle(sid) {
                     tracing::info!(parent: &s.span, code, reason, "closing session");
-                    s.conn.close(VarInt::from_u32(code), reason.as_bytes());
+                    s.conn.close(code, reason.as_bytes());
                 }
             }
             Effect::Unsubscribe { rid } => later.push(Later::Unsubscribe { rid }),
@@ -173,10 +172,8 @@ fn apply_action(core: &Core, key: &StreamKey, action: Action, later: &mut Vec<La
         Action::Disconnect { sid } => {
             if let Some(s) = core.handle(sid) {
                 tracing::warn!(parent: &s.span, "slow consumer: fell too far behind; closing");
-                s.conn.close(
-                    VarInt::from_u32(close::SLOW_CONSUMER),
-                    b"slow consumer: fell too far behind",
-                );
+                s.conn
+                    .close(close::SLOW_CONSUMER, b"slow consumer: fell too far behind");
             }
         }
     }

@@ -25,6 +25,9 @@
 //!   store claims and joins, reported to the core; forwarding of service routes.
 //! - [`fanout`]: carrying out the core's effects: queue pushes, finish streams, close
 //!   connections (under the core lock), then history fetches, unsubscribes, claim checks, leaves.
+//! - [`transport`]: a client connection as the driver sees it: native QUIC or WebTransport.
+//! - [`webtransport`]: browsers on the same UDP port (ALPN `h3`): certificates by ALPN, the
+//!   HTTP/3 session set-up, what the gate announces.
 //! - [`outbound`]: per-session push streams, each with a bounded queue and its own writer.
 //! - [`bus`]: the Redis pub/sub subscriber (subscribe/unsubscribe, probing, reconnects); what
 //!   arrives goes to the core.
@@ -46,6 +49,8 @@ pub mod registry;
 pub mod routes;
 pub mod session;
 pub mod state;
+pub mod transport;
+pub mod webtransport;
 
 pub use config::EdgeConfig;
 pub use node::{run_cli, start, RunningEdge};

@@ -20,7 +20,7 @@ use crate::backends::BackendPool;
 use crate::config::EdgeConfig;
 use crate::fanout::with_core;
 use crate::state::EdgeState;
-use crate::{bus, reaper, registry, session};
+use crate::{bus, reaper, registry, session, webtransport};
 
 /// How long start-up waits for Redis before giving up.
 const REDIS_STARTUP_WAIT: Duration = Duration::from_secs(30);
@@ -108,14 +108,26 @@ pub async fn start_with_store(cfg: EdgeConfig, store: Store) -> anyhow::Result<R
     let client_limits = TransportLimits {
         // +1 for the control stream.
         max_bidi_streams: cfg.max_requests_in_flight + 1,
-        max_uni_streams: 0,
+        // HTTP/3 needs 3 (webtransport.rs); it must be in the handshake's transport parameters
+        // (a browser's 0-RTT refuses a limit lower than the one it remembers).
+        max_uni_streams: if cfg.webtransport.no_webtransport {
+            0
+        } else {
+            webtransport::H3_UNI_STREAMS
+        },
         idle_timeout: Duration::from_secs(cfg.idle_timeout_secs),
         keep_alive: Duration::from_secs(5),
         // Only `Hello` and `gate.queryEntry` are served from early data (session.rs).
         early_data: true,
     };
     let (cert, key) = (&cfg.tls.cert, &cfg.tls.key);
-    let server_config = tls::server_config(cert, key, CLIENT_ALPN, &client_limits, None)?;
+    let (server_config, webtransport) = if cfg.webtransport.no_webtransport {
+        let c = tls::server_config(cert, key, CLIENT_ALPN, &client_limits, None)?;
+        (c, None)
+    } else {
+        let (c, a) = webtransport::server_config(cert, key, &cfg.webtransport, &client_limits)?;
+        (c, Some(a))
+    };
     let endpoint = net::endpoint(cfg.listen, Some(server_config))?;
     let addr = endpoint.local_addr()?;
     let advertise = cfg.advertise.clone().unwrap_or_else(|| {
@@ -159,6 +171,9 @@ pub async fn start_with_store(cfg: EdgeConfig, store: Store) -> anyhow::Result<R
         pool,
         auth,
     ));
+    if let Some(w) = webtransport {
+        let _ = state.webtransport.set(w);
+    }
 
     let mut tasks = Vec::new();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

@@ -19,11 +19,11 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use quinn::{Connection, VarInt};
 use roomcast_protocol::protocol::close;
 use tokio::sync::Notify;
 
 use crate::fanout::gap_frame;
+use crate::transport::Conn;
 
 /// Overflows (each dropping a quarter of a queue) tolerated before the session is closed.
 pub const OVERFLOWS_BEFORE_DISCONNECT: u32 = 8;
@@ -83,7 +83,7 @@ struct Stream {
 }
 
 pub struct Outbound {
-    conn: Connection,
+    conn: Conn,
     /// Bound of each stream's queue, in frames.
     cap: usize,
     streams: Mutex<HashMap<StreamKey, Arc<Stream>>>,
@@ -92,7 +92,7 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    pub fn new(conn: Connection, cap: usize) -> Outbound {
+    pub fn new(conn: Conn, cap: usize) -> Outbound {
         Outbound {
             conn,
             cap: cap.max(4),
@@ -137,7 +137,7 @@ impl Outbound {
                     "slow consumer; closing"
                 );
                 self.conn.close(
-                    VarInt::from_u32(close::SLOW_CONSUMER),
+                    close::SLOW_CONSUMER,
                     b"slow consumer: pushes kept overflowing",
                 );
             }
@@ -223,7 +223,7 @@ impl Outbound {
                     return;
                 }
             }
-            let _ = send.finish();
+            send.finish();
         });
         stream
     }

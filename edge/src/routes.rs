@@ -164,6 +164,7 @@ fn query_entry(state: &EdgeState, body: &[u8]) -> RouteResult {
         port,
         edge: edge.id.clone(),
         region: edge.region.clone(),
+        webtransport: state.webtransport.get().map(|w| w.entry(host, port)),
     })
 }
 

@@ -5,8 +5,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use quinn::{Connection, RecvStream, SendStream, VarInt};
-use roomcast_net::stream::{read_frame, write_frame};
 use roomcast_protocol::codec::Frame;
 use roomcast_protocol::protocol::{close, code, route, OnUser, PROTOCOL_VERSION};
 use tokio::time::timeout;
@@ -18,27 +16,48 @@ use crate::fanout::with_core;
 use crate::outbound::Outbound;
 use crate::routes;
 use crate::state::{EdgeState, SessionHandle};
+use crate::transport::{read_frame, write_frame, Conn, FrameError, Recv, Send};
 
 /// Serves one incoming connection until it closes.
 pub async fn serve(state: Arc<EdgeState>, incoming: quinn::Incoming) {
-    // 0.5-RTT: answer a resumed client's early `Hello` and gate query without waiting for the
-    // end of the handshake. Requests that arrive as 0-RTT data are screened in `request_stream`.
-    let conn = match incoming.accept() {
-        Ok(connecting) => match connecting.into_0rtt() {
-            Ok((c, _)) => c,
-            Err(connecting) => match connecting.await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::debug!("connection failed during TLS handshake: {e}");
-                    return;
+    let connecting = match incoming.accept() {
+        Ok(mut connecting) => {
+            // The endpoint offers `roomcast/1` and `h3`: HTTP/3 connections are WebTransport
+            // (browsers), served by the same driver once their session is established. The
+            // ALPN is known as soon as the ClientHello is read, before any round trip.
+            if crate::webtransport::is_h3(connecting.handshake_data().await.ok()) {
+                match connecting.await {
+                    Ok(c) => return crate::webtransport::serve(state, c).await,
+                    Err(e) => {
+                        tracing::debug!("connection failed during TLS handshake: {e}");
+                        return;
+                    }
                 }
-            },
-        },
+            }
+            connecting
+        }
         Err(e) => {
             tracing::debug!("connection refused: {e}");
             return;
         }
     };
+    // 0.5-RTT: answer a resumed client's early `Hello` and gate query without waiting for the
+    // end of the handshake. Requests that arrive as 0-RTT data are screened in `request_stream`.
+    let conn = match connecting.into_0rtt() {
+        Ok((c, _)) => c,
+        Err(connecting) => match connecting.await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!("connection failed during TLS handshake: {e}");
+                return;
+            }
+        },
+    };
+    serve_conn(state, Conn::Quic(conn)).await;
+}
+
+/// Serves an established connection (native QUIC or a WebTransport session) until it closes.
+pub async fn serve_conn(state: Arc<EdgeState>, conn: Conn) {
     let Some((ctrl_send, ctrl_recv)) = handshake(&state, &conn).await else {
         return;
     };
@@ -71,9 +90,9 @@ pub async fn serve(state: Arc<EdgeState>, incoming: quinn::Incoming) {
 async fn run(
     state: Arc<EdgeState>,
     session: Arc<SessionHandle>,
-    conn: Connection,
-    ctrl_send: SendStream,
-    ctrl_recv: RecvStream,
+    conn: Conn,
+    ctrl_send: Send,
+    ctrl_recv: Recv,
     token: String,
 ) {
     let welcome = Frame::Welcome {
@@ -95,8 +114,17 @@ async fn run(
     );
     tracing::debug!(remote = %conn.remote_address(), "session open");
 
+    let uni = conn.forbidden_uni();
+    tokio::pin!(uni);
     let ended = loop {
-        match conn.accept_bi().await {
+        let accepted = tokio::select! {
+            a = conn.accept_bi() => a,
+            () = &mut uni => {
+                conn.close(close::PROTOCOL_ERROR, b"clients may not open unidirectional streams");
+                break conn.closed().await;
+            }
+        };
+        match accepted {
             Ok((send, recv)) => {
                 tokio::spawn(
                     request_stream(state.clone(), session.clone(), send, recv).in_current_span(),
@@ -107,17 +135,14 @@ async fn run(
     };
     // A client that closes on purpose leaves at once; a lost connection gets a grace period
     // in which the client can resume without its rooms seeing it leave and re-join.
-    let on_purpose = matches!(
-        &ended,
-        quinn::ConnectionError::ApplicationClosed(c) if c.error_code.into_inner() == u64::from(close::NORMAL)
-    );
+    let on_purpose = ended.on_purpose;
     cleanup(&state, &session, on_purpose).await;
-    tracing::debug!(on_purpose, "session closed: {ended}");
+    tracing::debug!(on_purpose, "session closed: {}", ended.reason);
 }
 
 /// Waits for the control stream and a supported `Hello`. On failure the connection is closed
 /// with `close::BAD_HANDSHAKE` and a reason a person can read.
-async fn handshake(state: &EdgeState, conn: &Connection) -> Option<(SendStream, RecvStream)> {
+async fn handshake(state: &EdgeState, conn: &Conn) -> Option<(Send, Recv)> {
     let (mut send, mut recv) = match timeout(state.cfg.handshake_timeout(), conn.accept_bi()).await
     {
         Ok(Ok(s)) => s,
@@ -154,7 +179,7 @@ async fn handshake(state: &EdgeState, conn: &Connection) -> Option<(SendStream, 
     None
 }
 
-async fn refuse(conn: &Connection, send: Option<&mut SendStream>, message: &str) {
+async fn refuse(conn: &Conn, send: Option<&mut Send>, message: &str) {
     tracing::debug!("refusing {}: {message}", conn.remote_address());
     if let Some(send) = send {
         let frame = Frame::Error {
@@ -162,20 +187,20 @@ async fn refuse(conn: &Connection, send: Option<&mut SendStream>, message: &str)
             message: message.to_string(),
         };
         let _ = write_frame(send, &frame).await;
-        let _ = send.finish();
+        send.finish();
         // Give the Error frame a moment to arrive before the close discards it.
         let _ = timeout(std::time::Duration::from_millis(200), send.stopped()).await;
     }
-    conn.close(VarInt::from_u32(close::BAD_HANDSHAKE), message.as_bytes());
+    conn.close(close::BAD_HANDSHAKE, message.as_bytes());
 }
 
 /// Writes `Welcome`, then keeps the control stream open. The client sends nothing more on it;
 /// anything it does send is a protocol error that closes the connection.
 async fn control_stream(
-    conn: Connection,
+    conn: Conn,
     session: Arc<SessionHandle>,
-    mut send: SendStream,
-    mut recv: RecvStream,
+    mut send: Send,
+    mut recv: Recv,
     welcome: Frame,
     max: usize,
 ) {
@@ -185,14 +210,14 @@ async fn control_stream(
     *session.control.lock().await = Some(send);
     let mut buf = BytesMut::new();
     match read_frame(&mut recv, &mut buf, max).await {
-        Ok(None) | Err(roomcast_net::stream::StreamError::Read(_)) => {}
+        Ok(None) | Err(FrameError::Io(_)) => {}
         Ok(Some(f)) => {
             let msg = format!("unexpected {} frame on the control stream", f.name());
-            conn.close(VarInt::from_u32(close::PROTOCOL_ERROR), msg.as_bytes());
+            conn.close(close::PROTOCOL_ERROR, msg.as_bytes());
         }
         Err(e) => {
             let msg = format!("bad frame on the control stream: {e}");
-            conn.close(VarInt::from_u32(close::PROTOCOL_ERROR), msg.as_bytes());
+            conn.close(close::PROTOCOL_ERROR, msg.as_bytes());
         }
     }
     // The send side stays in the session (for notices) until the connection ends.
@@ -204,8 +229,8 @@ async fn control_stream(
 async fn request_stream(
     state: Arc<EdgeState>,
     session: Arc<SessionHandle>,
-    mut send: SendStream,
-    mut recv: RecvStream,
+    mut send: Send,
+    mut recv: Recv,
 ) {
     let mut buf = BytesMut::new();
     let read = timeout(
@@ -220,7 +245,7 @@ async fn request_stream(
             "no complete frame arrived within the request timeout",
         )),
         Ok(Err(e)) => {
-            let _ = recv.stop(VarInt::from_u32(0));
+            recv.stop(0);
             Some(Frame::error_response(0, e.status(), e.to_string()))
         }
         Ok(Ok(None)) => None,
@@ -275,7 +300,7 @@ async fn request_stream(
             tracing::debug!("cannot write response: {e}");
         }
     }
-    let _ = send.finish();
+    send.finish();
 }
 
 /// Detaches the session from the core. A session closed on purpose leaves its rooms (onLeave)

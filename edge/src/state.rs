@@ -3,7 +3,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock};
 
-use quinn::Connection;
 use roomcast_store::keys::Keys;
 use roomcast_store::{EdgeInfo, Store};
 
@@ -49,6 +48,8 @@ pub struct EdgeState {
     /// (or disagreeing about a member), so the edge writes back its state now rather than at
     /// its next tick.
     pub registry_wake: tokio::sync::Notify,
+    /// What the gate tells browsers (set at start unless `--no-webtransport`).
+    pub webtransport: std::sync::OnceLock<crate::webtransport::Announce>,
 }
 
 /// The core and a reused effect buffer, so running the core allocates nothing per event.
@@ -83,13 +84,13 @@ pub struct SessionHandle {
     /// Globally unique session name recorded in Redis (`rc:session:<uid>` → `session`), so
     /// that an edge only ever releases a claim it made itself.
     pub token: String,
-    pub conn: Connection,
+    pub conn: crate::transport::Conn,
     pub outbound: Outbound,
     /// Serialises this session's membership changes (enter/leave/close), which span several
     /// awaits, so two concurrent requests cannot interleave them.
     pub ops: tokio::sync::Mutex<()>,
     /// The control stream's send side, for notices to the client (drain).
-    pub control: tokio::sync::Mutex<Option<quinn::SendStream>>,
+    pub control: tokio::sync::Mutex<Option<crate::transport::Send>>,
     /// The session's span (edge, session, uid once bound).
     pub span: tracing::Span,
 }
@@ -136,6 +137,7 @@ impl EdgeState {
             fence,
             verifier: auth.0,
             minter: auth.1,
+            webtransport: std::sync::OnceLock::new(),
         }
     }
 

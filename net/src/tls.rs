@@ -53,7 +53,7 @@ pub struct TransportLimits {
 }
 
 impl TransportLimits {
-    fn transport(&self) -> Result<quinn::TransportConfig> {
+    pub fn transport(&self) -> Result<quinn::TransportConfig> {
         let mut t = quinn::TransportConfig::default();
         t.max_concurrent_bidi_streams(self.max_bidi_streams.into());
         t.max_concurrent_uni_streams(self.max_uni_streams.into());

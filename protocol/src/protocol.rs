@@ -116,6 +116,23 @@ pub struct EntryAnswer {
     pub port: u16,
     pub edge: String,
     pub region: String,
+    /// Where a browser reaches the same edge (WebTransport over HTTP/3 on the same UDP port).
+    /// Absent from edges without WebTransport; native clients ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webtransport: Option<WebTransportEntry>,
+}
+
+/// The WebTransport side of a `gate.queryEntry` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WebTransportEntry {
+    /// `https://host:port/roomcast`.
+    pub url: String,
+    /// SHA-256 of the edges' WebTransport certificate (lowercase hex), announced in development
+    /// only (`--webtransport-pin`): a browser accepts a self-signed certificate through
+    /// `serverCertificateHashes`. Production edges present a certificate from a public CA and
+    /// leave this out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_hash: Option<String>,
 }
 
 /// `connector.enter` request body. The uid comes from the token; `username`, if given, must

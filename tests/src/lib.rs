@@ -9,6 +9,7 @@
 //! - [`chaos`]: `roomcast-dev bench chaos`, faults under traffic and a history checker.
 //! - [`scenarios`]: `roomcast-dev bench <scenario>`, the benchmark scenarios of BENCHMARKS.md.
 //! - [`stack`]: `roomcast-dev up`, the one-command local stack of README.
+//! - [`web`]: the stack's chat page (static files of `web/` over HTTP on 127.0.0.1).
 //!
 //! The end-to-end tests themselves are in `tests/tests/`.
 
@@ -20,3 +21,4 @@ pub mod memory;
 pub mod redis_server;
 pub mod scenarios;
 pub mod stack;
+pub mod web;

@@ -110,6 +110,10 @@ async fn serve(
     // A fresh secret per run; the gate mints tokens so the CLI works without one.
     let secret = format!("dev-{:016x}", random_u64());
     let drain = EDGE_DRAIN_SECS.to_string();
+    // Browsers: a fresh short-lived self-signed certificate, pinned by hash (crate::web).
+    let (wt_cert, wt_key) =
+        roomcast_certs::generate_webtransport(&certs.dir, &roomcast_certs::default_hosts())?;
+    let (wt_cert_arg, wt_key_arg) = (wt_cert.display().to_string(), wt_key.display().to_string());
     let mut edges = Vec::new();
     for i in 0..args.edges {
         let port = args
@@ -122,7 +126,15 @@ async fn serve(
             &format!("127.0.0.1:{port}"),
             &args.prefix,
             &secret,
-            &["--drain-secs", &drain],
+            &[
+                "--drain-secs",
+                &drain,
+                "--webtransport-cert",
+                &wt_cert_arg,
+                "--webtransport-key",
+                &wt_key_arg,
+                "--webtransport-pin",
+            ],
         )?;
         let edge = roomcast_edge::node::start_with_store(cfg, store.clone())
             .await
@@ -141,6 +153,15 @@ async fn serve(
     for e in &edges {
         println!("  edge     {:<8} {}", e.id, e.addr);
     }
+    let addrs: Vec<_> = edges.iter().map(|e| e.addr).collect();
+    let web = crate::web::WebServer::start(
+        std::net::SocketAddr::from(([127, 0, 0, 1], args.web_port)),
+        crate::web::PageConfig::for_edges(&addrs, &wt_cert)?,
+    )
+    .await?;
+    println!();
+    println!("Chat in a browser (Chrome/Edge 97+, Firefox 114+; WebTransport):");
+    println!("  {}", web.url());
     println!();
     print_chat_commands(&gate, &certs.ca);
     println!("Ctrl-C (or SIGTERM, SIGHUP) stops everything.");

@@ -19,6 +19,7 @@ use clap::Args;
 
 use crate::cluster::{Certs, ClusterConfig, Node};
 use crate::redis_server::RedisServer;
+use crate::web::{PageConfig, WebServer};
 
 /// How long an edge of the dev stack waits for its clients to move when stopped: every edge
 /// stops at once, so there is nowhere to move to and a long wait would only delay the exit.
@@ -46,6 +47,9 @@ pub struct StackArgs {
     /// `redis-server` is available. Wins over `REDIS_URL`.
     #[arg(long, env = "ROOMCAST_MEMORY")]
     pub memory: bool,
+    /// TCP port of the chat page on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 7080)]
+    pub web_port: u16,
 }
 
 /// Runs the stack until SIGINT, SIGTERM or SIGHUP. `bin` is this very binary (nodes are its
@@ -93,6 +97,10 @@ pub fn run(bin: &Path, args: StackArgs) -> Result<()> {
     };
     let certs = Certs::ensure(&args.certs)
         .with_context(|| format!("cannot prepare certificates in {}", args.certs.display()))?;
+    // Browsers: a fresh short-lived self-signed certificate, pinned by hash (crate::web).
+    let (wt_cert, wt_key) =
+        roomcast_certs::generate_webtransport(&args.certs, &roomcast_certs::default_hosts())?;
+    let (wt_cert_arg, wt_key_arg) = (wt_cert.display().to_string(), wt_key.display().to_string());
     let cluster = ClusterConfig {
         bin: bin.to_path_buf(),
         redis_url: redis_url.clone(),
@@ -118,7 +126,15 @@ pub fn run(bin: &Path, args: StackArgs) -> Result<()> {
             nodes.push(cluster.edge_on(
                 &format!("edge-{}", i + 1),
                 &format!("127.0.0.1:{port}"),
-                &["--drain-secs", &drain],
+                &[
+                    "--drain-secs",
+                    &drain,
+                    "--webtransport-cert",
+                    &wt_cert_arg,
+                    "--webtransport-key",
+                    &wt_key_arg,
+                    "--webtransport-pin",
+                ],
             )?);
         }
         Ok(signals.try_recv().ok())
@@ -142,6 +158,24 @@ pub fn run(bin: &Path, args: StackArgs) -> Result<()> {
         .map(|n| n.addr.to_string())
         .collect::<Vec<_>>()
         .join(",");
+    let edge_addrs: Vec<_> = nodes
+        .iter()
+        .filter(|n| n.role == crate::cluster::Role::Edge)
+        .map(|n| n.addr)
+        .collect();
+    let web = PageConfig::for_edges(&edge_addrs, &wt_cert).and_then(|page| {
+        rt.block_on(WebServer::start(
+            std::net::SocketAddr::from(([127, 0, 0, 1], args.web_port)),
+            page,
+        ))
+    });
+    let web = match web {
+        Ok(w) => w,
+        Err(e) => {
+            stop(&mut nodes, own_redis);
+            return Err(e);
+        }
+    };
     let redis_port = redis_url
         .trim_end_matches('/')
         .rsplit(':')
@@ -167,6 +201,9 @@ pub fn run(bin: &Path, args: StackArgs) -> Result<()> {
             n.pid()
         );
     }
+    println!();
+    println!("Chat in a browser (Chrome/Edge 97+, Firefox 114+; WebTransport):");
+    println!("  {}", web.url());
     println!();
     print_chat_commands(&gate, &certs.ca);
     println!();

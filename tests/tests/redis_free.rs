@@ -36,7 +36,7 @@ async fn without_redis_the_stack_runs_in_memory_and_chat_works() {
     let empty = std::env::temp_dir().join(format!("roomcast-empty-path-{}", std::process::id()));
     std::fs::create_dir_all(&empty).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_roomcast-dev"))
-        .args(["up", "--first-port", &port.to_string()])
+        .args(["up", "--first-port", &port.to_string(), "--web-port", "0"])
         .arg("--certs")
         .arg(&certs_dir)
         .env_remove("REDIS_URL")

@@ -59,6 +59,8 @@ struct Stack {
     child: Child,
     children: Vec<Proc>,
     certs: std::path::PathBuf,
+    /// The chat page's address, as printed.
+    page: Option<String>,
 }
 
 impl Stack {
@@ -68,6 +70,8 @@ impl Stack {
         let port = roomcast_e2e::stack::free_udp_pair().expect("free ports");
         let mut child = Command::new(env!("CARGO_BIN_EXE_roomcast-dev"))
             .args(["up", "--edges", "2", "--first-port", &port.to_string()])
+            // Any free port for the chat page: stack tests run side by side.
+            .args(["--web-port", "0"])
             .arg("--certs")
             .arg(&certs)
             .env_remove("REDIS_URL")
@@ -80,6 +84,7 @@ impl Stack {
         let rx = roomcast_e2e::child::stdout_lines(&mut child, "stack");
         let deadline = Instant::now() + READY_WAIT;
         let mut pids = BTreeSet::new();
+        let mut page = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
@@ -91,6 +96,9 @@ impl Stack {
             };
             if let Some((_, pid)) = line.rsplit_once(" pid ") {
                 pids.insert(pid.trim().parse::<u32>().expect("pid after `pid `"));
+            }
+            if line.trim_start().starts_with("http://127.0.0.1:") {
+                page = Some(line.trim().to_string());
             }
             if line.contains("stops everything") {
                 break;
@@ -108,6 +116,7 @@ impl Stack {
             child,
             children,
             certs,
+            page,
         }
     }
 
@@ -189,6 +198,54 @@ fn stops_everything_on(sig: &str) {
     );
     // It waited for its children before exiting: nothing may be left at all.
     stack.assert_children_gone(Duration::from_millis(500));
+}
+
+/// `GET path` from the page server at `page` (`http://127.0.0.1:port/`): status line and body.
+fn http_get(page: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let addr = page.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the chat page");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read the answer");
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+#[test]
+fn the_stack_serves_the_chat_page_and_what_browsers_need() {
+    let mut stack = Stack::start("PAGE");
+    let page = stack
+        .page
+        .clone()
+        .expect("the stack printed the chat page's address");
+    let (status, body) = http_get(&page, "/");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(body.contains("<title>roomcast chat</title>"), "{body}");
+    let (status, body) = http_get(&page, "/client/roomcast.js");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(body.contains("export class RoomcastClient"));
+    let (_, body) = http_get(&page, "/config.json");
+    let config: serde_json::Value = serde_json::from_str(&body).expect("JSON config");
+    let gates = config["gates"].as_array().expect("gates");
+    assert_eq!(gates.len(), 2, "{config}");
+    assert!(
+        gates[0].as_str().unwrap().ends_with("/roomcast"),
+        "{config}"
+    );
+    let hash = config["certificateHashes"][0].as_str().expect("a hash");
+    assert_eq!(hash.len(), 64);
+    assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(
+        http_get(&page, "/../Cargo.toml").0,
+        "HTTP/1.1 404 Not Found"
+    );
+    stack.signal("TERM");
+    assert!(stack.wait_exit().success());
 }
 
 #[test]
