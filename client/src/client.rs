@@ -527,10 +527,7 @@ async fn supervise(shared: Arc<Shared>, mut conn: Arc<Connection>, tx: mpsc::Sen
 pub const ON_RESUME: &str = "onResume";
 
 /// Hands the connection's pushes to the application, dropping replayed duplicates. With
-/// `resumed`, pushes are held until the resume's answer arrives: then the held pushes up to
-/// each room's resume seq go first, then an [`ON_RESUME`] push per room, then the rest. The
-/// hold is bounded by the connection's own push queue (it ends when the answer comes or the
-/// request fails, which the request timeout bounds).
+/// `resumed`, the resume's answer is placed among the pushes (see [`Resumption`]).
 async fn forward(
     shared: Arc<Shared>,
     conn: Arc<Connection>,
@@ -542,12 +539,13 @@ async fn forward(
     };
     drop(conn);
     if let Some(mut answer) = resumed {
-        let mut held = Vec::new();
+        let mut r = Resumption::default();
+        // Until the answer: hold everything.
         let answer = loop {
             tokio::select! {
                 a = &mut answer => break a.ok(),
                 p = rx.recv() => match p {
-                    Some(p) => held.push(p),
+                    Some(p) => r.held.push(p),
                     None => break None,
                 },
             }
@@ -555,43 +553,132 @@ async fn forward(
         let Some(answer) = answer else {
             return;
         };
-        let at = |p: &Push| answer.rooms.get(&p.rid).map(|r| r.seq);
-        let (before, after): (Vec<Push>, Vec<Push>) = held
-            .into_iter()
-            .partition(|p| at(p).is_none_or(|s| p.seq <= s));
-        let snapshots = answer.rooms.iter().map(|(rid, r)| Push {
-            route: ON_RESUME.into(),
-            rid: rid.clone(),
-            seq: r.seq,
-            body: serde_json::to_vec(r).unwrap_or_default().into(),
-        });
-        for p in before {
-            if !deliver(&shared, &tx, p, true).await {
-                return;
-            }
+        let mut out = Vec::new();
+        r.answered(&answer, &last_seqs(&shared), &mut out);
+        if !deliver_all(&shared, &tx, out).await {
+            return;
         }
-        for p in snapshots {
-            if !deliver(&shared, &tx, p, false).await {
-                return;
+        // Until every resumed room's replay is through (bounded: a replay that never ends
+        // would be an edge bug, not a reason to hold pushes forever).
+        let give_up = tokio::time::sleep(RESUME_REPLAY_WAIT);
+        tokio::pin!(give_up);
+        while r.waiting() {
+            let mut out = Vec::new();
+            tokio::select! {
+                p = rx.recv() => match p {
+                    Some(p) => r.push(p, &mut out),
+                    None => return,
+                },
+                _ = &mut give_up => {
+                    tracing::warn!("resume replay incomplete after {RESUME_REPLAY_WAIT:?}");
+                    r.flush(&mut out);
+                }
             }
-        }
-        for p in after {
-            if !deliver(&shared, &tx, p, true).await {
+            if !deliver_all(&shared, &tx, out).await {
                 return;
             }
         }
     }
     while let Some(push) = rx.recv().await {
-        if !deliver(&shared, &tx, push, true).await {
+        if !deliver(&shared, &tx, push).await {
             return;
         }
     }
 }
 
-/// Sends one push to the application (a room push only if it is new, when `filter`); false
-/// when the application dropped its receiver.
-async fn deliver(shared: &Shared, tx: &mpsc::Sender<Push>, push: Push, filter: bool) -> bool {
-    if filter && !push.rid.is_empty() {
+/// How long pushes are held after a resume's answer for a room's replay to arrive.
+const RESUME_REPLAY_WAIT: Duration = Duration::from_secs(10);
+
+/// Places a resume's answer among the pushes. Replayed pushes travel on the room's stream and
+/// the answer on the request's, so either can arrive first. A room's [`ON_RESUME`] push (its
+/// `seq` the answer's) goes out right after the push with that seq (the last one replayed, or
+/// the `onGap` that stands for what could not be), before the first one above it (the room's
+/// stream is in seq order, so the replay is through then), or at once when the application
+/// already has that seq. Pushes of other rooms and of the session are not held.
+#[derive(Default)]
+struct Resumption {
+    /// Pushes received before the answer, in order.
+    held: Vec<Push>,
+    /// Rooms whose `onResume` is not out yet: the answer's seq and that push.
+    waiting: BTreeMap<String, (u64, Push)>,
+}
+
+impl Resumption {
+    fn answered(
+        &mut self,
+        answer: &ResumeAnswer,
+        last: &BTreeMap<String, u64>,
+        out: &mut Vec<Push>,
+    ) {
+        for (rid, room) in &answer.rooms {
+            let snapshot = Push {
+                route: ON_RESUME.into(),
+                rid: rid.clone(),
+                seq: room.seq,
+                body: serde_json::to_vec(room).unwrap_or_default().into(),
+            };
+            if last.get(rid).is_some_and(|l| *l >= room.seq) {
+                out.push(snapshot);
+            } else {
+                self.waiting.insert(rid.clone(), (room.seq, snapshot));
+            }
+        }
+        for p in std::mem::take(&mut self.held) {
+            self.push(p, out);
+        }
+    }
+
+    fn push(&mut self, p: Push, out: &mut Vec<Push>) {
+        let at = match self.waiting.get(&p.rid) {
+            Some((at, _)) if p.seq >= *at => *at,
+            _ => {
+                out.push(p);
+                return;
+            }
+        };
+        let Some((_, snapshot)) = self.waiting.remove(&p.rid) else {
+            return;
+        };
+        if p.seq == at {
+            out.push(p);
+            out.push(snapshot);
+        } else {
+            out.push(snapshot);
+            out.push(p);
+        }
+    }
+
+    fn waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    fn flush(&mut self, out: &mut Vec<Push>) {
+        out.extend(
+            std::mem::take(&mut self.waiting)
+                .into_values()
+                .map(|(_, s)| s),
+        );
+    }
+}
+
+/// The last seq the application was handed in each room.
+fn last_seqs(shared: &Shared) -> BTreeMap<String, u64> {
+    shared.rooms.lock().expect("rooms lock").clone()
+}
+
+async fn deliver_all(shared: &Shared, tx: &mpsc::Sender<Push>, out: Vec<Push>) -> bool {
+    for p in out {
+        if !deliver(shared, tx, p).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// Sends one push to the application (a room push only if it is new; the SDK's own
+/// `onResume` always); false when the application dropped its receiver.
+async fn deliver(shared: &Shared, tx: &mpsc::Sender<Push>, push: Push) -> bool {
+    if !push.rid.is_empty() && push.route != ON_RESUME {
         let mut rooms = shared.rooms.lock().expect("rooms lock");
         match rooms.get_mut(&push.rid) {
             Some(last) if push.seq <= *last => return true,
@@ -702,6 +789,80 @@ fn jitter_fraction() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn push(rid: &str, seq: u64) -> Push {
+        Push {
+            route: "onChat".into(),
+            rid: rid.into(),
+            seq,
+            body: Bytes::new(),
+        }
+    }
+
+    fn answer(rooms: &[(&str, u64)]) -> ResumeAnswer {
+        ResumeAnswer {
+            rooms: rooms
+                .iter()
+                .map(|(rid, seq)| {
+                    let r: roomcast_protocol::protocol::Resumed =
+                        serde_json::from_value(serde_json::json!({"users": [], "seq": seq}))
+                            .expect("resumed");
+                    (rid.to_string(), r)
+                })
+                .collect(),
+        }
+    }
+
+    fn shape(out: &[Push]) -> Vec<String> {
+        out.iter()
+            .map(|p| {
+                format!(
+                    "{}:{}{}",
+                    p.rid,
+                    if p.route == ON_RESUME { "R" } else { "" },
+                    p.seq
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_resume_answer_goes_after_the_replay_whichever_arrives_first() {
+        let mut r = Resumption::default();
+        // Before the answer: part of the replay, a later push, another room's push.
+        r.held = vec![push("a", 11), push("b", 7), push("a", 12)];
+        let mut out = Vec::new();
+        let last = [("a".to_string(), 10), ("b".to_string(), 7)].into();
+        r.answered(&answer(&[("a", 13), ("b", 7)]), &last, &mut out);
+        // b had everything: its onResume at once; a's waits for seq 13.
+        assert_eq!(shape(&out), ["b:R7", "a:11", "b:7", "a:12"]);
+        assert!(r.waiting());
+        let mut out = Vec::new();
+        r.push(push("b", 8), &mut out);
+        r.push(push("a", 13), &mut out);
+        r.push(push("a", 14), &mut out);
+        assert_eq!(shape(&out), ["b:8", "a:13", "a:R13", "a:14"]);
+        assert!(!r.waiting());
+    }
+
+    #[test]
+    fn a_push_above_the_answer_ends_the_replay() {
+        let mut r = Resumption::default();
+        let mut out = Vec::new();
+        r.answered(
+            &answer(&[("a", 20)]),
+            &[("a".to_string(), 15)].into(),
+            &mut out,
+        );
+        assert!(out.is_empty());
+        r.push(push("a", 21), &mut out);
+        assert_eq!(shape(&out), ["a:R20", "a:21"]);
+        let mut r = Resumption::default();
+        r.answered(&answer(&[("a", 20)]), &BTreeMap::new(), &mut out);
+        let mut out = Vec::new();
+        r.flush(&mut out);
+        assert_eq!(shape(&out), ["a:R20"]);
+    }
 
     #[test]
     fn reconnects_ask_the_last_good_gate_first_and_the_lost_edge_last() {
