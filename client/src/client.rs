@@ -828,9 +828,11 @@ mod tests {
 
     #[test]
     fn the_resume_answer_goes_after_the_replay_whichever_arrives_first() {
-        let mut r = Resumption::default();
         // Before the answer: part of the replay, a later push, another room's push.
-        r.held = vec![push("a", 11), push("b", 7), push("a", 12)];
+        let mut r = Resumption {
+            held: vec![push("a", 11), push("b", 7), push("a", 12)],
+            ..Default::default()
+        };
         let mut out = Vec::new();
         let last = [("a".to_string(), 10), ("b".to_string(), 7)].into();
         r.answered(&answer(&[("a", 13), ("b", 7)]), &last, &mut out);
