@@ -17,7 +17,7 @@ use crate::core::Admission;
 use crate::fanout::with_core;
 use crate::outbound::Outbound;
 use crate::routes;
-use crate::state::{EdgeState, SessionHandle};
+use crate::state::{EdgeState, SessionHandle, Wire};
 
 /// Serves one incoming connection until it closes.
 pub async fn serve(state: Arc<EdgeState>, incoming: quinn::Incoming) {
@@ -53,8 +53,10 @@ pub async fn serve(state: Arc<EdgeState>, incoming: quinn::Incoming) {
     let session = Arc::new(SessionHandle {
         sid,
         token: token.clone(),
-        outbound: Outbound::new(conn.clone(), state.cfg.push_queue),
-        conn: conn.clone(),
+        wire: Wire::Quic {
+            outbound: Outbound::new(conn.clone(), state.cfg.push_queue),
+            conn: conn.clone(),
+        },
         ops: tokio::sync::Mutex::new(()),
         control: tokio::sync::Mutex::new(None),
         span: span.clone(),

@@ -115,10 +115,12 @@ pub fn run(bin: &Path, args: StackArgs) -> Result<()> {
                 .first_port
                 .checked_add(i as u16)
                 .context("--first-port + --edges exceeds 65535")?;
+            // The Pomelo listener on the same port number, over TCP (WebSocket and raw TCP).
+            let pomelo = format!("127.0.0.1:{port}");
             nodes.push(cluster.edge_on(
                 &format!("edge-{}", i + 1),
                 &format!("127.0.0.1:{port}"),
-                &["--drain-secs", &drain],
+                &["--drain-secs", &drain, "--pomelo-listen", &pomelo],
             )?);
         }
         Ok(signals.try_recv().ok())
@@ -166,6 +168,12 @@ pub fn run(bin: &Path, args: StackArgs) -> Result<()> {
             n.addr,
             n.pid()
         );
+        if let Some(p) = n.pomelo {
+            println!(
+                "  {:<8} {:<8} {:<21} (Pomelo clients: ws://{p} or tcp)",
+                "pomelo", n.id, p
+            );
+        }
     }
     println!();
     print_chat_commands(&gate, &certs.ca);

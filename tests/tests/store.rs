@@ -243,6 +243,7 @@ async fn session_claims_are_global_and_owned() {
         region: "r".into(),
         load: 0,
         draining: false,
+        pomelo: None,
     };
     s.register_edge(&edge("e1"), Duration::from_secs(30))
         .await
@@ -306,6 +307,7 @@ async fn registry_entries_expire_and_are_pruned() {
         region: "eu".into(),
         load: 3,
         draining: false,
+        pomelo: None,
     };
     s.register_edge(&e, Duration::from_millis(300))
         .await
@@ -391,6 +393,7 @@ async fn push_to_uids_groups_by_edge_and_reports_missing() {
             region: "r".into(),
             load: 0,
             draining: false,
+            pomelo: None,
         },
         Duration::from_secs(30),
     )
