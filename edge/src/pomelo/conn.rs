@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
@@ -70,7 +71,11 @@ impl Rx {
             },
             Rx::Ws(s) => loop {
                 match s.next().await {
-                    None | Some(Err(_)) => return Ok(None),
+                    None => return Ok(None),
+                    Some(Err(
+                        WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_),
+                    )) => return Ok(None),
+                    Some(Err(e)) => return Err(format!("bad WebSocket frame: {e}")),
                     Some(Ok(WsMessage::Binary(b))) => {
                         return package::decode_frame(&b, max)
                             .map(Some)
@@ -123,7 +128,15 @@ pub async fn serve(state: Arc<EdgeState>, shared: Arc<Shared>, tcp: TcpStream, p
     let mut first = [0u8; 1];
     let is_ws = match timeout(handshake_timeout, tcp.peek(&mut first)).await {
         Ok(Ok(1)) => first[0].is_ascii_uppercase(), // GET (any HTTP method); packages start 1..5
-        _ => return,
+        Ok(_) => return,
+        Err(_) => {
+            // Not a byte: a raw TCP client that never sent its handshake.
+            let mut tcp = tcp;
+            let body = serde_json::json!({ "reason": "no handshake within the handshake timeout" });
+            let kick = package::to_bytes(Kind::Kick, body.to_string().as_bytes());
+            let _ = timeout(CLOSE_WRITE_TIMEOUT, tcp.write_all(&kick)).await;
+            return;
+        }
     };
     let (rx, tx) = if is_ws {
         let config = WebSocketConfig::default()
