@@ -47,21 +47,22 @@ fn require_node() {
 }
 
 fn start_env() -> Env {
+    start_env_with(&[])
+}
+
+fn start_env_with(extra: &[&str]) -> Env {
     require_node();
     let hb = HEARTBEAT_SECS.to_string();
-    let env = Env::start_with(
-        &["edge-a", "edge-b"],
-        &["chat-1"],
-        &[
-            "--pomelo-listen",
-            "127.0.0.1:0",
-            "--pomelo-heartbeat-secs",
-            &hb,
-            "--handshake-timeout-ms",
-            "2000",
-        ],
-        &[],
-    );
+    let mut args = vec![
+        "--pomelo-listen",
+        "127.0.0.1:0",
+        "--pomelo-heartbeat-secs",
+        &hb,
+        "--handshake-timeout-ms",
+        "2000",
+    ];
+    args.extend_from_slice(extra);
+    let env = Env::start_with(&["edge-a", "edge-b"], &["chat-1"], &args, &[]);
     for e in &env.edges {
         assert!(
             e.pomelo.is_some(),
@@ -237,4 +238,12 @@ async fn pomelo_heartbeats_tcp_and_bad_packages() {
     let env = start_env();
     let child = node_test(&env, "misc.test.js", &[]);
     finish(child, "misc.test.js").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pomelo_production_enter_needs_a_jwt_in_the_body() {
+    let env = start_env_with(&["--no-dev-tokens"]);
+    let token = support::token("erin", &["secure"]);
+    let child = node_test(&env, "auth.test.js", &[("POMELO_TOKEN_ERIN", token)]);
+    finish(child, "auth.test.js").await;
 }
