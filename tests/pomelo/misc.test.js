@@ -62,7 +62,12 @@ const CASES = [
   ['data before the handshake', 'ws', async (c) => c.send(Package.TYPE_DATA, dataMsg('gate.gateHandler.queryEntry', enc('{"uid":"x"}'))), /unexpected data package: expected a handshake/],
   ['handshake ack before the handshake', 'tcp', async (c) => c.send(Package.TYPE_HANDSHAKE_ACK), /unexpected handshake ack package/],
   ['second handshake when working', 'ws', async (c) => { await c.handshake(); c.send(Package.TYPE_HANDSHAKE, enc('{"sys":{}}')); }, /unexpected handshake package: expected heartbeat or data/],
-  ['handshake without sys', 'ws', async (c) => c.send(Package.TYPE_HANDSHAKE, enc('{}')), /bad handshake/],
+  ['handshake without sys', 'ws', async (c) => c.send(Package.TYPE_HANDSHAKE, enc('{}')), /bad handshake/, (c) => {
+    // Pomelo's answer to it, before the close.
+    const hs = c.packages.find((p) => p.type === Package.TYPE_HANDSHAKE);
+    assert.ok(hs, 'no handshake answer before the close');
+    assert.deepEqual(JSON.parse(Protocol.strdecode(hs.body)), { code: 500 });
+  }],
   ['bad JSON body', 'ws', async (c) => { await c.handshake(); c.send(Package.TYPE_DATA, dataMsg('gate.gateHandler.queryEntry', enc('{"uid":'))); }, /bad JSON body on route `gate.gateHandler.queryEntry`/],
   ['unknown route code', 'tcp', async (c) => { await c.handshake(); c.send(Package.TYPE_DATA, Message.encode(1, Message.TYPE_REQUEST, 1, 999, enc('{}'))); }, /unknown route code 999/],
   ['no handshake at all', 'tcp', async () => {}, /no handshake within/],
@@ -72,13 +77,14 @@ test('bad packages close only their own connection, with a reason', async (t) =>
   const gate = env('POMELO_GATE');
   const bystander = await login(gate, 'bystander', 'bad-room');
   const [host, port] = [bystander.host, bystander.port];
-  for (const [name, transport, act, reason] of CASES) {
+  for (const [name, transport, act, reason, check] of CASES) {
     await t.test(name, async () => {
       const c = await Raw.open(transport, host, port);
       await act(c);
       const { kick, close } = await c.waitClosed(15000);
       assert.match(kick || '', reason, `kick reason (close: ${JSON.stringify(close)})`);
       if (transport === 'ws' && close && close.reason) assert.match(close.reason, reason);
+      if (check) check(c);
     });
   }
   // The bystander was never disturbed.

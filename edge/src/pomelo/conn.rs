@@ -309,9 +309,8 @@ async fn read(
                 }
                 Err(why) => {
                     link.send(package::to_bytes(Kind::Handshake, handshake::refusal()));
+                    // The refusal goes out before the KICK and the close.
                     link.close(&format!("bad handshake: {why}"));
-                    // The refusal goes out before the close takes effect.
-                    tokio::task::yield_now().await;
                     return opened;
                 }
             },

@@ -111,11 +111,18 @@ impl Link {
         self.closing.subscribe()
     }
 
-    /// The next thing to write, or the close reason once the connection is to close (what is
-    /// still queued then is discarded).
+    /// The next thing to write, or the close reason once the connection is to close. After a
+    /// close, queued packages (answers, a handshake refusal) still go out; pushes are dropped.
     pub async fn next(&self) -> Result<Out, String> {
         loop {
-            if let Some(reason) = self.closing.borrow().clone() {
+            let closing = self.closing.borrow().clone();
+            if let Some(reason) = closing {
+                let mut q = self.lock();
+                while let Some(item) = q.pop_front() {
+                    if let Out::Package(p) = item {
+                        return Ok(Out::Package(p));
+                    }
+                }
                 return Err(reason);
             }
             let notified = self.wake.notified();
@@ -298,6 +305,19 @@ mod tests {
             .unwrap()
             .contains("slow consumer"));
         assert!(link.next().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn after_a_close_answers_still_go_out_but_pushes_do_not() {
+        let link = Link::new(8);
+        link.push(1, native("r", 1));
+        link.send(Bytes::from_static(b"refusal"));
+        link.close("bad handshake");
+        match link.next().await {
+            Ok(Out::Package(p)) => assert_eq!(&p[..], b"refusal"),
+            _ => panic!("the queued package must go out first"),
+        }
+        assert_eq!(link.next().await.err().as_deref(), Some("bad handshake"));
     }
 
     #[test]
