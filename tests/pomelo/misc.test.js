@@ -116,3 +116,26 @@ test('handshake answer: heartbeat, route dictionary and protos as Pomelo sends t
   assert.equal(typeof body.port, 'number');
   c.end();
 });
+
+test('other service.handler.method routes map to service.method', async () => {
+  const gate = env('POMELO_GATE');
+  const u = await login(gate, 'mapper', 'map-room');
+  const other = await login(gate, 'mapwatch', 'map-room');
+  // connector.entryHandler.leave → connector.leave: the room sees onLeave, the answer is {}.
+  const left = waitFor(other.pomelo, 'onLeave', (m) => m.user === 'mapper', 'onLeave after connector.leave');
+  assert.deepEqual(await request(u.pomelo, 'connector.entryHandler.leave', { rid: 'map-room' }), {});
+  await left;
+  // Leaving again: the native 403, as a Pomelo error answer.
+  const again = await request(u.pomelo, 'connector.entryHandler.leave', { rid: 'map-room' });
+  assert.equal(again.code, 403, JSON.stringify(again));
+  assert.equal(again.error, true);
+  // A service nobody serves: 404 with the native route's message.
+  const unknown = await request(u.pomelo, 'area.playerHandler.move', { x: 1 });
+  assert.equal(unknown.code, 404, JSON.stringify(unknown));
+  assert.match(unknown.message, /area\.move/);
+  // A route that is not service.handler.method.
+  const bad = await request(u.pomelo, 'nodots', {});
+  assert.equal(bad.code, 404, JSON.stringify(bad));
+  u.pomelo.disconnect();
+  other.pomelo.disconnect();
+});
