@@ -139,3 +139,29 @@ test('other service.handler.method routes map to service.method', async () => {
   u.pomelo.disconnect();
   other.pomelo.disconnect();
 });
+
+test('notifies and repeated message ids each publish once (ids are not request keys)', async () => {
+  const gate = env('POMELO_GATE');
+  const sender = await login(gate, 'notifier', 'notify-room');
+  const watcher = await login(gate, 'notewatch', 'notify-room');
+  const got = [];
+  watcher.pomelo.on('onChat', (m) => got.push(m.msg));
+  // Pomelo's notify: message id 0 every time.
+  for (let i = 0; i < 5; i++) {
+    sender.pomelo.notify('chat.chatHandler.send', { rid: 'notify-room', content: `n${i}`, from: 'x', target: '*' });
+  }
+  // A raw client reusing one message id.
+  const raw = await Raw.open('tcp', sender.host, sender.port);
+  await raw.handshake();
+  await raw.request(1, 'connector.entryHandler.enter', { username: 'reuser', rid: 'notify-room' });
+  for (let i = 0; i < 3; i++) {
+    const r = await raw.request(9, 'chat.chatHandler.send', { rid: 'notify-room', content: `r${i}`, target: '*' });
+    assert.equal(r.error, undefined, JSON.stringify(r));
+  }
+  const want = ['n0', 'n1', 'n2', 'n3', 'n4', 'r0', 'r1', 'r2'];
+  const all = () => want.every((w) => got.includes(w));
+  if (!all()) await waitFor(watcher.pomelo, 'onChat', all, `all of ${want} (got ${got})`).catch(() => assert.fail(`watcher got ${got}`));
+  raw.end();
+  sender.pomelo.disconnect();
+  watcher.pomelo.disconnect();
+});

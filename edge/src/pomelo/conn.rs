@@ -263,6 +263,10 @@ async fn read(
     let in_flight = Arc::new(tokio::sync::Semaphore::new(
         state.cfg.max_requests_in_flight.max(1) as usize,
     ));
+    // Numbers requests and notifies for the core and the backends (a backend publishes at most
+    // once per request number, to make retries safe): Pomelo's own ids may repeat (notifies are
+    // all 0, and a client may wrap its ids), so they are only used to answer.
+    let mut numbered: u32 = 0;
     loop {
         let next = tokio::select! {
             p = rx.next(shared.max_package) => p,
@@ -325,7 +329,10 @@ async fn read(
                 deadline = tokio::time::Instant::now() + shared.heartbeat_timeout;
             }
             (Phase::Working, Kind::Data) => {
-                if let Err(why) = data(state, shared, session, link, &in_flight, pkg.body).await {
+                numbered = numbered.checked_add(1).unwrap_or(1);
+                if let Err(why) =
+                    data(state, shared, session, link, &in_flight, numbered, pkg.body).await
+                {
                     link.close(&why);
                     return opened;
                 }
@@ -354,6 +361,7 @@ async fn data(
     session: &Arc<SessionHandle>,
     link: &Arc<Link>,
     in_flight: &Arc<tokio::sync::Semaphore>,
+    number: u32,
     body: Bytes,
 ) -> Result<(), String> {
     let msg = message::decode(&body).map_err(|e| format!("bad message: {e}"))?;
@@ -404,7 +412,7 @@ async fn data(
     let (state, session, link) = (state.clone(), session.clone(), link.clone());
     tokio::spawn(
         async move {
-            let answer = routes::request(&state, &session, id, &route, value).await;
+            let answer = routes::request(&state, &session, number, &route, value).await;
             if msg.kind == Type::Request {
                 respond(&link, id, &answer);
             }

@@ -51,7 +51,9 @@ pub fn native_route(pomelo: &str) -> Option<String> {
     Some(format!("{s}.{m}"))
 }
 
-/// Answers one request (also used for notifies, whose answer is dropped).
+/// Answers one request (also used for notifies, whose answer is dropped). `id` numbers the
+/// connection's requests uniquely (not the client's message id, which may repeat): it becomes
+/// the native request id and the backends' request key.
 pub async fn request(
     state: &Arc<EdgeState>,
     session: &Arc<SessionHandle>,
