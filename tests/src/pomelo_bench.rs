@@ -18,7 +18,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use roomcast_client::bench::{self, BenchConfig};
 use roomcast_client::ClientOptions;
-use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message as Ws;
 
 use crate::cluster::{Certs, ClusterConfig, Node};
@@ -44,22 +43,18 @@ fn request(id: u8, route: &str, body: &serde_json::Value) -> Bytes {
     package(4, &m)
 }
 
-type Sink =
-    futures::stream::SplitSink<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, Ws>;
-type Stream =
-    futures::stream::SplitStream<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>>;
+type WsStream = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 /// Connects, handshakes and enters `rid`; returns the two halves.
-async fn connect(addr: SocketAddr, user: &str, rid: &str) -> Result<(Sink, Stream)> {
+async fn connect(addr: SocketAddr, user: &str, rid: &str) -> Result<WsStream> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
-    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/"), tcp).await?;
-    let (mut tx, mut rx) = ws.split();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/"), tcp).await?;
     let hs = serde_json::json!({"sys": {"type": "bench", "version": "0.0.1"}, "user": {}});
-    tx.send(Ws::Binary(package(1, hs.to_string().as_bytes())))
+    ws.send(Ws::Binary(package(1, hs.to_string().as_bytes())))
         .await?;
     let mut answered = false;
-    while let Some(m) = rx.next().await {
+    while let Some(m) = ws.next().await {
         if let Ws::Binary(b) = m? {
             if b.first() == Some(&1) {
                 answered = true;
@@ -70,9 +65,9 @@ async fn connect(addr: SocketAddr, user: &str, rid: &str) -> Result<(Sink, Strea
     if !answered {
         bail!("no handshake answer");
     }
-    tx.send(Ws::Binary(package(2, b""))).await?;
+    ws.send(Ws::Binary(package(2, b""))).await?;
     let enter = serde_json::json!({"username": user, "rid": rid});
-    tx.send(Ws::Binary(request(
+    ws.send(Ws::Binary(request(
         1,
         "connector.entryHandler.enter",
         &enter,
@@ -80,7 +75,7 @@ async fn connect(addr: SocketAddr, user: &str, rid: &str) -> Result<(Sink, Strea
     .await?;
     // Wait for the answer (type 4, response flag 0x04, id 1).
     loop {
-        match rx.next().await {
+        match ws.next().await {
             Some(Ok(Ws::Binary(b))) if b.len() > 5 && b[0] == 4 && b[4] == 0x04 && b[5] == 1 => {
                 let body: serde_json::Value = serde_json::from_slice(&b[6..])?;
                 if body.get("error").is_some() {
@@ -93,7 +88,7 @@ async fn connect(addr: SocketAddr, user: &str, rid: &str) -> Result<(Sink, Strea
             None => bail!("closed before the enter answer"),
         }
     }
-    Ok((tx, rx))
+    Ok(ws)
 }
 
 /// The send time carried by an `onChat` push (flag 0x07: push, compressed route), if it is one:
@@ -155,46 +150,51 @@ async fn run_pomelo(
     let mut senders = Vec::new();
     let mut readers = Vec::new();
     let mut latencies = Vec::new();
-    for (i, ((tx, mut rx), rid)) in clients.into_iter().enumerate() {
-        let tx = Arc::new(Mutex::new(tx));
-        // Heartbeats: the edge closes connections whose heartbeats stop.
-        let hb = tx.clone();
-        let stop_hb = stop.clone();
-        tokio::spawn(async move {
-            while !stop_hb.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                if hb
-                    .lock()
-                    .await
-                    .send(Ws::Binary(package(3, b"")))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        });
+    let mut queues = Vec::new();
+    for (i, (ws, rid)) in clients.into_iter().enumerate() {
+        // One task per connection reads, writes what the sender queues, and heartbeats (the
+        // edge closes connections whose heartbeats stop). Unsplit: one owner, no lock.
+        let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        let mut ws = ws;
         let (measuring, deliveries) = (measuring.clone(), deliveries.clone());
         let lat = Arc::new(std::sync::Mutex::new(Vec::new()));
         latencies.push(lat.clone());
         readers.push(tokio::spawn(async move {
-            while let Some(Ok(m)) = rx.next().await {
-                if let Ws::Binary(b) = m {
-                    if let Some(t) = sent_at(&b) {
-                        if measuring.load(Ordering::Relaxed) {
-                            deliveries.fetch_add(1, Ordering::Relaxed);
-                            let now = start.elapsed().as_micros() as u64;
-                            lat.lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .push(now.saturating_sub(t));
+            let mut hb = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    m = ws.next() => match m {
+                        Some(Ok(Ws::Binary(b))) => {
+                            if let Some(t) = sent_at(&b) {
+                                if measuring.load(Ordering::Relaxed) {
+                                    deliveries.fetch_add(1, Ordering::Relaxed);
+                                    let now = start.elapsed().as_micros() as u64;
+                                    lat.lock()
+                                        .unwrap_or_else(|e| e.into_inner())
+                                        .push(now.saturating_sub(t));
+                                }
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        _ => break,
+                    },
+                    o = out_rx.recv() => match o {
+                        Some(p) => if ws.send(Ws::Binary(p)).await.is_err() { break },
+                        None => break,
+                    },
+                    _ = hb.tick() => {
+                        if ws.send(Ws::Binary(package(3, b""))).await.is_err() {
+                            break;
                         }
                     }
                 }
             }
         }));
         if i < ROOMS {
-            senders.push((tx, rid));
+            senders.push((out_tx.clone(), rid));
         }
+        // Kept until the end: a closed queue ends the connection's task.
+        queues.push(out_tx);
     }
     // One sender per room, rate/ROOMS messages per second each.
     let per_room = (rate as f64 / ROOMS as f64).max(0.1);
@@ -211,7 +211,7 @@ async fn run_pomelo(
                 let t = start.elapsed().as_micros() as u64;
                 let body = serde_json::json!({"rid": rid, "content": t.to_string(), "target": "*"});
                 let p = request(id, "chat.chatHandler.send", &body);
-                if tx.lock().await.send(Ws::Binary(p)).await.is_err() {
+                if tx.send(p).is_err() {
                     return;
                 }
                 if measuring.load(Ordering::Relaxed) {
@@ -242,6 +242,7 @@ async fn run_pomelo(
     for r in &readers {
         r.abort();
     }
+    drop(queues);
     let mut lat = Vec::new();
     for l in latencies {
         lat.extend(l.lock().unwrap_or_else(|e| e.into_inner()).drain(..));
