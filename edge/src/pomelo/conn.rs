@@ -201,17 +201,27 @@ pub async fn serve(state: Arc<EdgeState>, shared: Arc<Shared>, tcp: TcpStream, p
 
 /// Writes what the link queues until it closes; then the KICK (with the reason) and the close.
 async fn write(link: Arc<Link>, shared: Arc<Shared>, mut tx: Tx) {
+    let mut closing = link.closing();
     let reason = loop {
         let bytes = match link.next().await {
             Err(reason) => break reason,
-            Ok(Out::Package(b)) => Some(b),
+            // A response's permit is released when this iteration ends, after the write.
+            Ok(Out::Package(b, _permit)) => Some(b),
+            Ok(Out::Heartbeat) => Some(package::to_bytes(Kind::Heartbeat, b"")),
             Ok(Out::Push(frame)) => pomelo_push(&shared, &frame),
             Ok(Out::Gap { rid, from, to }) => gap_package(&shared, &rid, from, to),
         };
         if let Some(b) = bytes {
-            if !tx.send(b).await {
-                link.close("write failed");
-                return;
+            // A client that stopped reading blocks the write: a close (slow consumer, heartbeat
+            // timeout) must still end it. Biased: what can be written at once is (a handshake
+            // refusal queued just before its close goes out).
+            tokio::select! {
+                biased;
+                ok = tx.send(b) => if !ok {
+                    link.close("write failed");
+                    return;
+                },
+                _ = closing.wait_for(Option::is_some) => {}
             }
         }
     };
@@ -320,19 +330,34 @@ async fn read(
             },
             (Phase::WaitAck, Kind::HandshakeAck) => {
                 phase = Phase::Working;
-                link.send(package::to_bytes(Kind::Heartbeat, b""));
+                link.heartbeat();
                 deadline = tokio::time::Instant::now() + shared.heartbeat_timeout;
             }
             (Phase::Working, Kind::Heartbeat) => {
                 // Only the client's heartbeats keep the session alive (as Pomelo).
-                link.send(package::to_bytes(Kind::Heartbeat, b""));
+                link.heartbeat();
                 deadline = tokio::time::Instant::now() + shared.heartbeat_timeout;
             }
             (Phase::Working, Kind::Data) => {
+                // At the in-flight bound (answers not yet written count), reading waits; a
+                // client that stopped reading its answers is closed at the heartbeat deadline.
+                let permit = tokio::select! {
+                    p = in_flight.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return opened,
+                    },
+                    _ = sleep_until(deadline) => {
+                        link.close(&format!(
+                            "heartbeat timeout: {} requests unanswered for {} s (the client does not read its answers)",
+                            state.cfg.max_requests_in_flight,
+                            shared.heartbeat_timeout.as_secs()
+                        ));
+                        return opened;
+                    }
+                    _ = closing.wait_for(Option::is_some) => return opened,
+                };
                 numbered = numbered.checked_add(1).unwrap_or(1);
-                if let Err(why) =
-                    data(state, shared, session, link, &in_flight, numbered, pkg.body).await
-                {
+                if let Err(why) = data(state, shared, session, link, permit, numbered, pkg.body) {
                     link.close(&why);
                     return opened;
                 }
@@ -353,14 +378,15 @@ async fn read(
     }
 }
 
-/// One DATA package: decode the message, then answer it in its own task (bounded by
-/// `--max-requests-in-flight`: at the bound, reading waits). An error closes the connection.
-async fn data(
+/// One DATA package: decode the message, then answer it in its own task, which holds `permit`
+/// until its answer is written (`--max-requests-in-flight` bounds the answers being computed or
+/// queued). An error closes the connection.
+fn data(
     state: &Arc<EdgeState>,
     shared: &Arc<Shared>,
     session: &Arc<SessionHandle>,
     link: &Arc<Link>,
-    in_flight: &Arc<tokio::sync::Semaphore>,
+    permit: tokio::sync::OwnedSemaphorePermit,
     number: u32,
     body: Bytes,
 ) -> Result<(), String> {
@@ -397,38 +423,32 @@ async fn data(
                         state.cfg.rate_limit, state.cfg.rate_burst
                     ),
                 });
-                respond(link, id, &body);
+                respond(link, id, &body, permit);
             }
             return Ok(());
         }
         // The core closes the session (a sustained flood).
         Admission::Drop => return Ok(()),
     }
-    let permit = in_flight
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| "closing".to_string())?;
     let (state, session, link) = (state.clone(), session.clone(), link.clone());
     tokio::spawn(
         async move {
             let answer = routes::request(&state, &session, number, &route, value).await;
             if msg.kind == Type::Request {
-                respond(&link, id, &answer);
+                respond(&link, id, &answer, permit);
             }
-            drop(permit);
         }
         .in_current_span(),
     );
     Ok(())
 }
 
-fn respond(link: &Link, id: u32, body: &Value) {
+fn respond(link: &Link, id: u32, body: &Value, permit: tokio::sync::OwnedSemaphorePermit) {
     let json = serde_json::to_vec(body).unwrap_or_default();
     let msg = message::response(id, &json);
     if msg.len() > package::MAX_BODY {
         link.close("response too large for a Pomelo package");
         return;
     }
-    link.send(package::to_bytes(Kind::Data, &msg));
+    link.answer(package::to_bytes(Kind::Data, &msg), permit);
 }

@@ -18,14 +18,17 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use roomcast_protocol::codec::Frame;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
 
 use super::{message, package, Shared};
 use crate::outbound::OVERFLOWS_BEFORE_DISCONNECT;
 
 pub enum Out {
-    /// A complete Pomelo package (response, heartbeat, handshake answer).
-    Package(Bytes),
+    /// A complete Pomelo package (response, handshake answer), and for a response the
+    /// connection's in-flight permit it holds until written.
+    Package(Bytes, Option<OwnedSemaphorePermit>),
+    /// A HEARTBEAT package (at most one queued: see [`Link::heartbeat`]).
+    Heartbeat,
     /// A native push frame (as the core hands it to every recipient), turned into a Pomelo
     /// push by the writer, outside the core lock.
     Push(Bytes),
@@ -40,6 +43,8 @@ pub struct Link {
     wake: Notify,
     cap: usize,
     overflows: AtomicU32,
+    /// A heartbeat is queued: a client sending heartbeats faster than it reads gets one.
+    heartbeat_queued: std::sync::atomic::AtomicBool,
     /// Set once, with the reason, when the connection is to close.
     closing: watch::Sender<Option<String>>,
 }
@@ -52,6 +57,7 @@ impl Link {
             wake: Notify::new(),
             cap: cap.max(4),
             overflows: AtomicU32::new(0),
+            heartbeat_queued: std::sync::atomic::AtomicBool::new(false),
             closing: watch::Sender::new(None),
         }
     }
@@ -60,10 +66,26 @@ impl Link {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a package that is never dropped (a response or heartbeat).
+    /// Queues a package that is never dropped (the handshake answer or refusal).
     pub fn send(&self, package: Bytes) {
-        self.lock().push_back(Out::Package(package));
+        self.lock().push_back(Out::Package(package, None));
         self.wake.notify_one();
+    }
+
+    /// Queues a response with the in-flight permit of its request: the permit is released
+    /// once the response is written, so a client that does not read its answers stops being
+    /// read after `--max-requests-in-flight` of them.
+    pub fn answer(&self, package: Bytes, permit: OwnedSemaphorePermit) {
+        self.lock().push_back(Out::Package(package, Some(permit)));
+        self.wake.notify_one();
+    }
+
+    /// Queues a HEARTBEAT unless one is already waiting to be written.
+    pub fn heartbeat(&self) {
+        if !self.heartbeat_queued.swap(true, Ordering::Relaxed) {
+            self.lock().push_back(Out::Heartbeat);
+            self.wake.notify_one();
+        }
     }
 
     /// Queues a native push frame; never waits (called under the core lock).
@@ -119,8 +141,8 @@ impl Link {
             if let Some(reason) = closing {
                 let mut q = self.lock();
                 while let Some(item) = q.pop_front() {
-                    if let Out::Package(p) = item {
-                        return Ok(Out::Package(p));
+                    if let Out::Package(..) = item {
+                        return Ok(item);
                     }
                 }
                 return Err(reason);
@@ -129,8 +151,12 @@ impl Link {
             {
                 let mut q = self.lock();
                 if let Some(item) = q.pop_front() {
-                    if matches!(item, Out::Push(_)) {
-                        self.pushes.fetch_sub(1, Ordering::Relaxed);
+                    match item {
+                        Out::Push(_) => {
+                            self.pushes.fetch_sub(1, Ordering::Relaxed);
+                        }
+                        Out::Heartbeat => self.heartbeat_queued.store(false, Ordering::Relaxed),
+                        _ => {}
                     }
                     if q.is_empty() {
                         // Drained: the client keeps up again.
@@ -159,7 +185,7 @@ fn drop_oldest(q: &mut VecDeque<Out>, n: usize) -> usize {
     while dropped < n.max(1) {
         match q.pop_front() {
             None => break,
-            Some(Out::Package(p)) => kept.push_back(Out::Package(p)),
+            Some(item @ (Out::Package(..) | Out::Heartbeat)) => kept.push_back(item),
             Some(Out::Gap { rid, from, to }) => {
                 let e = gaps.entry(rid).or_insert((from, to));
                 e.0 = e.0.min(from);
@@ -245,6 +271,7 @@ pub fn gap_package(shared: &Shared, rid: &str, from: u64, to: u64) -> Option<Byt
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn native(rid: &str, seq: u64) -> Bytes {
         Frame::Push {
@@ -267,7 +294,7 @@ mod tests {
             assert!(link.queued_pushes() <= 8);
         }
         // The response stays first, then the gap markers, then the newest pushes.
-        assert!(matches!(link.next().await, Ok(Out::Package(_))));
+        assert!(matches!(link.next().await, Ok(Out::Package(..))));
         let mut gaps = Vec::new();
         let mut seqs = Vec::new();
         while let Ok(Some(item)) =
@@ -281,7 +308,7 @@ mod tests {
                     Some(Frame::Push { seq, .. }) => seqs.push(seq),
                     _ => panic!("not a push"),
                 },
-                Out::Package(_) => panic!("unexpected package"),
+                Out::Package(..) | Out::Heartbeat => panic!("unexpected package"),
             }
         }
         assert_eq!(seqs.last(), Some(&20));
@@ -314,10 +341,30 @@ mod tests {
         link.send(Bytes::from_static(b"refusal"));
         link.close("bad handshake");
         match link.next().await {
-            Ok(Out::Package(p)) => assert_eq!(&p[..], b"refusal"),
+            Ok(Out::Package(p, _)) => assert_eq!(&p[..], b"refusal"),
             _ => panic!("the queued package must go out first"),
         }
         assert_eq!(link.next().await.err().as_deref(), Some("bad handshake"));
+    }
+
+    #[tokio::test]
+    async fn heartbeats_coalesce_and_answers_hold_their_permit() {
+        let link = Link::new(8);
+        for _ in 0..1000 {
+            link.heartbeat();
+        }
+        let permits = Arc::new(tokio::sync::Semaphore::new(1));
+        let p = permits.clone().try_acquire_owned().unwrap();
+        link.answer(Bytes::from_static(b"answer"), p);
+        assert_eq!(permits.available_permits(), 0, "held while queued");
+        assert!(matches!(link.next().await, Ok(Out::Heartbeat)));
+        let answer = link.next().await;
+        assert!(matches!(answer, Ok(Out::Package(_, Some(_)))));
+        drop(answer);
+        assert_eq!(permits.available_permits(), 1, "released once written");
+        // After the heartbeat went out, the next one is queued again.
+        link.heartbeat();
+        assert!(matches!(link.next().await, Ok(Out::Heartbeat)));
     }
 
     #[test]
