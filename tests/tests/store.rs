@@ -307,7 +307,8 @@ async fn registry_entries_expire_and_are_pruned() {
         region: "eu".into(),
         load: 3,
         draining: false,
-        pomelo: None,
+        // The Pomelo listener's address round-trips through the registry.
+        pomelo: Some("127.0.0.1:3014".into()),
     };
     s.register_edge(&e, Duration::from_millis(300))
         .await
@@ -325,6 +326,8 @@ async fn registry_entries_expire_and_are_pruned() {
     assert_eq!(s.list_edges().await.unwrap(), vec![e]);
     let region: String = c.hget("rc:edge:e1", "region").await.unwrap();
     assert_eq!(region, "eu");
+    let pomelo: String = c.hget("rc:edge:e1", "pomelo").await.unwrap();
+    assert_eq!(pomelo, "127.0.0.1:3014");
     assert_eq!(s.list_backends().await.unwrap()[0].routes, vec!["chat."]);
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(s.list_edges().await.unwrap().is_empty());
