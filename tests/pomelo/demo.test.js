@@ -22,6 +22,8 @@ test('demo flow across two edges, mixed with a native client', async () => {
   const alice = await login(gate, 'alice', rid);
   assert.ok(Array.isArray(alice.answer.users), JSON.stringify(alice.answer));
   assert.deepEqual([...alice.answer.users].sort(), ['alice', native].sort());
+  const adds = [];
+  alice.pomelo.on('onAdd', (m) => adds.push(m.user));
 
   // A second user whom the gate puts on the other edge.
   let bobName = null;
@@ -39,6 +41,9 @@ test('demo flow across two edges, mixed with a native client', async () => {
   assert.ok(bob, 'the gate put 50 names on the same edge');
   assert.notEqual(bob.port, alice.port);
   assert.ok(bob.answer.users.includes(native) && bob.answer.users.includes('alice'), JSON.stringify(bob.answer));
+
+  // Alice saw Bob arrive (onAdd, a JSON push).
+  if (!adds.includes(bobName)) await waitFor(alice.pomelo, 'onAdd', (m) => m.user === bobName, 'onAdd of bob');
 
   // Bob records every message of the room, in arrival order.
   const seen = [];
