@@ -200,10 +200,14 @@ async fn run_pomelo(
     let per_room = (rate as f64 / ROOMS as f64).max(0.1);
     let sent = Arc::new(AtomicU64::new(0));
     let mut send_tasks = Vec::new();
-    for (tx, rid) in senders {
+    // Spread evenly over one interval, as `roomcast bench` does: in step, the rooms' messages
+    // would leave together and every delivery would wait behind a burst of ROOMS × 100.
+    let period = Duration::from_secs_f64(1.0 / per_room);
+    for (k, (tx, rid)) in senders.into_iter().enumerate() {
         let (stop, sent, measuring) = (stop.clone(), sent.clone(), measuring.clone());
         send_tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_room));
+            let first = tokio::time::Instant::now() + period.mul_f64(k as f64 / ROOMS as f64);
+            let mut tick = tokio::time::interval_at(first, period);
             let mut id = 1u8;
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
