@@ -167,3 +167,20 @@ test('notifies and repeated message ids each publish once (ids are not request k
   sender.pomelo.disconnect();
   watcher.pomelo.disconnect();
 });
+
+test('a flooding client gets 429 answers, then is closed; the rate limit is the native one', async () => {
+  const [host, port] = hostPort(env('POMELO_GATE'));
+  const c = await Raw.open('tcp', host, port);
+  await c.handshake();
+  // A burst (200) and then more than five bursts' worth of refusals (1000), without waiting.
+  for (let i = 1; i <= 2000; i++) {
+    c.send(Package.TYPE_DATA, Message.encode(i % 100000, Message.TYPE_REQUEST, 0, 'gate.gateHandler.queryEntry', enc(`{"uid":"f${i}"}`)));
+  }
+  const { kick } = await c.waitClosed(15000);
+  assert.match(kick || '', /rate limit exceeded/);
+  const answers = c.packages
+    .filter((p) => p.type === Package.TYPE_DATA)
+    .map((p) => JSON.parse(Protocol.strdecode(Message.decode(p.body).body)));
+  assert.ok(answers.some((a) => a.code === 429 && a.error === true), 'no 429 answer before the close');
+  assert.ok(answers.some((a) => a.code === 200), 'nothing was served before the limit');
+});

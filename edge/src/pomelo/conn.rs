@@ -92,6 +92,24 @@ impl Rx {
     }
 }
 
+impl Rx {
+    /// Reads and discards until the peer closes (the caller bounds the time): closing a socket
+    /// with unread bytes resets the connection, and the peer would lose the KICK and the answers
+    /// still in flight.
+    async fn drain(&mut self) {
+        match self {
+            Rx::Tcp(r, buf) => loop {
+                buf.clear();
+                match r.read_buf(buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            },
+            Rx::Ws(s) => while let Some(Ok(_)) = s.next().await {},
+        }
+    }
+}
+
 impl Tx {
     async fn send(&mut self, b: Bytes) -> bool {
         match self {
@@ -182,7 +200,8 @@ pub async fn serve(state: Arc<EdgeState>, shared: Arc<Shared>, tcp: TcpStream, p
     let transport = if is_ws { "websocket" } else { "tcp" };
     async {
         tracing::debug!(%peer, transport, "pomelo connection open");
-        let opened = read(&state, &shared, &session, &link, rx).await;
+        let mut rx = rx;
+        let opened = read(&state, &shared, &session, &link, &mut rx).await;
         if opened {
             // Disconnect = leave: Pomelo has no resume, so the rooms see onLeave at once.
             let _ops = session.ops.lock().await;
@@ -193,6 +212,7 @@ pub async fn serve(state: Arc<EdgeState>, shared: Arc<Shared>, tcp: TcpStream, p
         }
         link.close("connection closed");
         let _ = writer.await;
+        let _ = timeout(CLOSE_WRITE_TIMEOUT, rx.drain()).await;
         tracing::debug!("pomelo connection closed");
     }
     .instrument(span)
@@ -264,7 +284,7 @@ async fn read(
     shared: &Arc<Shared>,
     session: &Arc<SessionHandle>,
     link: &Arc<Link>,
-    mut rx: Rx,
+    rx: &mut Rx,
 ) -> bool {
     let mut phase = Phase::Inited;
     let mut opened = false;
