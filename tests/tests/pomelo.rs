@@ -75,8 +75,14 @@ fn start_env_with(extra: &[&str]) -> Env {
     env
 }
 
+/// A running `node --test`, its output read as it comes (a full pipe would stall it).
+struct NodeRun {
+    child: tokio::process::Child,
+    output: tokio::task::JoinHandle<String>,
+}
+
 /// `node --test <file>` in tests/pomelo with the stack's addresses in the environment.
-fn node_test(env: &Env, file: &str, extra: &[(&str, String)]) -> tokio::process::Child {
+fn node_test(env: &Env, file: &str, extra: &[(&str, String)]) -> NodeRun {
     let mut cmd = tokio::process::Command::new("node");
     cmd.arg("--test")
         .arg(file)
@@ -92,22 +98,26 @@ fn node_test(env: &Env, file: &str, extra: &[(&str, String)]) -> tokio::process:
     for (k, v) in extra {
         cmd.env(k, v);
     }
-    cmd.spawn().expect("start node --test")
+    let mut child = cmd.spawn().expect("start node --test");
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let output = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let (mut a, mut b) = (String::new(), String::new());
+        let _ = tokio::join!(out.read_to_string(&mut a), err.read_to_string(&mut b));
+        format!("{a}\n{b}")
+    });
+    NodeRun { child, output }
 }
 
 /// Waits (bounded) for the node run; panics with its output unless every test passed.
-async fn finish(child: tokio::process::Child, what: &str) {
-    let out = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
+async fn finish(mut run: NodeRun, what: &str) {
+    let status = tokio::time::timeout(Duration::from_secs(180), run.child.wait())
         .await
         .unwrap_or_else(|_| panic!("{what}: node --test did not finish within 180 s"))
-        .expect("node --test output");
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .expect("node --test exit status");
+    let text = run.output.await.expect("node output");
     println!("{text}");
-    assert!(out.status.success(), "{what}: node tests failed:\n{text}");
+    assert!(status.success(), "{what}: node tests failed:\n{text}");
     assert!(
         text.contains("# fail 0"),
         "{what}: unexpected output:\n{text}"
@@ -122,7 +132,7 @@ async fn pomelo_demo_flow_mixed_with_a_native_client() {
     carol.enter("lobby").await.expect("enter");
     let out = std::env::temp_dir().join(format!("roomcast-pomelo-{}.json", std::process::id()));
     let _ = std::fs::remove_file(&out);
-    let mut child = node_test(
+    let mut run = node_test(
         &env,
         "demo.test.js",
         &[
@@ -136,7 +146,7 @@ async fn pomelo_demo_flow_mixed_with_a_native_client() {
     let mut seen: Vec<Push> = Vec::new();
     let mut answered = false;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-    let status = loop {
+    loop {
         tokio::select! {
             p = rx.recv() => {
                 let Some(p) = p else { panic!("carol's connection ended") };
@@ -150,16 +160,19 @@ async fn pomelo_demo_flow_mixed_with_a_native_client() {
                     }
                 }
             }
-            s = child.wait() => break s.expect("node exit status"),
+            s = run.child.wait() => {
+                s.expect("node exit status");
+                break;
+            }
             _ = tokio::time::sleep_until(deadline) => panic!("node --test did not finish within 180 s"),
         }
-    };
+    }
     // What arrived meanwhile (Bob's onLeave may still be on its way).
     while let Ok(Some(p)) = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await {
         seen.push(p);
     }
-    let _ = status;
-    finish(child, "demo.test.js").await;
+    // Asserts the node run passed (the child keeps its exit status).
+    finish(run, "demo.test.js").await;
 
     let recorded: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&out).expect("bob's recording")).unwrap();
@@ -238,14 +251,14 @@ async fn pomelo_demo_flow_mixed_with_a_native_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pomelo_heartbeats_tcp_and_bad_packages() {
     let env = start_env();
-    let child = node_test(&env, "misc.test.js", &[]);
-    finish(child, "misc.test.js").await;
+    let run = node_test(&env, "misc.test.js", &[]);
+    finish(run, "misc.test.js").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pomelo_production_enter_needs_a_jwt_in_the_body() {
     let env = start_env_with(&["--no-dev-tokens"]);
     let token = support::token("erin", &["secure"]);
-    let child = node_test(&env, "auth.test.js", &[("POMELO_TOKEN_ERIN", token)]);
-    finish(child, "auth.test.js").await;
+    let run = node_test(&env, "auth.test.js", &[("POMELO_TOKEN_ERIN", token)]);
+    finish(run, "auth.test.js").await;
 }
