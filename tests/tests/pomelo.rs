@@ -262,3 +262,23 @@ async fn pomelo_production_enter_needs_a_jwt_in_the_body() {
     let run = node_test(&env, "auth.test.js", &[("POMELO_TOKEN_ERIN", token)]);
     finish(run, "auth.test.js").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pomelo_slow_consumer_is_closed_and_others_get_everything() {
+    // A small queue, so that a few thousand 4 KiB pushes overflow it once the socket buffers
+    // are full; rate limits out of the way of the sender.
+    let env = start_env_with(&[
+        "--push-queue",
+        "64",
+        "--rate-limit",
+        "100000",
+        "--rate-burst",
+        "100000",
+    ]);
+    let run = node_test(
+        &env,
+        "slow.test.js",
+        &[("POMELO_SLOW_MESSAGES", "4000".to_string())],
+    );
+    finish(run, "slow.test.js").await;
+}

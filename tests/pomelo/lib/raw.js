@@ -26,6 +26,7 @@ class Raw {
       ws.on('error', () => {});
       r.sendBytes = (b) => ws.send(b);
       r.end = () => ws.close();
+      r.pause = () => ws._socket.pause();
     } else {
       const sock = net.connect(port, host);
       await withTimeout(new Promise((resolve, reject) => { sock.once('connect', resolve); sock.once('error', reject); }), 'tcp connect');
@@ -43,6 +44,7 @@ class Raw {
       sock.on('error', () => {});
       r.sendBytes = (b) => sock.write(b);
       r.end = () => sock.end();
+      r.pause = () => sock.pause(); // stop reading: the edge's writes back up
     }
     made.push(r);
     return r;
@@ -95,7 +97,13 @@ class Raw {
   }
 
   send(type, body) {
-    this.sendBytes(Package.encode(type, body));
+    if (!this.closed) this.sendBytes(Package.encode(type, body));
+  }
+
+  /** Sends a HEARTBEAT every `ms` until the connection closes (reading or not). */
+  heartbeatEvery(ms) {
+    const t = setInterval(() => (this.closed ? clearInterval(t) : this.send(Package.TYPE_HEARTBEAT)), ms);
+    t.unref();
   }
 
   /** Handshake and ack; returns the handshake answer. */
