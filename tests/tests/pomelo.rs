@@ -84,7 +84,9 @@ struct NodeRun {
 /// `node --test <file>` in tests/pomelo with the stack's addresses in the environment.
 fn node_test(env: &Env, file: &str, extra: &[(&str, String)]) -> NodeRun {
     let mut cmd = tokio::process::Command::new("node");
+    // TAP whatever Node's default reporter: `finish` reads its `# fail 0`.
     cmd.arg("--test")
+        .arg("--test-reporter=tap")
         .arg(file)
         .current_dir(node_dir())
         .env("POMELO_GATE", env.edges[0].pomelo.unwrap().to_string())
