@@ -11,6 +11,10 @@ use roomcast_common::config::{EdgeTls, IdArgs, RedisArgs, RoomArgs, TlsArgs};
 
 #[derive(Debug, Clone, Args)]
 pub struct EdgeConfig {
+    /// `--pomelo-listen` and the Pomelo listener's settings (POMELO.md).
+    #[command(flatten)]
+    pub pomelo: crate::pomelo::PomeloArgs,
+
     /// Unique edge id (A-Z a-z 0-9 . _ -); defaults to `edge-<random>`.
     #[arg(long, env = "ROOMCAST_EDGE_ID")]
     pub id: Option<String>,

@@ -115,23 +115,23 @@ pub fn apply(core: &Core, effects: &mut Vec<Effect>, later: &mut Vec<Later>) {
             }
             Effect::ToSession { sid, frame } => {
                 if let Some(s) = core.handle(sid) {
-                    s.outbound.push(&StreamKey::Session, 0, frame);
+                    s.push(&StreamKey::Session, 0, frame);
                 }
             }
             Effect::ToAll { frame } => {
                 for s in core.handles() {
-                    s.outbound.push(&StreamKey::Session, 0, frame.clone());
+                    s.push(&StreamKey::Session, 0, frame.clone());
                 }
             }
             Effect::Finish { sid, rid } => {
                 if let Some(s) = core.handle(sid) {
-                    s.outbound.finish(&StreamKey::Room(rid));
+                    s.finish(&StreamKey::Room(rid));
                 }
             }
             Effect::Close { sid, code, reason } => {
                 if let Some(s) = core.handle(sid) {
                     tracing::info!(parent: &s.span, code, reason, "closing session");
-                    s.conn.close(code, reason.as_bytes());
+                    s.close(code, reason);
                 }
             }
             Effect::Unsubscribe { rid } => later.push(Later::Unsubscribe { rid }),
@@ -145,14 +145,14 @@ fn apply_action(core: &Core, key: &StreamKey, action: Action, later: &mut Vec<La
     match action {
         Action::Deliver { sid, seq, frame } => {
             if let Some(s) = core.handle(sid) {
-                s.outbound.push(key, seq, frame);
+                s.push(key, seq, frame);
             }
         }
         Action::Gap { sid, rid, from, to } => {
             if let Some(s) = core.handle(sid) {
                 tracing::info!(parent: &s.span, room = %rid, from, to, "seqs lost to the session");
                 if let Some(frame) = gap_frame(&rid, from, to) {
-                    s.outbound.push(key, to, frame);
+                    s.push(key, to, frame);
                 }
             }
         }
@@ -172,8 +172,7 @@ fn apply_action(core: &Core, key: &StreamKey, action: Action, later: &mut Vec<La
         Action::Disconnect { sid } => {
             if let Some(s) = core.handle(sid) {
                 tracing::warn!(parent: &s.span, "slow consumer: fell too far behind; closing");
-                s.conn
-                    .close(close::SLOW_CONSUMER, b"slow consumer: fell too far behind");
+                s.close(close::SLOW_CONSUMER, "slow consumer: fell too far behind");
             }
         }
     }

@@ -40,6 +40,7 @@ mod tests {
             region: region.into(),
             load: 0,
             draining: false,
+            pomelo: None,
         }
     }
 

@@ -35,6 +35,8 @@
 //! - [`reaper`]: cleanup after dead edges (expired leases), one reaper per dead edge.
 //! - [`registry`]: the edge's own registration heartbeat and the cache of live edges.
 //! - [`node`]: wiring: start, run until a signal, drain and shut down.
+//! - [`pomelo`]: the Pomelo listener (WebSocket/TCP, Pomelo's hybridconnector protocol): another
+//!   driver of the same core; POMELO.md.
 
 pub mod backends;
 pub mod bus;
@@ -44,6 +46,7 @@ pub mod fanout;
 pub mod gate;
 pub mod node;
 pub mod outbound;
+pub mod pomelo;
 pub mod reaper;
 pub mod registry;
 pub mod routes;

@@ -66,6 +66,8 @@ pub struct RunningEdge {
     pub addr: SocketAddr,
     /// What the gate hands out for this edge.
     pub advertise: String,
+    /// The bound Pomelo listener (WebSocket and TCP), if configured.
+    pub pomelo: Option<SocketAddr>,
     state: Arc<EdgeState>,
     endpoint: Endpoint,
     tasks: Vec<JoinHandle<()>>,
@@ -198,6 +200,11 @@ pub async fn start_with_store(cfg: EdgeConfig, store: Store) -> anyhow::Result<R
     if members > 0 {
         tracing::info!("removed {members} stale members from {rooms} rooms left by a previous run");
     }
+    // Before the first registration, so the gate hands out its address from the start.
+    let pomelo = crate::pomelo::start(&state).await?.map(|(addr, task)| {
+        tasks.push(task);
+        addr
+    });
     registry::refresh_once(&state)
         .await
         .context("cannot register the edge in redis")?;
@@ -224,6 +231,7 @@ pub async fn start_with_store(cfg: EdgeConfig, store: Store) -> anyhow::Result<R
         id,
         addr,
         advertise,
+        pomelo,
         state,
         endpoint,
         tasks,
@@ -303,7 +311,8 @@ struct Cli {
 }
 
 /// Parses `args` (the first is the program name), runs until Ctrl-C or SIGTERM, shuts down.
-/// Prints `roomcast-edge <id> listening on <addr>` on stdout once ready.
+/// Prints `roomcast-edge <id> listening on <addr>` on stdout once ready (preceded by
+/// `roomcast-edge <id> pomelo on <addr>` when the Pomelo listener runs).
 pub async fn run_cli(args: impl IntoIterator<Item = String>) -> anyhow::Result<()> {
     let args: Vec<String> = args.into_iter().collect();
     if args.get(1).map(String::as_str) == Some("drain") {
@@ -311,6 +320,10 @@ pub async fn run_cli(args: impl IntoIterator<Item = String>) -> anyhow::Result<(
     }
     let cli = Cli::try_parse_from(args).unwrap_or_else(|e| e.exit());
     let edge = start(cli.cfg).await?;
+    // Before the `listening on` line, which tells a supervisor the edge is ready.
+    if let Some(p) = edge.pomelo {
+        println!("roomcast-edge {} pomelo on {p}", edge.id);
+    }
     println!("roomcast-edge {} listening on {}", edge.id, edge.addr);
     tokio::select! {
         _ = wait_for_signal() => {}

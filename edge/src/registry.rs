@@ -40,6 +40,7 @@ pub fn own_entry(state: &EdgeState) -> EdgeInfo {
         region: state.cfg.region.clone(),
         load: state.session_count() as u64,
         draining: state.draining(),
+        pomelo: state.pomelo_advertise.get().cloned(),
     }
 }
 

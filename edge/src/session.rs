@@ -15,7 +15,7 @@ use crate::core::Admission;
 use crate::fanout::with_core;
 use crate::outbound::Outbound;
 use crate::routes;
-use crate::state::{EdgeState, SessionHandle};
+use crate::state::{EdgeState, SessionHandle, Wire};
 use crate::transport::{read_frame, write_frame, Conn, FrameError, Recv, Send};
 
 /// Serves one incoming connection until it closes.
@@ -72,8 +72,10 @@ pub async fn serve_conn(state: Arc<EdgeState>, conn: Conn) {
     let session = Arc::new(SessionHandle {
         sid,
         token: token.clone(),
-        outbound: Outbound::new(conn.clone(), state.cfg.push_queue),
-        conn: conn.clone(),
+        wire: Wire::Quic {
+            outbound: Outbound::new(conn.clone(), state.cfg.push_queue),
+            conn: conn.clone(),
+        },
         ops: tokio::sync::Mutex::new(()),
         control: tokio::sync::Mutex::new(None),
         span: span.clone(),

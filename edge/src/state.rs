@@ -10,7 +10,7 @@ use crate::backends::BackendPool;
 use crate::bus::Bus;
 use crate::config::EdgeConfig;
 use crate::core::{CoreConfig, EdgeCore, Effect, SessionId};
-use crate::outbound::Outbound;
+use crate::outbound::{Outbound, StreamKey};
 
 /// The edge core as the QUIC driver instantiates it: each session's handle is its connection.
 pub type Core = EdgeCore<std::sync::Arc<SessionHandle>>;
@@ -50,6 +50,8 @@ pub struct EdgeState {
     pub registry_wake: tokio::sync::Notify,
     /// What the gate tells browsers (set at start unless `--no-webtransport`).
     pub webtransport: std::sync::OnceLock<crate::webtransport::Announce>,
+    /// host:port of this edge's Pomelo listener, once it runs (registered for the gate).
+    pub pomelo_advertise: std::sync::OnceLock<String>,
 }
 
 /// The core and a reused effect buffer, so running the core allocates nothing per event.
@@ -84,8 +86,8 @@ pub struct SessionHandle {
     /// Globally unique session name recorded in Redis (`rc:session:<uid>` → `session`), so
     /// that an edge only ever releases a claim it made itself.
     pub token: String,
-    pub conn: crate::transport::Conn,
-    pub outbound: Outbound,
+    /// What carries the session's pushes: a QUIC connection, or a Pomelo connection.
+    pub wire: Wire,
     /// Serialises this session's membership changes (enter/leave/close), which span several
     /// awaits, so two concurrent requests cannot interleave them.
     pub ops: tokio::sync::Mutex<()>,
@@ -93,6 +95,41 @@ pub struct SessionHandle {
     pub control: tokio::sync::Mutex<Option<crate::transport::Send>>,
     /// The session's span (edge, session, uid once bound).
     pub span: tracing::Span,
+}
+
+/// The transport of a session.
+pub enum Wire {
+    /// A native QUIC or a WebTransport connection ([`crate::transport::Conn`]).
+    Quic {
+        conn: crate::transport::Conn,
+        outbound: Outbound,
+    },
+    /// A Pomelo client (WebSocket or TCP): one ordered byte stream, see [`crate::pomelo`].
+    Pomelo(std::sync::Arc<crate::pomelo::link::Link>),
+}
+
+impl SessionHandle {
+    /// Queues an encoded push (numbered `seq` in its room, 0 on the session stream).
+    pub fn push(&self, key: &StreamKey, seq: u64, frame: bytes::Bytes) {
+        match &self.wire {
+            Wire::Quic { outbound, .. } => outbound.push(key, seq, frame),
+            Wire::Pomelo(link) => link.push(seq, frame),
+        }
+    }
+
+    /// A room's pushes are over (its stream finishes once drained).
+    pub fn finish(&self, key: &StreamKey) {
+        if let Wire::Quic { outbound, .. } = &self.wire {
+            outbound.finish(key);
+        }
+    }
+
+    pub fn close(&self, code: u32, reason: &str) {
+        match &self.wire {
+            Wire::Quic { conn, .. } => conn.close(code, reason.as_bytes()),
+            Wire::Pomelo(link) => link.close(reason),
+        }
+    }
 }
 
 impl EdgeState {
@@ -134,6 +171,7 @@ impl EdgeState {
             next_sid: AtomicU64::new(1),
             drain_requested: tokio::sync::Notify::new(),
             registry_wake: tokio::sync::Notify::new(),
+            pomelo_advertise: std::sync::OnceLock::new(),
             fence,
             verifier: auth.0,
             minter: auth.1,

@@ -77,6 +77,7 @@ fn edge(id: &str) -> EdgeInfo {
         region: "r".into(),
         load: 0,
         draining: false,
+        pomelo: None,
     }
 }
 
@@ -622,6 +623,7 @@ pub async fn registry_leases_expire(s: Store) {
         region: "eu".into(),
         load: 3,
         draining: false,
+        pomelo: None,
     };
     let ttl = Duration::from_millis(300);
     assert!(

@@ -120,6 +120,8 @@ pub struct EdgeInfo {
     pub load: u64,
     /// Set while the edge drains, so the gate stops choosing it.
     pub draining: bool,
+    /// host:port of the edge's Pomelo listener, if it runs one (the Pomelo gate hands it out).
+    pub pomelo: Option<String>,
 }
 
 /// A backend's registry entry.

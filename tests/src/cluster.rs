@@ -76,6 +76,8 @@ pub struct Node {
     pub id: String,
     /// The address it listens on (the edge's client port, the backend's edge-facing port).
     pub addr: SocketAddr,
+    /// An edge's Pomelo listener, if it runs one (`--pomelo-listen`).
+    pub pomelo: Option<SocketAddr>,
     child: Child,
 }
 
@@ -103,6 +105,10 @@ impl Node {
             let mut sent = false;
             while let Some(Ok(line)) = lines.next() {
                 if !sent {
+                    if let Some((_, addr)) = line.split_once(" pomelo on ") {
+                        let _ = tx.send(format!("pomelo {}", addr.trim()));
+                        continue;
+                    }
                     if let Some((_, addr)) = line.split_once(" listening on ") {
                         let addr = addr.split_whitespace().next().unwrap_or("").to_string();
                         let _ = tx.send(addr);
@@ -113,7 +119,18 @@ impl Node {
                 println!("[node] {line}");
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut pomelo = None;
+        let addr = loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+                Ok(a) => match a.strip_prefix("pomelo ") {
+                    Some(p) => pomelo = p.parse().ok(),
+                    None => break Ok(a),
+                },
+                Err(e) => break Err(e),
+            }
+        };
+        let addr = match addr {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
@@ -131,6 +148,7 @@ impl Node {
             role,
             id: id.to_string(),
             addr,
+            pomelo,
             child,
         })
     }

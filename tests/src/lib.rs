@@ -8,6 +8,8 @@
 //! - [`cluster`]: certificates for tests, and edge/backend child processes that can be killed.
 //! - [`chaos`]: `roomcast-dev bench chaos`, faults under traffic and a history checker.
 //! - [`scenarios`]: `roomcast-dev bench <scenario>`, the benchmark scenarios of BENCHMARKS.md.
+//! - [`pomelo_bench`]: `roomcast-dev bench pomelo-fanout-100`, native QUIC beside Pomelo
+//!   WebSocket clients, server CPU per delivery.
 //! - [`stack`]: `roomcast-dev up`, the one-command local stack of README.
 //! - [`web`]: the stack's chat page (static files of `web/` over HTTP on 127.0.0.1).
 //!
@@ -18,6 +20,7 @@ pub mod chaos;
 pub mod child;
 pub mod cluster;
 pub mod memory;
+pub mod pomelo_bench;
 pub mod redis_server;
 pub mod scenarios;
 pub mod stack;

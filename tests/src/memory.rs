@@ -120,10 +120,12 @@ async fn serve(
             .first_port
             .checked_add(i as u16)
             .context("--first-port + --edges exceeds 65535")?;
+        // The Pomelo listener on the same port number, over TCP.
+        let listen = format!("127.0.0.1:{port}");
         let cfg = edge_config(
             &certs,
             &format!("edge-{}", i + 1),
-            &format!("127.0.0.1:{port}"),
+            &listen,
             &args.prefix,
             &secret,
             &[
@@ -134,6 +136,8 @@ async fn serve(
                 "--webtransport-key",
                 &wt_key_arg,
                 "--webtransport-pin",
+                "--pomelo-listen",
+                &listen,
             ],
         )?;
         let edge = roomcast_edge::node::start_with_store(cfg, store.clone())
@@ -152,6 +156,12 @@ async fn serve(
     println!("  chat     {:<8} {}", backend.id, backend.addr);
     for e in &edges {
         println!("  edge     {:<8} {}", e.id, e.addr);
+        if let Some(p) = e.pomelo {
+            println!(
+                "  pomelo   {:<8} {:<21} (Pomelo clients: ws://{p} or tcp)",
+                e.id, p
+            );
+        }
     }
     let addrs: Vec<_> = edges.iter().map(|e| e.addr).collect();
     let web = crate::web::WebServer::start(

@@ -18,7 +18,8 @@ use crate::redis_server::RedisServer;
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// fanout-100 | big-room | idle | churn (and chaos, with its own flags: `bench chaos --help`)
+    /// fanout-100 | big-room | idle | churn | pomelo-fanout-100 (and chaos, with its own flags:
+    /// `bench chaos --help`)
     pub scenario: String,
     /// Offered rates (messages per second; joins + leaves per second for churn),
     /// comma-separated to run several.
@@ -102,6 +103,9 @@ fn scenario(name: &str) -> Result<Scenario> {
 }
 
 pub fn run(bin: &Path, args: BenchArgs) -> Result<()> {
+    if args.scenario == "pomelo-fanout-100" {
+        return crate::pomelo_bench::run(bin, args);
+    }
     let mut sc = scenario(&args.scenario)?;
     if let Some(c) = args.clients {
         if args.scenario == "idle" {

@@ -123,6 +123,8 @@ pub fn run(bin: &Path, args: StackArgs) -> Result<()> {
                 .first_port
                 .checked_add(i as u16)
                 .context("--first-port + --edges exceeds 65535")?;
+            // The Pomelo listener on the same port number, over TCP (WebSocket and raw TCP).
+            let pomelo = format!("127.0.0.1:{port}");
             nodes.push(cluster.edge_on(
                 &format!("edge-{}", i + 1),
                 &format!("127.0.0.1:{port}"),
@@ -134,6 +136,8 @@ pub fn run(bin: &Path, args: StackArgs) -> Result<()> {
                     "--webtransport-key",
                     &wt_key_arg,
                     "--webtransport-pin",
+                    "--pomelo-listen",
+                    &pomelo,
                 ],
             )?);
         }
@@ -200,6 +204,12 @@ pub fn run(bin: &Path, args: StackArgs) -> Result<()> {
             n.addr,
             n.pid()
         );
+        if let Some(p) = n.pomelo {
+            println!(
+                "  {:<8} {:<8} {:<21} (Pomelo clients: ws://{p} or tcp)",
+                "pomelo", n.id, p
+            );
+        }
     }
     println!();
     println!("Chat in a browser (Chrome/Edge 97+, Firefox 114+; WebTransport):");

@@ -267,7 +267,9 @@ async fn redis_restarting_empty_is_survived() {
     assert!(sent > before);
     // The room's new numbering starts above the old one: bob is told of the jump by one onGap
     // (history from before the restart is gone), then gets the message.
-    let gap = next_push(&mut brx, WAIT).await.expect("the onGap of the new numbering");
+    let gap = next_push(&mut brx, WAIT)
+        .await
+        .expect("the onGap of the new numbering");
     assert_eq!(gap.route, "onGap", "{gap:?}");
     assert_eq!(body(&gap)["from"], before + 1);
     assert_eq!(gap.seq, sent - 1);

@@ -271,6 +271,7 @@ async fn session_claims_are_global_and_owned() {
         region: "r".into(),
         load: 0,
         draining: false,
+        pomelo: None,
     };
     s.register_edge(&edge("e1"), Duration::from_secs(30))
         .await
@@ -334,6 +335,8 @@ async fn registry_entries_expire_and_are_pruned() {
         region: "eu".into(),
         load: 3,
         draining: false,
+        // The Pomelo listener's address round-trips through the registry.
+        pomelo: Some("127.0.0.1:3014".into()),
     };
     s.register_edge(&e, Duration::from_millis(300))
         .await
@@ -351,6 +354,8 @@ async fn registry_entries_expire_and_are_pruned() {
     assert_eq!(s.list_edges().await.unwrap(), vec![e]);
     let region: String = c.hget("rc:edge:e1", "region").await.unwrap();
     assert_eq!(region, "eu");
+    let pomelo: String = c.hget("rc:edge:e1", "pomelo").await.unwrap();
+    assert_eq!(pomelo, "127.0.0.1:3014");
     assert_eq!(s.list_backends().await.unwrap()[0].routes, vec!["chat."]);
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(s.list_edges().await.unwrap().is_empty());
@@ -420,6 +425,7 @@ async fn push_to_uids_groups_by_edge_and_reports_missing() {
             region: "r".into(),
             load: 0,
             draining: false,
+            pomelo: None,
         },
         Duration::from_secs(30),
     )

@@ -65,6 +65,7 @@ impl Registry for RedisEngine {
             ("load", e.load.to_string()),
             ("draining", u8::from(e.draining).to_string()),
             ("heartbeat", now_ms().to_string()),
+            ("pomelo", e.pomelo.clone().unwrap_or_default()),
         ] {
             inv.arg(field).arg(value);
         }
@@ -106,6 +107,7 @@ impl Registry for RedisEngine {
                 region: h.get("region").cloned().unwrap_or_default(),
                 load: h.get("load").and_then(|v| v.parse().ok()).unwrap_or(0),
                 draining: h.get("draining").is_some_and(|v| v == "1"),
+                pomelo: h.get("pomelo").filter(|v| !v.is_empty()).cloned(),
                 id,
             })
             .collect())
