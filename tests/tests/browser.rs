@@ -3,8 +3,11 @@
 //! WebTransport to real edge processes, with a real redis-server, and a Rust SDK user in the
 //! same room. Also runs the JavaScript client's unit tests (`node --test web/client/`).
 //!
-//! Needs `chromium`, `node` and `web/node_modules` (`npm ci` in `web/`); `.ci/run` installs
-//! them. Without them these tests fail and say what is missing: they never skip.
+//! One test puts a Pomelo client (Pomelo's own, `tests/pomelo/mixed.js`) in the room too.
+//!
+//! Needs `chromium`, `node`, `web/node_modules` and `tests/pomelo/node_modules` (`npm ci` in
+//! each); `.ci/run` installs them. Without them these tests fail and say what is missing: they
+//! never skip.
 
 mod support;
 
@@ -252,6 +255,91 @@ async fn two_browsers_and_a_rust_user_on_two_edges_see_one_order() {
         let got: Vec<_> = mine.iter().filter(|m| m[1] == json!(from)).collect();
         assert_eq!(got.len(), n, "messages from {from}");
     }
+    carol.close().await;
+}
+
+/// A browser (WebTransport), a Pomelo client (Pomelo's own client over WebSocket) and a native
+/// QUIC user in one room, the browser and the Pomelo user on different edges, all sending at
+/// once: everyone sees the same messages in one order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_a_pomelo_client_and_a_rust_user_see_one_order() {
+    let stack = Stack::start_with(&["--pomelo-listen", "127.0.0.1:0"], &[]).await;
+    let web = stack.uid_on("web", "edge-1");
+    let pom = stack.uid_on("pom", "edge-2");
+    let (carol, mut rx) = rust_user(&stack, 0, "carol").await;
+    let n = 10;
+    let total = 3 * n;
+    let gate = stack.env.edges[0].pomelo.expect("a Pomelo listener");
+    let pomelo_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pomelo");
+    assert!(
+        pomelo_dir
+            .join("node_modules/pomelo-jsclient-websocket")
+            .is_dir(),
+        "tests/pomelo/node_modules is missing: run `npm ci` in tests/pomelo (.ci/run does)"
+    );
+    let mut pomelo = {
+        let mut child = roomcast_e2e::child::die_with_parent(&mut Command::new("node"))
+            .arg("mixed.js")
+            .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pomelo"))
+            .env("POMELO_GATE", gate.to_string())
+            .env("POMELO_NAME", &pom)
+            .env("POMELO_ROOM", "lobby")
+            .env("POMELO_N", n.to_string())
+            .env("POMELO_TOTAL", total.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run node (install nodejs; npm ci in tests/pomelo)");
+        let lines = roomcast_e2e::child::stdout_lines(&mut child, "pomelo");
+        let stdin = child.stdin.take();
+        Script {
+            child,
+            lines,
+            stdin,
+        }
+    };
+    pomelo.expect("ready");
+    let mut browser = stack.browser(
+        "mixed",
+        json!({"name": web, "others": ["carol", pom], "n": n, "total": total}),
+    );
+    browser.expect("ready");
+    pomelo.tell("go");
+    browser.tell("go");
+    for i in 0..n {
+        carol.send("lobby", &format!("carol {i}")).await.unwrap();
+    }
+    let pushes = collect_route(&mut rx, "onChat", total).await;
+    let mine = rust_chats(&pushes);
+    let seqs: Vec<u64> = mine.iter().map(|m| m[0].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs {seqs:?}");
+    let order: Vec<Value> = mine.iter().map(|m| json!([m[1], m[2]])).collect();
+    let in_browser: Vec<Value> = browser
+        .expect("result")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| json!([m[1], m[2]]))
+        .collect();
+    let in_pomelo = pomelo.expect("result");
+    assert_eq!(
+        in_browser, order,
+        "the browser saw another order than carol"
+    );
+    assert_eq!(
+        in_pomelo.as_array().unwrap(),
+        &order,
+        "the Pomelo user saw another order than carol"
+    );
+    for from in [&web, &pom, &"carol".to_string()] {
+        let got = order.iter().filter(|m| m[0] == json!(from)).count();
+        assert_eq!(got, n, "messages from {from}");
+    }
+    pomelo.tell("done");
+    browser.tell("done");
+    pomelo.finish();
+    browser.finish();
     carol.close().await;
 }
 

@@ -119,6 +119,20 @@ const scenarios = {
     say('result', { [a]: roomChats(await chatLog(pa)), [b]: roomChats(await chatLog(pb)) });
   },
 
+  /** One browser in a room with users of other kinds (`cfg.others`: a native user, a Pomelo
+   *  user): once all are members it sends `cfg.n` messages and records the room's order until
+   *  `cfg.total` messages arrived. */
+  async mixed() {
+    const pa = await join(cfg.name);
+    await waitMembers(pa, [cfg.name, ...cfg.others]);
+    say('ready');
+    await expectLine('go');
+    for (let i = 0; i < cfg.n; i++) await send(pa, `${cfg.name} ${i}`);
+    await waitLog(pa, `log.filter(m => !m.private).length >= ${cfg.total}`, `${cfg.total} messages`);
+    say('result', roomChats(await chatLog(pa)));
+    await expectLine('done');
+  },
+
   /** A browser's connection is cut; messages are sent while it is away; it resumes. */
   async resume() {
     const [a] = cfg.names;
