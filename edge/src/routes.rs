@@ -96,7 +96,13 @@ pub async fn notify(
 ) {
     // A gate-only connection (opened while the edge drains) is never logged in: dropped here.
     if is_backend_route(&route_name) && uid_of(state, session).is_some() {
-        let _ = forward(state, session, 0, route_name, body).await;
+        // Notifies carry no id; each gets its own request key, or the backends would take
+        // every notify after the first as a retry of it and publish it once only.
+        let n = state
+            .next_notify
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let key = format!("{}/notify-{n}", session.token);
+        let _ = forward_keyed(state, session, 0, key, route_name, body).await;
     } else {
         tracing::debug!("ignoring notify `{route_name}`");
     }
@@ -520,6 +526,20 @@ async fn forward(
     route_name: String,
     body: Bytes,
 ) -> Frame {
+    // Request ids are unique per connection (PROTOCOL.md), so a retry of one is a retry.
+    let key = format!("{}/{id}", session.token);
+    forward_keyed(state, session, id, key, route_name, body).await
+}
+
+/// [`forward`] with the request key the backends deduplicate retries by.
+async fn forward_keyed(
+    state: &Arc<EdgeState>,
+    session: &Arc<SessionHandle>,
+    id: u32,
+    request_key: String,
+    route_name: String,
+    body: Bytes,
+) -> Frame {
     let Some(uid) = uid_of(state, session) else {
         return Frame::error_response(
             id,
@@ -537,7 +557,7 @@ async fn forward(
         uid,
         edge: state.id.clone(),
         session: session.token.clone(),
-        request_key: format!("{}/{id}", session.token),
+        request_key,
         body,
     };
     match state

@@ -35,6 +35,8 @@ pub struct EdgeState {
     /// from this cache so a gate query costs no Redis round trip.
     pub edges: RwLock<Vec<EdgeInfo>>,
     next_sid: AtomicU64,
+    /// Numbers notifies (which carry no id) for their request keys.
+    pub next_notify: AtomicU64,
     /// Verifies client tokens.
     pub verifier: roomcast_common::auth::Verifier,
     /// Set in development mode only: mints tokens for `gate.devToken`.
@@ -169,6 +171,7 @@ impl EdgeState {
             backends,
             edges: RwLock::new(Vec::new()),
             next_sid: AtomicU64::new(1),
+            next_notify: AtomicU64::new(1),
             drain_requested: tokio::sync::Notify::new(),
             registry_wake: tokio::sync::Notify::new(),
             pomelo_advertise: std::sync::OnceLock::new(),

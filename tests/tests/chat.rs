@@ -448,3 +448,35 @@ async fn a_backend_applies_its_presence_limit_to_its_own_leaves() {
     );
     backend.shutdown().await;
 }
+
+/// `chat.send` as a notify (no answer): each one is published. Notifies carry no request id,
+/// and all of a session's notifies once shared one request key, so the backend took every one
+/// after the first as a retry of it and dropped it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_notify_is_published_once() {
+    let env = Env::start(&["edge-a"], &["chat-a"]);
+    let alice = env.connect_to(0, "alice").await;
+    let bob = env.connect_to(0, "bob").await;
+    let mut brx = bob.pushes().unwrap();
+    alice.enter("lobby").await.unwrap();
+    bob.enter("lobby").await.unwrap();
+    // A request first: the backends are known to the edge from then on.
+    alice.send("lobby", "first").await.unwrap();
+    let notice = bytes::Bytes::from_static(br#"{"rid":"lobby","content":"same","target":"*"}"#);
+    for _ in 0..3 {
+        alice.notify("chat.send", notice.clone()).await.unwrap();
+    }
+    let got = collect_route(&mut brx, "onChat", 4).await;
+    let texts: Vec<String> = got
+        .iter()
+        .filter(|p| p.route == "onChat")
+        .map(|p| body(p)["msg"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(texts, ["first", "same", "same", "same"]);
+    assert!(
+        next_push(&mut brx, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "each notify once"
+    );
+}
