@@ -120,25 +120,16 @@ async fn serve(
             .first_port
             .checked_add(i as u16)
             .context("--first-port + --edges exceeds 65535")?;
-        // The Pomelo listener on the same port number, over TCP.
         let listen = format!("127.0.0.1:{port}");
+        let flags = crate::stack::dev_edge_flags(&drain, (&wt_cert_arg, &wt_key_arg), &listen);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let cfg = edge_config(
             &certs,
             &format!("edge-{}", i + 1),
             &listen,
             &args.prefix,
             &secret,
-            &[
-                "--drain-secs",
-                &drain,
-                "--webtransport-cert",
-                &wt_cert_arg,
-                "--webtransport-key",
-                &wt_key_arg,
-                "--webtransport-pin",
-                "--pomelo-listen",
-                &listen,
-            ],
+            &flags,
         )?;
         let edge = roomcast_edge::node::start_with_store(cfg, store.clone())
             .await

@@ -123,23 +123,10 @@ pub fn run(bin: &Path, args: StackArgs) -> Result<()> {
                 .first_port
                 .checked_add(i as u16)
                 .context("--first-port + --edges exceeds 65535")?;
-            // The Pomelo listener on the same port number, over TCP (WebSocket and raw TCP).
-            let pomelo = format!("127.0.0.1:{port}");
-            nodes.push(cluster.edge_on(
-                &format!("edge-{}", i + 1),
-                &format!("127.0.0.1:{port}"),
-                &[
-                    "--drain-secs",
-                    &drain,
-                    "--webtransport-cert",
-                    &wt_cert_arg,
-                    "--webtransport-key",
-                    &wt_key_arg,
-                    "--webtransport-pin",
-                    "--pomelo-listen",
-                    &pomelo,
-                ],
-            )?);
+            let listen = format!("127.0.0.1:{port}");
+            let flags = dev_edge_flags(&drain, (&wt_cert_arg, &wt_key_arg), &listen);
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            nodes.push(cluster.edge_on(&format!("edge-{}", i + 1), &listen, &flags)?);
         }
         Ok(signals.try_recv().ok())
     })();
@@ -320,4 +307,23 @@ pub(crate) fn random_u64() -> u64 {
             .unwrap_or(0),
     );
     h.finish()
+}
+
+/// The flags of every dev-stack edge beside its id and address (both modes): its drain time,
+/// the browsers' certificate (`cert`, `key`) pinned by hash, and the Pomelo listener on the
+/// same port number as `listen`, over TCP (WebSocket and raw TCP).
+pub(crate) fn dev_edge_flags(drain: &str, (cert, key): (&str, &str), listen: &str) -> Vec<String> {
+    [
+        "--drain-secs",
+        drain,
+        "--webtransport-cert",
+        cert,
+        "--webtransport-key",
+        key,
+        "--webtransport-pin",
+        "--pomelo-listen",
+        listen,
+    ]
+    .map(String::from)
+    .to_vec()
 }

@@ -119,24 +119,15 @@ impl Stack {
     /// Starts `scenario` of `web/tests/browser.mjs` with `cfg` (plus the page's address).
     fn browser(&self, scenario: &str, mut cfg: Value) -> Script {
         cfg["page"] = json!(self.web.url());
-        let mut child = roomcast_e2e::child::die_with_parent(&mut Command::new("node"))
-            .arg(web_dir().join("tests/browser.mjs"))
-            .arg(scenario)
-            .arg(cfg.to_string())
-            .env("CHROMIUM", chromium())
-            .current_dir(web_dir())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("run node (install nodejs)");
-        let lines = roomcast_e2e::child::stdout_lines(&mut child, "browser");
-        let stdin = child.stdin.take();
-        Script {
-            child,
-            lines,
-            stdin,
-        }
+        Script::spawn(
+            Command::new("node")
+                .arg(web_dir().join("tests/browser.mjs"))
+                .arg(scenario)
+                .arg(cfg.to_string())
+                .env("CHROMIUM", chromium())
+                .current_dir(web_dir()),
+            "browser",
+        )
     }
 }
 
@@ -148,6 +139,24 @@ struct Script {
 }
 
 impl Script {
+    /// Runs `cmd` (a node script speaking in `@tag value` lines on stdout, reading words on
+    /// stdin), tied to this process's life.
+    fn spawn(cmd: &mut Command, label: &'static str) -> Script {
+        let mut child = roomcast_e2e::child::die_with_parent(cmd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run node (install nodejs)");
+        let lines = roomcast_e2e::child::stdout_lines(&mut child, label);
+        let stdin = child.stdin.take();
+        Script {
+            child,
+            lines,
+            stdin,
+        }
+    }
+
     /// Waits for the script's `@tag` line; its JSON value (`null` if none). Panics on `@error`.
     fn expect(&mut self, tag: &str) -> Value {
         let deadline = std::time::Instant::now() + STEP;
@@ -208,6 +217,22 @@ fn rust_chats(pushes: &[roomcast_client::Push]) -> Vec<Value> {
             json!([p.seq, b["from"], b["msg"]])
         })
         .collect()
+}
+
+/// Carol sends a last message; her pushes up to it (`n` chats in all) must all be chat
+/// messages: a browser's leave and re-join would have come before it, in seq order.
+async fn only_chats_up_to_a_final_message(
+    carol: &Client,
+    rx: &mut tokio::sync::mpsc::Receiver<roomcast_client::Push>,
+    n: usize,
+) {
+    carol.send("lobby", "final").await.unwrap();
+    let pushes = collect_route(rx, "onChat", n).await;
+    let routes: Vec<String> = pushes
+        .iter()
+        .map(|p| format!("{} {}", p.route, support::body(p)))
+        .collect();
+    assert!(routes.iter().all(|r| r.starts_with("onChat")), "{routes:?}");
 }
 
 async fn rust_user(
@@ -277,28 +302,17 @@ async fn a_browser_a_pomelo_client_and_a_rust_user_see_one_order() {
             .is_dir(),
         "tests/pomelo/node_modules is missing: run `npm ci` in tests/pomelo (.ci/run does)"
     );
-    let mut pomelo = {
-        let mut child = roomcast_e2e::child::die_with_parent(&mut Command::new("node"))
+    let mut pomelo = Script::spawn(
+        Command::new("node")
             .arg("mixed.js")
-            .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pomelo"))
+            .current_dir(&pomelo_dir)
             .env("POMELO_GATE", gate.to_string())
             .env("POMELO_NAME", &pom)
             .env("POMELO_ROOM", "lobby")
             .env("POMELO_N", n.to_string())
-            .env("POMELO_TOTAL", total.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("run node (install nodejs; npm ci in tests/pomelo)");
-        let lines = roomcast_e2e::child::stdout_lines(&mut child, "pomelo");
-        let stdin = child.stdin.take();
-        Script {
-            child,
-            lines,
-            stdin,
-        }
-    };
+            .env("POMELO_TOTAL", total.to_string()),
+        "pomelo",
+    );
     pomelo.expect("ready");
     let mut browser = stack.browser(
         "mixed",
@@ -399,13 +413,7 @@ async fn a_browser_whose_connection_is_cut_resumes_with_no_gap_and_no_duplicate(
     assert_eq!(result["restoredShown"], json!(1), "the page said so");
     // The resume was invisible to the room: carol saw her own messages and nothing else, up to
     // one sent after the resume (a leave and re-join would have come before it, in seq order).
-    carol.send("lobby", "final").await.unwrap();
-    let pushes = collect_route(&mut rx, "onChat", before + during + 1).await;
-    let routes: Vec<String> = pushes
-        .iter()
-        .map(|p| format!("{} {}", p.route, support::body(p)))
-        .collect();
-    assert!(routes.iter().all(|r| r.starts_with("onChat")), "{routes:?}");
+    only_chats_up_to_a_final_message(&carol, &mut rx, before + during + 1).await;
     // Only now may the browser leave (closing it leaves the room).
     script.tell("done");
     script.finish();
@@ -634,13 +642,7 @@ async fn a_browser_moves_when_its_edge_goes(goes: Goes) {
         assert!(exited.is_some(), "edge-1 exited after its drain");
     }
     // The move was invisible to the room (no onLeave/onAdd before a message sent after it).
-    carol.send("lobby", "final").await.unwrap();
-    let pushes = collect_route(&mut rx, "onChat", before + after + 1).await;
-    let routes: Vec<String> = pushes
-        .iter()
-        .map(|p| format!("{} {}", p.route, support::body(p)))
-        .collect();
-    assert!(routes.iter().all(|r| r.starts_with("onChat")), "{routes:?}");
+    only_chats_up_to_a_final_message(&carol, &mut rx, before + after + 1).await;
     script.tell("done");
     script.finish();
     carol.close().await;

@@ -455,11 +455,7 @@ async fn a_backend_applies_its_presence_limit_to_its_own_leaves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_notify_is_published_once() {
     let env = Env::start(&["edge-a"], &["chat-a"]);
-    let alice = env.connect_to(0, "alice").await;
-    let bob = env.connect_to(0, "bob").await;
-    let mut brx = bob.pushes().unwrap();
-    alice.enter("lobby").await.unwrap();
-    bob.enter("lobby").await.unwrap();
+    let (alice, _bob, mut brx) = env.alice_and_bob_in_lobby(0, 0).await;
     // A request first: the backends are known to the edge from then on.
     alice.send("lobby", "first").await.unwrap();
     let notice = bytes::Bytes::from_static(br#"{"rid":"lobby","content":"same","target":"*"}"#);

@@ -393,11 +393,8 @@ async fn a_resume_older_than_history_is_told_explicitly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_pubsub_messages_are_filled_from_history() {
     let env = Env::start(&["edge-a", "edge-b"], &["chat-a"]);
-    let alice = Arc::new(env.connect_to(0, "alice").await);
-    let bob = env.connect_to(1, "bob").await;
-    let mut brx = bob.pushes().unwrap();
-    alice.enter("lobby").await.unwrap();
-    bob.enter("lobby").await.unwrap();
+    let (alice, _bob, mut brx) = env.alice_and_bob_in_lobby(0, 1).await;
+    let alice = Arc::new(alice);
     let sender = {
         let alice = alice.clone();
         tokio::spawn(async move {
@@ -587,11 +584,7 @@ async fn an_admin_command_drains_an_edge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_changing_address_keeps_its_session() {
     let env = Env::start(&["edge-a"], &["chat-a"]);
-    let alice = env.connect_to(0, "alice").await;
-    let bob = env.connect_to(0, "bob").await;
-    let mut brx = bob.pushes().unwrap();
-    alice.enter("lobby").await.unwrap();
-    bob.enter("lobby").await.unwrap();
+    let (alice, bob, mut brx) = env.alice_and_bob_in_lobby(0, 0).await;
     let session = bob.connection().welcome().session.clone();
     let new_addr = bob.connection().rebind().unwrap();
     println!("bob's connection moved to local address {new_addr}");

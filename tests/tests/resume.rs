@@ -115,11 +115,8 @@ async fn a_resume_claiming_seqs_the_room_never_reached_does_not_move_its_numberi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sdk_hands_the_resume_answer_to_the_application_in_seq_order() {
     let env = Env::start(&["edge-a"], &["chat-a"]);
-    let alice = std::sync::Arc::new(env.connect_to(0, "alice").await);
-    let bob = env.connect_to(0, "bob").await;
-    let mut brx = bob.pushes().unwrap();
-    alice.enter("lobby").await.unwrap();
-    bob.enter("lobby").await.unwrap();
+    let (alice, bob, mut brx) = env.alice_and_bob_in_lobby(0, 0).await;
+    let alice = std::sync::Arc::new(alice);
     let sender = {
         let alice = alice.clone();
         tokio::spawn(async move {

@@ -164,6 +164,21 @@ impl Env {
             .unwrap_or_else(|e| panic!("connect {uid} to edge {i}: {e}"))
     }
 
+    /// alice on edge `a` and bob on edge `b`, both in `lobby`, and bob's pushes.
+    #[allow(dead_code)] // not every test binary uses it
+    pub async fn alice_and_bob_in_lobby(
+        &self,
+        a: usize,
+        b: usize,
+    ) -> (Client, Client, Receiver<Push>) {
+        let alice = self.connect_to(a, "alice").await;
+        let bob = self.connect_to(b, "bob").await;
+        let brx = bob.pushes().expect("bob's pushes");
+        alice.enter("lobby").await.expect("alice enters");
+        bob.enter("lobby").await.expect("bob enters");
+        (alice, bob, brx)
+    }
+
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.redis.url())
             .unwrap()
