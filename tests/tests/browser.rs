@@ -207,6 +207,16 @@ impl Drop for Script {
     }
 }
 
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -{sig} {pid} failed");
+}
+
 /// `[seq, from, msg]` of the room chats a Rust user received.
 fn rust_chats(pushes: &[roomcast_client::Push]) -> Vec<Value> {
     pushes
@@ -564,8 +574,12 @@ enum Goes {
     /// SIGTERM: the edge drains (closes its sessions with code 3) and exits once they moved.
     Drained,
     /// `kill -9`: nothing is said to the browser (on loopback it notices at once through ICMP
-    /// port-unreachable; on a real network through the QUIC idle timeout).
+    /// port-unreachable; on a real network through the client's watchdog, as for a pause).
     Killed,
+    /// SIGSTOP: the edge's socket stays open and silent, as a dead edge looks off loopback (no
+    /// ICMP). The JavaScript client's watchdog (a gate query every 2 s; 8 s without an answer
+    /// or a push is death) makes the browser move long before WebTransport's 30 s idle timeout.
+    Paused,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -578,6 +592,11 @@ async fn a_browser_moves_to_another_edge_when_its_edge_is_killed_and_misses_noth
     a_browser_moves_when_its_edge_goes(Goes::Killed).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_moves_to_another_edge_when_its_edge_falls_silent_and_misses_nothing() {
+    a_browser_moves_when_its_edge_goes(Goes::Paused).await;
+}
+
 async fn a_browser_moves_when_its_edge_goes(goes: Goes) {
     // A killed edge's lease outlives the test: the gates keep naming it, so the browser can
     // only move by the SDK's rule (a gate that answered, as the edge), and it must move before
@@ -585,16 +604,23 @@ async fn a_browser_moves_when_its_edge_goes(goes: Goes) {
     let lease = ["--lease-ttl-ms", "60000"];
     let mut stack = match goes {
         Goes::Drained => Stack::start().await,
-        Goes::Killed => Stack::start_with(&lease, &[]).await,
+        Goes::Killed | Goes::Paused => Stack::start_with(&lease, &[]).await,
     };
     let a = stack.uid_on("dr", "edge-1");
     let (carol, mut rx) = rust_user(&stack, 1, "carol").await;
     let (before, after) = (3, 6);
+    // A silent edge must be left well before the browser's own detection (measured: moved
+    // 21.4 s after the pause without the client's watchdog, 8.4 s with it: 8 s of silence, the
+    // check every 2 s, then the move).
+    let move_wait_ms = match goes {
+        Goes::Paused => 17_000,
+        _ => 30_000,
+    };
     let mut script = stack.browser(
         "move",
         json!({
             "names": [a], "rust": "carol", "before": before, "after": after,
-            "moveWaitMs": 30_000,
+            "moveWaitMs": move_wait_ms,
         }),
     );
     assert_eq!(script.expect("ready")["edge"], json!("edge-1"));
@@ -611,6 +637,7 @@ async fn a_browser_moves_when_its_edge_goes(goes: Goes) {
             assert!(Command::new("kill").arg(&pid).status().unwrap().success());
         }
         Goes::Killed => stack.env.edges[0].kill(),
+        Goes::Paused => signal(stack.env.edges[0].pid(), "STOP"),
     }
     for i in 0..after {
         sent.push(send(&carol, &format!("after {i}")).await);
@@ -635,6 +662,13 @@ async fn a_browser_moves_when_its_edge_goes(goes: Goes) {
     match goes {
         Goes::Drained => assert!(reason.starts_with("closed by the edge: 3 "), "{states:?}"),
         Goes::Killed => assert!(reason.starts_with("connection lost"), "{states:?}"),
+        // The watchdog's requests get no ACK: Chromium may give up on the connection itself
+        // ("Connection lost.") just before the watchdog does. Either way well before the 30 s
+        // idle timeout (the script waits 30 s at most for the move).
+        Goes::Paused => assert!(reason.starts_with("connection lost"), "{states:?}"),
+    }
+    if let Goes::Paused = goes {
+        signal(stack.env.edges[0].pid(), "CONT");
     }
     assert_eq!(states[1]["state"], json!("open"));
     if let Goes::Drained = goes {

@@ -49,6 +49,12 @@ export class RoomcastError extends Error {
  * @property {number} [requestTimeoutMs] per request (default 10000).
  * @property {number} [connectTimeoutMs] per connection attempt (default 5000).
  * @property {boolean} [reconnect] reconnect and resume when the connection is lost (default true).
+ * @property {number} [heartbeatMs] how often the client asks the edge something cheap (the gate
+ *   query) to learn that it is alive (default 2000; 0 turns the watchdog off).
+ * @property {number} [deadAfterMs] silence (no answer, no push) after which the edge counts as
+ *   gone and the client reconnects elsewhere (default 8000). A browser cannot shorten
+ *   WebTransport's own idle timeout, and a killed or stopped edge sends nothing: without this a
+ *   browser would wait for that timeout (30 s) before moving.
  */
 
 /**
@@ -256,6 +262,13 @@ export class RoomcastClient extends EventTarget {
     this.reconnectHold = undefined;
     /** Set by {@link dropConnection}, for the reason the `state` event gives. */
     this.dropping = false;
+    /** When the current link last showed life (an answer or a push), in ms. */
+    this.lastHeard = Date.now();
+    /** Set when the watchdog closed a silent link: the silence in ms, for the `state` reason. */
+    this.silentFor = 0;
+    /** The URL of the edge whose link was just lost: asked last, and not used as an edge while
+     *  another gate answers (it is likely dead, and each try costs a connect timeout). */
+    this.lostUrl = '';
   }
 
   /** Connects through the gates (and fetches a development token if none was given). */
@@ -330,7 +343,9 @@ export class RoomcastClient extends EventTarget {
     let lastError = /** @type {any} */ (null);
     /** Gates that answered but named an edge that could not be reached. @type {string[]} */
     const answered = [];
-    for (const gate of [...this.gateOrder]) {
+    const lost = this.lostUrl;
+    const order = [...this.gateOrder.filter((g) => g !== lost), ...this.gateOrder.filter((g) => g === lost)];
+    for (const gate of order) {
       /** @type {Link | null} */
       let gl = null;
       try {
@@ -342,6 +357,12 @@ export class RoomcastClient extends EventTarget {
         // The gate that answered goes first next time.
         this.gateOrder = [gate, ...this.gateOrder.filter((g) => g !== gate)];
         if (wt.url === gate) {
+          const link = gl;
+          gl = null;
+          return link;
+        }
+        if (wt.url === lost && gate !== lost) {
+          // The edge just lost is named (its lease outlives it): this gate will do as the edge.
           const link = gl;
           gl = null;
           return link;
@@ -367,6 +388,27 @@ export class RoomcastClient extends EventTarget {
 
   /** Reconnects when `link` ends, unless the client closed it or was replaced. @param {Link} link */
   #watch(link) {
+    this.lastHeard = Date.now();
+    const every = this.opts.heartbeatMs ?? 2000;
+    const deadAfter = this.opts.deadAfterMs ?? 8000;
+    if (every > 0) {
+      const timer = setInterval(() => {
+        if (this.link !== link || this.closing) {
+          clearInterval(timer);
+          return;
+        }
+        const silent = Date.now() - this.lastHeard;
+        if (silent > deadAfter) {
+          clearInterval(timer);
+          this.silentFor = silent;
+          link.close(4001, 'edge silent');
+          return;
+        }
+        link.request('gate.queryEntry', { uid: this.uid })
+          .then(() => { if (this.link === link) this.lastHeard = Date.now(); })
+          .catch(() => {});
+      }, every);
+    }
     link.transport.closed.then(
       (/** @type {any} */ info) => this.#lost(link, info?.closeCode ?? null, info?.reason ?? ''),
       (/** @type {any} */ e) => this.#lost(link, null, String(e?.message ?? e)),
@@ -378,8 +420,12 @@ export class RoomcastClient extends EventTarget {
     if (this.link !== link || this.closing) return;
     const why = this.dropping
       ? 'connection dropped on purpose'
-      : code === null ? `connection lost (${reason})` : `closed by the edge: ${code} ${reason}`;
+      : this.silentFor
+        ? `connection lost (no answer from the edge for ${(this.silentFor / 1000).toFixed(1)} s)`
+        : code === null ? `connection lost (${reason})` : `closed by the edge: ${code} ${reason}`;
     this.dropping = false;
+    this.silentFor = 0;
+    this.lostUrl = link.url;
     if (!this.opts.reconnect || code === CLOSE.REPLACED || code === CLOSE.BAD_HANDSHAKE) {
       this.#setState('closed', why);
       return;
@@ -419,6 +465,7 @@ export class RoomcastClient extends EventTarget {
 
   /** @param {any} f a Push frame */
   #onPush(f) {
+    this.lastHeard = Date.now();
     const seq = Number(f.seq);
     let body = null;
     try { body = f.body.length ? JSON.parse(td.decode(f.body)) : null; } catch { body = td.decode(f.body); }
