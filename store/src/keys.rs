@@ -9,7 +9,7 @@
 //! | `rc:room:{<rid>}:members` | hash | uid → edge id (Pomelo's *records*) |
 //! | `rc:room:{<rid>}:edges` | set | edges that host members of the room |
 //! | `rc:room:{<rid>}:edge:<edge>` | set | uids of the room on that edge (Pomelo's *groups*) |
-//! | `rc:room:{<rid>}:seq` | string | last sequence number pushed to the room |
+//! | `rc:room:{<rid>}:seq` | string | last sequence number pushed to the room (a numbering starts at `crate::seq_start`) |
 //! | `rc:room:{<rid>}:req:<key>` | string | seq of an already published request (dedupe, TTL) |
 //! | `rc:room:{<rid>}:history` | sorted set | recent pushes scored by seq (resume, gap fill) |
 //! | `rc:room:{<rid>}:push` | channel | the room's pushes (bincode, see `bus`) |
