@@ -230,17 +230,23 @@ pub(crate) fn print_chat_commands(gate: &str, ca: &Path) {
     println!("Development mode: the gate hands out a token for any username (--dev-tokens).");
 }
 
-/// Two consecutive free UDP ports on loopback, for `--first-port` of a two-edge stack in tests
+/// Two consecutive port numbers free for both UDP (the edges' QUIC) and TCP (their Pomelo
+/// listeners, on the same numbers) on loopback, for `--first-port` of a two-edge stack in tests
 /// (another process may still take one before the stack binds it; tests then fail loudly).
-pub fn free_udp_pair() -> Result<u16> {
+pub fn free_port_pair() -> Result<u16> {
+    let free = |port: u16| {
+        std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+    };
     for _ in 0..100 {
         let a = std::net::UdpSocket::bind("127.0.0.1:0")?;
         let port = a.local_addr()?.port();
-        if port < u16::MAX && std::net::UdpSocket::bind(("127.0.0.1", port + 1)).is_ok() {
+        drop(a);
+        if port < u16::MAX && free(port) && free(port + 1) {
             return Ok(port);
         }
     }
-    anyhow::bail!("no two consecutive free UDP ports on 127.0.0.1")
+    anyhow::bail!("no two consecutive ports free for UDP and TCP on 127.0.0.1")
 }
 
 /// Stops the nodes (together, bounded by [`STOP_GRACE`]), then the private redis-server, so the

@@ -31,7 +31,7 @@ async fn next_chat(rx: &mut tokio::sync::mpsc::Receiver<Push>) -> Push {
 async fn without_redis_the_stack_runs_in_memory_and_chat_works() {
     let certs_dir =
         std::env::temp_dir().join(format!("roomcast-redis-free-{}", std::process::id()));
-    let port = roomcast_e2e::stack::free_udp_pair().expect("free ports");
+    let port = roomcast_e2e::stack::free_port_pair().expect("free ports");
     // An empty PATH: there is no redis-server to find, as on a fresh machine with only Rust.
     let empty = std::env::temp_dir().join(format!("roomcast-empty-path-{}", std::process::id()));
     std::fs::create_dir_all(&empty).unwrap();

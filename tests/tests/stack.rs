@@ -67,7 +67,7 @@ impl Stack {
     fn start(name: &str) -> Stack {
         let certs =
             std::env::temp_dir().join(format!("roomcast-stack-test-{}-{name}", std::process::id()));
-        let port = roomcast_e2e::stack::free_udp_pair().expect("free ports");
+        let port = roomcast_e2e::stack::free_port_pair().expect("free ports");
         let mut child = Command::new(env!("CARGO_BIN_EXE_roomcast-dev"))
             .args(["up", "--edges", "2", "--first-port", &port.to_string()])
             // Any free port for the chat page: stack tests run side by side.
@@ -89,9 +89,12 @@ impl Stack {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
                 Ok(l) => l,
-                Err(_) => {
+                Err(e) => {
                     let _ = child.kill();
-                    panic!("the stack printed no ready line within {READY_WAIT:?}");
+                    let status = child.wait().ok();
+                    panic!(
+                        "the stack printed no ready line within {READY_WAIT:?} ({e}; exit status {status:?})"
+                    );
                 }
             };
             if let Some((_, pid)) = line.rsplit_once(" pid ") {
