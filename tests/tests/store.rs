@@ -111,6 +111,25 @@ async fn join_and_leave_keep_records_and_groups_consistent() {
     assert_eq!(ttl, -1);
 }
 
+/// A backend's push to a room nobody is in numbers it, and that seq expires as an emptied
+/// room's does (it once stayed forever: one key per such room).
+#[tokio::test]
+async fn a_push_to_an_empty_room_leaves_a_seq_that_expires() {
+    let (_r, s, mut c) = setup().await;
+    s.publish_room("nobody-here", "onChat", b"x", None, None)
+        .await
+        .unwrap();
+    let ttl: i64 = c.ttl("rc:room:{nobody-here}:seq").await.unwrap();
+    assert!(
+        ttl > 0,
+        "the seq of a room without members expires, got ttl {ttl}"
+    );
+    // Once somebody is in it, the seq stays.
+    s.join("nobody-here", "alice", "e1", None).await.unwrap();
+    let ttl: i64 = c.ttl("rc:room:{nobody-here}:seq").await.unwrap();
+    assert_eq!(ttl, -1);
+}
+
 /// A seq key that is gone (expired after 24 h empty, or lost with the data) starts a numbering
 /// above the old one: the store needs no one to remember a floor.
 #[tokio::test]

@@ -366,6 +366,8 @@ impl Rooms for MemoryEngine {
             self.history,
             now,
         );
+        // A push to a room nobody is in: its seq expires as an emptied room's does.
+        state.emptied(rid, now);
         Ok(seq)
     }
 

@@ -198,6 +198,9 @@ end
 local seq = next_seq()
 if ARGV[12] ~= '0' then redis.call('SET', KEYS[7], seq, 'EX', ARGV[12]) end
 push(seq, ARGV[11])
+-- A push to a room nobody is in (a backend's, without a sender): its seq expires as an
+-- emptied room's does, instead of staying forever.
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('EXPIRE', KEYS[3], ARGV[8]) end
 return {0, seq}
 "#,
     )
