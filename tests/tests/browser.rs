@@ -207,16 +207,6 @@ impl Drop for Script {
     }
 }
 
-fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill")
-        .success();
-    assert!(ok, "kill -{sig} {pid} failed");
-}
-
 /// `[seq, from, msg]` of the room chats a Rust user received.
 fn rust_chats(pushes: &[roomcast_client::Push]) -> Vec<Value> {
     pushes
@@ -637,7 +627,7 @@ async fn a_browser_moves_when_its_edge_goes(goes: Goes) {
             assert!(Command::new("kill").arg(&pid).status().unwrap().success());
         }
         Goes::Killed => stack.env.edges[0].kill(),
-        Goes::Paused => signal(stack.env.edges[0].pid(), "STOP"),
+        Goes::Paused => support::signal(stack.env.edges[0].pid(), "STOP"),
     }
     for i in 0..after {
         sent.push(send(&carol, &format!("after {i}")).await);
@@ -668,7 +658,7 @@ async fn a_browser_moves_when_its_edge_goes(goes: Goes) {
         Goes::Paused => assert!(reason.starts_with("connection lost"), "{states:?}"),
     }
     if let Goes::Paused = goes {
-        signal(stack.env.edges[0].pid(), "CONT");
+        support::signal(stack.env.edges[0].pid(), "CONT");
     }
     assert_eq!(states[1]["state"], json!("open"));
     if let Goes::Drained = goes {

@@ -38,16 +38,6 @@ async fn drain(rx: &mut Receiver<Push>, wait: Duration) -> Vec<Push> {
     out
 }
 
-fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill")
-        .success();
-    assert!(ok, "kill -{sig} {pid} failed");
-}
-
 /// Redis restarts empty while a room is at seq N: a client entering right after it is back
 /// gets a seq above N (never one others saw for another push), the full member list, and no
 /// gap from before its join; meanwhile a sender gets 503/504 with a reason, never 403 or 502.
@@ -287,7 +277,7 @@ async fn a_paused_edge_does_not_resurrect_its_members_silently() {
     }
 
     let paused = Instant::now();
-    signal(env.edges[1].pid(), "STOP");
+    support::signal(env.edges[1].pid(), "STOP");
     // A request queued while the edge is stopped.
     let queued = {
         let bob = bob.clone();
@@ -304,7 +294,7 @@ async fn a_paused_edge_does_not_resurrect_its_members_silently() {
     }
     let reaped = paused.elapsed();
     println!("paused edge's members reaped {reaped:?} after SIGSTOP");
-    signal(env.edges[1].pid(), "CONT");
+    support::signal(env.edges[1].pid(), "CONT");
     let resumed = Instant::now();
 
     // They come back visibly: alice's view and the store agree on all three.

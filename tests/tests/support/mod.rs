@@ -281,3 +281,15 @@ pub async fn resume_by_hand(
         .await
         .expect("connector.resume answered")
 }
+
+/// Sends `sig` (`STOP`, `CONT`, …) to `pid` with kill(1).
+#[allow(dead_code)] // not every test binary uses it
+pub fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -{sig} {pid} failed");
+}
