@@ -32,7 +32,7 @@ pub const OVERFLOWS_BEFORE_DISCONNECT: u32 = 8;
 static LIVE_WRITERS: AtomicUsize = AtomicUsize::new(0);
 
 /// How many push-stream writer tasks are alive in this process. Each ends when its stream is
-/// finished or its connection closes; one that outlived its connection would keep the whole
+/// finished or its session's `Outbound` is dropped; one that outlived its connection would keep the whole
 /// QUIC connection state (tens of KiB) alive with it.
 pub fn live_writers() -> usize {
     LIVE_WRITERS.load(Ordering::Relaxed)
@@ -204,13 +204,11 @@ impl Outbound {
                     }
                 };
                 let Some(item) = next else {
-                    // Drained: the client keeps up again. Wait for more, or for the end of the
-                    // connection: nobody finishes the streams of a session that closed.
+                    // Drained: the client keeps up again. Wait for more, or for the end (a
+                    // finish, or the session's `Outbound` dropped: see its `Drop`).
                     overflows.store(0, Ordering::Relaxed);
-                    tokio::select! {
-                        _ = s.wake.notified() => continue,
-                        _ = conn.closed() => return,
-                    }
+                    s.wake.notified().await;
+                    continue;
                 };
                 let bytes = match item {
                     Item::Frame { bytes, .. } => bytes,
@@ -226,6 +224,23 @@ impl Outbound {
             send.finish();
         });
         stream
+    }
+}
+
+/// The session is gone: every writer finishes what is queued (or fails on the closed
+/// connection) and ends. Without this a writer whose queue was empty would wait for the next
+/// push forever, keeping the whole QUIC connection state alive with it.
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        let streams = std::mem::take(&mut *self.streams.lock().unwrap_or_else(|e| e.into_inner()));
+        for stream in streams.into_values() {
+            stream
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .finished = true;
+            stream.wake.notify_one();
+        }
     }
 }
 
