@@ -2,56 +2,46 @@
 //!
 //! Each room a session is in gets its own unidirectional QUIC stream (plus one for pushes that
 //! are not room messages), so one room's burst or loss never delays another room: QUIC orders
-//! bytes within a stream only. Each stream has a bounded queue drained by its own writer task;
-//! the edge encodes a push once and queues the same `Bytes` for every recipient, and queuing
-//! never waits, so a slow member never delays the fan-out to the others.
+//! bytes within a stream only. The edge encodes a push once and hands the same `Bytes` to every
+//! recipient.
 //!
-//! Slow consumers: when a stream's queue is full (the client stopped reading and QUIC flow
-//! control stopped the writer), the *oldest* queued pushes are dropped — a quarter of the queue
-//! at a time — and replaced by one `onGap` push naming the seqs dropped, so the client knows
-//! exactly what it missed (and can resume past it). A session that keeps overflowing — more
-//! than [`OVERFLOWS_BEFORE_DISCONNECT`] overflows without its queue ever draining — is closed
-//! with `close::SLOW_CONSUMER`. Memory per session is therefore bounded by `queue` frames per
-//! stream.
+//! Writing never waits: the fan-out writes a push straight into the stream's QUIC send buffer
+//! (one lock of the connection, no task hop) whenever nothing is queued before it. Only when
+//! flow control stops a stream — the client is not reading fast enough — do pushes go to the
+//! stream's bounded queue, and a writer task drains it, waiting on flow control, until it is
+//! empty; then the stream is written directly again. A stream is opened by such a task too
+//! (opening can wait for the client's stream credit). So an idle or keeping-up session has no
+//! task per stream, and a delivery costs one wake-up (quinn's connection driver), not two.
+//!
+//! Slow consumers: when a stream's queue is full, the *oldest* queued pushes are dropped — a
+//! quarter of the queue at a time — and replaced by one `onGap` push naming the seqs dropped, so
+//! the client knows exactly what it missed (and can resume past it). A session that keeps
+//! overflowing — more than [`OVERFLOWS_BEFORE_DISCONNECT`] overflows without its queue ever
+//! draining — is closed with `close::SLOW_CONSUMER`. Memory per session is therefore bounded by
+//! `queue` frames per stream (plus what QUIC flow control lets sit in quinn's send buffer).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use roomcast_protocol::protocol::close;
-use tokio::sync::Notify;
 
 use crate::fanout::gap_frame;
-use crate::transport::Conn;
+use crate::transport::{Conn, Send, TryWrite};
 
 /// Overflows (each dropping a quarter of a queue) tolerated before the session is closed.
 pub const OVERFLOWS_BEFORE_DISCONNECT: u32 = 8;
 
-/// Push-stream writer tasks alive in this process (every edge in it).
-static LIVE_WRITERS: AtomicUsize = AtomicUsize::new(0);
+/// Push streams alive in this process (every edge in it).
+static LIVE_STREAMS: AtomicUsize = AtomicUsize::new(0);
 
-/// How many push-stream writer tasks are alive in this process. Each ends when its stream is
-/// finished or its session's `Outbound` is dropped; one that outlived its connection would keep the whole
-/// QUIC connection state (tens of KiB) alive with it.
-pub fn live_writers() -> usize {
-    LIVE_WRITERS.load(Ordering::Relaxed)
-}
-
-/// Counts a writer task while it lives.
-struct LiveWriter;
-
-impl LiveWriter {
-    fn new() -> LiveWriter {
-        LIVE_WRITERS.fetch_add(1, Ordering::Relaxed);
-        LiveWriter
-    }
-}
-
-impl Drop for LiveWriter {
-    fn drop(&mut self) {
-        LIVE_WRITERS.fetch_sub(1, Ordering::Relaxed);
-    }
+/// How many push streams are alive in this process. Each ends when it is finished or its
+/// session's `Outbound` is dropped, and any writer task draining it ends with the connection; a
+/// stream that outlived its session would keep the whole QUIC connection state (tens of KiB)
+/// alive with it.
+pub fn live_push_streams() -> usize {
+    LIVE_STREAMS.load(Ordering::Relaxed)
 }
 
 /// Which push stream a frame goes on.
@@ -70,16 +60,55 @@ enum Item {
     Gap { from: u64, to: u64 },
 }
 
+struct Stream {
+    /// Room id for the gap frames this stream may carry (empty on the session stream).
+    rid: String,
+    state: Mutex<StreamState>,
+}
+
 #[derive(Default)]
-struct Queue {
+struct StreamState {
+    /// Pushes waiting for flow control (bounded by `Outbound::cap`).
     items: VecDeque<Item>,
-    /// Set when the stream should be finished once drained.
+    /// The open stream, here while nobody writes to it asynchronously: `None` while it is
+    /// being opened or a writer task holds it, and after it failed or was finished.
+    send: Option<Send>,
+    /// A writer task owns the stream (opening it, or draining the queue): pushes queue behind it.
+    writing: bool,
+    /// Finish the stream once what is queued has been written.
     finished: bool,
 }
 
-struct Stream {
-    queue: Mutex<Queue>,
-    wake: Notify,
+impl Stream {
+    fn new(rid: String) -> Stream {
+        LIVE_STREAMS.fetch_add(1, Ordering::Relaxed);
+        Stream {
+            rid,
+            state: Mutex::new(StreamState::default()),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, StreamState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        LIVE_STREAMS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl StreamState {
+    /// Finishes the stream now if no writer holds it (a writer finishes it when drained).
+    fn finish(&mut self) {
+        self.finished = true;
+        if !self.writing {
+            if let Some(mut send) = self.send.take() {
+                send.finish();
+            }
+        }
+    }
 }
 
 pub struct Outbound {
@@ -101,7 +130,7 @@ impl Outbound {
         }
     }
 
-    /// Queues an encoded frame (the push numbered `seq`); never waits.
+    /// Writes or queues an encoded frame (the push numbered `seq`); never waits.
     pub fn push(&self, key: &StreamKey, seq: u64, bytes: Bytes) {
         let stream = {
             let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
@@ -110,54 +139,76 @@ impl Outbound {
             match streams.get(key) {
                 Some(s) => s.clone(),
                 None => {
-                    let s = self.spawn_writer(key.clone());
+                    let s = self.open(key);
                     streams.insert(key.clone(), s.clone());
                     s
                 }
             }
         };
-        let overflowed = {
-            let mut q = stream.queue.lock().unwrap_or_else(|e| e.into_inner());
-            enqueue(&mut q.items, self.cap, Item::Frame { seq, bytes })
-        };
-        stream.wake.notify_one();
-        if overflowed {
-            let n = self.overflows.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::debug!(
-                conn = self.conn.stable_id(),
-                ?key,
-                overflows = n,
-                "push queue overflowed"
-            );
-            if too_slow(n) {
-                tracing::warn!(
-                    conn = self.conn.stable_id(),
-                    queue = self.cap,
-                    overflows = n,
-                    "slow consumer; closing"
-                );
-                self.conn.close(
-                    close::SLOW_CONSUMER,
-                    b"slow consumer: pushes kept overflowing",
-                );
+        let mut st = stream.state();
+        let bytes = if st.writing || !st.items.is_empty() {
+            bytes
+        } else if let Some(send) = st.send.as_mut() {
+            let mut rest = bytes;
+            match send.try_write(&mut rest) {
+                TryWrite::Done => return,
+                // The stream or connection failed: the session ends through its connection.
+                TryWrite::Failed => {
+                    st.send = None;
+                    return;
+                }
+                TryWrite::Blocked => {}
             }
+            // Flow control: a writer writes the rest of this frame first, then the queue.
+            if let Some(send) = st.send.take() {
+                st.writing = true;
+                drop(st);
+                self.spawn_writer(stream, send, Some(rest));
+            }
+            return;
+        } else {
+            // Finished or failed: queued to the bound, where overflows close a session that
+            // keeps receiving on a stream it stopped.
+            bytes
+        };
+        let overflowed = enqueue(&mut st.items, self.cap, Item::Frame { seq, bytes });
+        drop(st);
+        if overflowed {
+            self.overflowed(key);
+        }
+    }
+
+    fn overflowed(&self, key: &StreamKey) {
+        let n = self.overflows.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::debug!(
+            conn = self.conn.stable_id(),
+            ?key,
+            overflows = n,
+            "push queue overflowed"
+        );
+        if too_slow(n) {
+            tracing::warn!(
+                conn = self.conn.stable_id(),
+                queue = self.cap,
+                overflows = n,
+                "slow consumer; closing"
+            );
+            self.conn.close(
+                close::SLOW_CONSUMER,
+                b"slow consumer: pushes kept overflowing",
+            );
         }
     }
 
     /// Finishes a room's stream after what is queued on it has been written.
     pub fn finish(&self, key: &StreamKey) {
-        if let Some(stream) = self
+        let stream = self
             .streams
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(key)
-        {
-            stream
-                .queue
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .finished = true;
-            stream.wake.notify_one();
+            .remove(key);
+        if let Some(stream) = stream {
+            stream.state().finish();
         }
     }
 
@@ -167,79 +218,78 @@ impl Outbound {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .map(|s| {
-                s.queue
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .items
-                    .len()
-            })
+            .map(|s| s.state().items.len())
             .sum()
     }
 
-    fn spawn_writer(&self, key: StreamKey) -> Arc<Stream> {
-        let stream = Arc::new(Stream {
-            queue: Mutex::new(Queue::default()),
-            wake: Notify::new(),
-        });
-        let conn = self.conn.clone();
-        let s = stream.clone();
-        let overflows = self.overflows.clone();
-        let rid = match &key {
+    /// A new stream, queuing until a task has opened it (opening waits for the client's credit).
+    fn open(&self, key: &StreamKey) -> Arc<Stream> {
+        let rid = match key {
             StreamKey::Room(rid) => rid.clone(),
             StreamKey::Session => String::new(),
         };
+        let stream = Arc::new(Stream::new(rid));
+        stream.state().writing = true;
+        let conn = self.conn.clone();
+        let s = stream.clone();
+        let overflows = self.overflows.clone();
         tokio::spawn(async move {
-            let _live = LiveWriter::new();
-            let Ok(mut send) = conn.open_uni().await else {
-                return;
-            };
-            loop {
-                let next = {
-                    let mut q = s.queue.lock().unwrap_or_else(|e| e.into_inner());
-                    match q.items.pop_front() {
-                        Some(item) => Some(item),
-                        None if q.finished => break,
-                        None => None,
-                    }
-                };
-                let Some(item) = next else {
-                    // Drained: the client keeps up again. Wait for more, or for the end (a
-                    // finish, or the session's `Outbound` dropped: see its `Drop`).
-                    overflows.store(0, Ordering::Relaxed);
-                    s.wake.notified().await;
-                    continue;
-                };
-                let bytes = match item {
-                    Item::Frame { bytes, .. } => bytes,
-                    Item::Gap { from, to } => match gap_frame(&rid, from, to) {
-                        Some(b) => b,
-                        None => continue,
-                    },
-                };
-                if send.write_chunk(bytes).await.is_err() {
-                    return;
-                }
+            match conn.open_uni().await {
+                Ok(send) => drain(s, send, None, overflows).await,
+                Err(_) => s.state().writing = false,
             }
-            send.finish();
         });
         stream
     }
+
+    fn spawn_writer(&self, stream: Arc<Stream>, send: Send, first: Option<Bytes>) {
+        tokio::spawn(drain(stream, send, first, self.overflows.clone()));
+    }
 }
 
-/// The session is gone: every writer finishes what is queued (or fails on the closed
-/// connection) and ends. Without this a writer whose queue was empty would wait for the next
-/// push forever, keeping the whole QUIC connection state alive with it.
+/// Writes `first`, then the stream's queue, waiting on flow control, until the queue is empty;
+/// then hands the stream back for direct writes (or finishes it).
+async fn drain(
+    stream: Arc<Stream>,
+    mut send: Send,
+    first: Option<Bytes>,
+    overflows: Arc<AtomicU32>,
+) {
+    let mut next = first;
+    loop {
+        if let Some(bytes) = next.take() {
+            if send.write_chunk(bytes).await.is_err() {
+                // The stream or connection failed; nothing queued can be delivered any more.
+                stream.state().writing = false;
+                return;
+            }
+        }
+        let mut st = stream.state();
+        match st.items.pop_front() {
+            Some(Item::Frame { bytes, .. }) => next = Some(bytes),
+            Some(Item::Gap { from, to }) => next = gap_frame(&stream.rid, from, to),
+            None => {
+                // Drained: the client keeps up again.
+                overflows.store(0, Ordering::Relaxed);
+                st.writing = false;
+                if st.finished {
+                    send.finish();
+                } else {
+                    st.send = Some(send);
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// The session is gone: every stream is finished once what is queued on it is written (or
+/// fails on the closed connection), so nothing keeps the connection state alive.
 impl Drop for Outbound {
     fn drop(&mut self) {
         let streams = std::mem::take(&mut *self.streams.lock().unwrap_or_else(|e| e.into_inner()));
         for stream in streams.into_values() {
-            stream
-                .queue
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .finished = true;
-            stream.wake.notify_one();
+            stream.state().finish();
         }
     }
 }

@@ -8,6 +8,7 @@
 //! An enum rather than a trait: two cases, no boxing, no async-trait on the hot push path.
 
 use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
 use quinn::VarInt;
 use roomcast_protocol::codec::{CodecError, Frame};
 use roomcast_protocol::protocol::{close, code};
@@ -25,6 +26,17 @@ pub enum Conn {
 pub enum Send {
     Quic(quinn::SendStream),
     Web(web_transport_quinn::SendStream),
+}
+
+/// What a write that may not wait did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TryWrite {
+    /// All of it is in the stream's send buffer.
+    Done,
+    /// Flow control stopped it, maybe part-way: the rest has to wait.
+    Blocked,
+    /// The stream or the connection failed.
+    Failed,
 }
 
 /// The receiving half of a stream.
@@ -150,6 +162,22 @@ impl Send {
         match self {
             Send::Quic(s) => s.write_chunk(buf).await.map_err(FrameError::io),
             Send::Web(s) => s.write_chunk(buf).await.map_err(FrameError::io),
+        }
+    }
+
+    /// Writes what it can of `chunk` without waiting (the fan-out calls this once per
+    /// recipient); `chunk` keeps the unwritten rest. Cancel-safe: quinn's `write_chunks` writes
+    /// nothing unless it resolves.
+    pub fn try_write(&mut self, chunk: &mut Bytes) -> TryWrite {
+        let chunks = std::slice::from_mut(chunk);
+        let written = match self {
+            Send::Quic(s) => s.write_chunks(chunks).now_or_never().map(|r| r.is_ok()),
+            Send::Web(s) => s.write_chunks(chunks).now_or_never().map(|r| r.is_ok()),
+        };
+        match written {
+            Some(true) if chunk.is_empty() => TryWrite::Done,
+            Some(true) | None => TryWrite::Blocked,
+            Some(false) => TryWrite::Failed,
         }
     }
 

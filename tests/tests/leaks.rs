@@ -1,8 +1,8 @@
 //! What a session holds is released when it ends. A push stream's writer task once waited for
 //! more pushes forever after its connection closed, keeping the whole QUIC connection state
 //! alive with it: an edge's memory grew by ~15 MiB per 500 clients that came and went
-//! (BENCHMARKS.md, "Memory that did not come back"). Own test binary: the gauge is
-//! process-wide.
+//! (BENCHMARKS.md, "Memory that did not come back"). Push streams (each holds its connection)
+//! are counted; own test binary: the gauge is process-wide.
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use roomcast_store::Store;
 const WAIT: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn push_stream_writers_end_with_their_connections() {
+async fn push_streams_end_with_their_connections() {
     let certs = Certs::for_tests().expect("certificates");
     let store = Store::memory(Keys::default());
     let chat = roomcast_e2e::memory::chat_config(&certs, "chat-a", "rc").expect("chat config");
@@ -53,9 +53,9 @@ async fn push_stream_writers_end_with_their_connections() {
         }
     }
     assert!(
-        roomcast_edge::outbound::live_writers() >= 10,
-        "writers: {}",
-        roomcast_edge::outbound::live_writers()
+        roomcast_edge::outbound::live_push_streams() >= 10,
+        "push streams: {}",
+        roomcast_edge::outbound::live_push_streams()
     );
 
     // Half leave by closing, half by losing their connection.
@@ -69,11 +69,11 @@ async fn push_stream_writers_end_with_their_connections() {
         }
     }
     let deadline = Instant::now() + WAIT;
-    while roomcast_edge::outbound::live_writers() > 0 {
+    while roomcast_edge::outbound::live_push_streams() > 0 {
         assert!(
             Instant::now() < deadline,
-            "{} push-stream writers outlived their connections",
-            roomcast_edge::outbound::live_writers()
+            "{} push streams outlived their connections",
+            roomcast_edge::outbound::live_push_streams()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
