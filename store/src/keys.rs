@@ -28,6 +28,8 @@
 //! become `%XX`, so `:`, `{`, `}`, `*` and spaces cannot break the schema, and distinct ids give
 //! distinct keys.
 
+use std::borrow::Cow;
+
 /// Default key prefix.
 pub const DEFAULT_PREFIX: &str = "rc";
 
@@ -57,12 +59,12 @@ impl Keys {
     }
 
     fn room(&self, rid: &str, suffix: &str) -> String {
-        format!("{}:room:{{{}}}:{}", self.prefix, escape(rid), suffix)
+        concat(&[&self.prefix, ":room:{", &escaped(rid), "}:", suffix])
     }
 
     /// The room index: ids (unescaped) of rooms with at least one member.
     pub fn rooms(&self) -> String {
-        format!("{}:rooms", self.prefix)
+        concat(&[&self.prefix, ":rooms"])
     }
 
     /// uid → edge id.
@@ -77,7 +79,7 @@ impl Keys {
 
     /// Uids of the room on one edge.
     pub fn room_edge_members(&self, rid: &str, edge: &str) -> String {
-        format!("{}{}", self.room_edge_members_prefix(rid), edge)
+        concat(&[&self.prefix, ":room:{", &escaped(rid), "}:edge:", edge])
     }
 
     /// What Lua scripts append an edge id to (edge ids are validated, never escaped).
@@ -96,7 +98,7 @@ impl Keys {
 
     /// Dedupe marker of one published request.
     pub fn room_request(&self, rid: &str, request_key: &str) -> String {
-        self.room(rid, &format!("req:{}", escape(request_key)))
+        self.room(rid, &concat(&["req:", &escaped(request_key)]))
     }
 
     /// The room's pub/sub channel.
@@ -105,62 +107,62 @@ impl Keys {
     }
 
     pub fn session(&self, uid: &str) -> String {
-        format!("{}:session:{}", self.prefix, escape(uid))
+        concat(&[&self.prefix, ":session:", &escaped(uid)])
     }
 
     pub fn edges(&self) -> String {
-        format!("{}:edges", self.prefix)
+        concat(&[&self.prefix, ":edges"])
     }
 
     pub fn edge(&self, id: &str) -> String {
-        format!("{}{}", self.edge_prefix(), id)
+        concat(&[&self.prefix, ":edge:", id])
     }
 
     /// What Lua scripts append an edge id to, to test whether that edge is alive.
     pub fn edge_prefix(&self) -> String {
-        format!("{}:edge:", self.prefix)
+        concat(&[&self.prefix, ":edge:"])
     }
 
     pub fn edge_channel(&self, id: &str) -> String {
-        format!("{}{}{}", self.edge_prefix(), id, EDGE_CHANNEL_SUFFIX)
+        concat(&[&self.prefix, ":edge:", id, EDGE_CHANNEL_SUFFIX])
     }
 
     /// Rooms in which the edge has members (so a dead edge's rooms are found without a scan).
     pub fn edge_rooms(&self, id: &str) -> String {
-        format!("{}{}{}", self.edge_prefix(), id, EDGE_ROOMS_SUFFIX)
+        concat(&[&self.prefix, ":edge:", id, EDGE_ROOMS_SUFFIX])
     }
 
     /// Uids whose session claim the edge holds.
     pub fn edge_sessions(&self, id: &str) -> String {
-        format!("{}{}{}", self.edge_prefix(), id, EDGE_SESSIONS_SUFFIX)
+        concat(&[&self.prefix, ":edge:", id, EDGE_SESSIONS_SUFFIX])
     }
 
     /// Lock taken by the one process that cleans up after a dead edge.
     pub fn edge_reaper_lock(&self, id: &str) -> String {
-        format!("{}{}:reaper", self.edge_prefix(), id)
+        concat(&[&self.prefix, ":edge:", id, ":reaper"])
     }
 
     pub fn backends(&self) -> String {
-        format!("{}:backends", self.prefix)
+        concat(&[&self.prefix, ":backends"])
     }
 
     pub fn backend(&self, id: &str) -> String {
-        format!("{}:backend:{}", self.prefix, id)
+        concat(&[&self.prefix, ":backend:", id])
     }
 
     pub fn broadcast_channel(&self) -> String {
-        format!("{}:broadcast", self.prefix)
+        concat(&[&self.prefix, ":broadcast"])
     }
 
     /// The store's generation marker: its absence tells a running system the store lost its
     /// state (see the engine contract, "Losing state").
     pub fn generation(&self) -> String {
-        format!("{}:generation", self.prefix)
+        concat(&[&self.prefix, ":generation"])
     }
 
     /// Settings every process must share (history bounds, presence limit, id rules).
     pub fn settings(&self) -> String {
-        format!("{}:settings", self.prefix)
+        concat(&[&self.prefix, ":settings"])
     }
 }
 
@@ -173,13 +175,39 @@ pub const EDGE_SESSIONS_SUFFIX: &str = ":sessions";
 
 /// Escapes a user-supplied string for use inside a key name (see the module doc).
 pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
+    escaped(s).into_owned()
+}
+
+fn is_plain(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'+' | b'~' | b'-')
+}
+
+/// [`escape`] without a copy for the usual id that needs none: every room call builds
+/// several names from the same id.
+fn escaped(s: &str) -> Cow<'_, str> {
+    if s.bytes().all(is_plain) {
+        return Cow::Borrowed(s);
+    }
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(s.len() * 3);
     for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'+' | b'~' | b'-') {
+        if is_plain(b) {
             out.push(b as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 0xF)] as char);
         }
+    }
+    Cow::Owned(out)
+}
+
+/// One allocation of the exact size: names are built for every store call, and `format!`
+/// grows its buffer as it goes.
+fn concat(parts: &[&str]) -> String {
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        out.push_str(p);
     }
     out
 }

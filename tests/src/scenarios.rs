@@ -50,6 +50,11 @@ pub struct BenchArgs {
     /// rates and few clients (e.g. `--rates 5 --clients 200`).
     #[arg(long)]
     pub callgrind: bool,
+    /// Passed to every edge and backend: rooms larger than this join and leave without
+    /// onAdd/onLeave pushes (PROTOCOL.md, *Large rooms*). With 1, churn measures the request
+    /// path alone, without the presence deliveries each join and leave causes.
+    #[arg(long)]
+    pub presence_max_members: Option<u64>,
     /// Where development certificates are read from (generated if missing).
     #[arg(long, default_value = "certs")]
     pub certs: std::path::PathBuf,
@@ -140,7 +145,12 @@ pub fn run(bin: &Path, args: BenchArgs) -> Result<()> {
         jwt_secret: "bench-secret".into(),
         dev_tokens: true,
     };
-    let quiet = [
+    let presence = args.presence_max_members.map(|n| n.to_string());
+    let presence: Vec<&str> = match &presence {
+        Some(n) => vec!["--presence-max-members", n],
+        None => vec![],
+    };
+    let quiet: Vec<&str> = [
         "--max-sessions",
         "200000",
         "--rate-limit",
@@ -150,8 +160,11 @@ pub fn run(bin: &Path, args: BenchArgs) -> Result<()> {
         // The generator shares the cores: thousands of handshakes at once take a while.
         "--handshake-timeout-ms",
         "30000",
-    ];
-    let mut nodes: Vec<Node> = vec![cluster.chat("chat-1", &[])?];
+    ]
+    .into_iter()
+    .chain(presence.iter().copied())
+    .collect();
+    let mut nodes: Vec<Node> = vec![cluster.chat("chat-1", &presence)?];
     let callgrind_dir = if args.callgrind {
         Some(callgrind_wrapper(bin)?)
     } else {
@@ -220,6 +233,8 @@ pub fn run(bin: &Path, args: BenchArgs) -> Result<()> {
                     "edge_instructions": total,
                     "deliveries": report.deliveries,
                     "edge_instructions_per_delivery": total as f64 / report.deliveries.max(1) as f64,
+                    "churn_ops": report.churn_ops,
+                    "edge_instructions_per_churn_op": total as f64 / report.churn_ops.max(1) as f64,
                 })
             );
         }
