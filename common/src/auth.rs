@@ -13,6 +13,8 @@
 //! `rooms` lists room ids or patterns: an entry ending in `*` matches every room id starting with
 //! what precedes it, so `"*"` allows every room. No `rooms` claim allows no room.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
@@ -67,11 +69,20 @@ pub enum AuthError {
     MissingClaim(String),
 }
 
+/// Verified tokens remembered per [`Verifier`] (and its clones). A client presents the same
+/// token for every room it enters; checking a signature again costs ~30 000 instructions for
+/// HS256 and far more for RS256/ES256. Entries are whole tokens compared exactly, and their
+/// expiry is checked on every use. At this bound the cache is emptied: at most 4096 tokens of
+/// at most [`MAX_TOKEN_BYTES`] (16 MiB in theory; a few hundred bytes each in practice).
+pub const MAX_CACHED_TOKENS: usize = 4096;
+
 /// How an edge verifies tokens.
 #[derive(Clone)]
 pub struct Verifier {
     key: DecodingKey,
     alg: Algorithm,
+    /// Tokens whose signature and claims were already checked (see [`MAX_CACHED_TOKENS`]).
+    verified: Arc<Mutex<HashMap<Box<str>, Claims>>>,
 }
 
 impl Verifier {
@@ -80,6 +91,7 @@ impl Verifier {
         Verifier {
             key: DecodingKey::from_secret(secret),
             alg: Algorithm::HS256,
+            verified: Arc::default(),
         }
     }
 
@@ -97,11 +109,38 @@ impl Verifier {
         Ok(Verifier {
             key: key.map_err(|e| format!("bad {alg:?} public key: {e}"))?,
             alg,
+            verified: Arc::default(),
         })
     }
 
     /// Verifies `token` and returns its claims.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        self.verify_at(token, unix_now())
+    }
+
+    /// [`Verifier::verify`] as of `now` (seconds since the epoch) for a token verified before;
+    /// a new token is checked against the real clock.
+    fn verify_at(&self, token: &str, now: u64) -> Result<Claims, AuthError> {
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(claims) = verified.get(token) {
+            if now <= claims.exp.saturating_add(LEEWAY_SECS) {
+                return Ok(claims.clone());
+            }
+            verified.remove(token);
+            return Err(AuthError::Expired);
+        }
+        drop(verified);
+        let claims = self.check(token)?;
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= MAX_CACHED_TOKENS {
+            verified.clear();
+        }
+        verified.insert(token.into(), claims.clone());
+        Ok(claims)
+    }
+
+    /// The signature, algorithm and claims of a token not seen before.
+    fn check(&self, token: &str) -> Result<Claims, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
@@ -148,11 +187,7 @@ impl Minter {
 
     /// A token for `uid`, valid for `ttl`, allowing `rooms`.
     pub fn mint(&self, uid: &str, rooms: &[String], ttl: Duration) -> String {
-        let exp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-            + ttl.as_secs();
+        let exp = unix_now() + ttl.as_secs();
         self.mint_claims(&Claims {
             sub: uid.to_string(),
             exp,
@@ -164,6 +199,13 @@ impl Minter {
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.key)
             .expect("HS256 signing cannot fail")
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -246,5 +288,24 @@ mod tests {
             v.verify(&hs384),
             Err(AuthError::WrongAlgorithm { .. })
         ));
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires_and_a_forgery_of_it_is_checked() {
+        let v = Verifier::hs256(SECRET);
+        let t = Minter::hs256(SECRET).mint("alice", &["lobby".into()], Duration::from_secs(60));
+        let first = v.verify(&t).unwrap();
+        // The second use is served from the cache, with the same claims.
+        assert_eq!(v.clone().verify(&t).unwrap(), first);
+        // Past its expiry (and the leeway) the remembered token is refused like any other.
+        let later = first.exp + LEEWAY_SECS + 1;
+        assert_eq!(v.verify_at(&t, later), Err(AuthError::Expired));
+        // A token differing from a remembered one in its signature is verified, not matched.
+        let mut forged = t.clone().into_bytes();
+        let i = forged.len() - 5;
+        forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        v.verify(&t).unwrap();
+        assert!(v.verify(&forged).is_err());
     }
 }
