@@ -114,6 +114,36 @@ async fn join_and_leave_keep_records_and_groups_consistent() {
 /// A backend's push to a room nobody is in numbers it, and that seq expires as an emptied
 /// room's does (it once stayed forever: one key per such room).
 #[tokio::test]
+async fn room_scripts_are_loaded_again_after_redis_forgets_them() {
+    // A restarted Redis (or SCRIPT FLUSH) answers NOSCRIPT to the first call of each script.
+    let (_r, s, mut c) = setup().await;
+    s.join("lobby", "alice", "e1", None).await.unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let j = s.join("lobby", "bob", "e1", None).await.unwrap();
+    assert_eq!(j.users, vec!["alice", "bob"]);
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let seq = s
+        .publish_room("lobby", "onChat", b"{}", Some("alice"), None)
+        .await
+        .unwrap();
+    assert_eq!(seq, j.seq + 1);
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(s.leave("lobby", "bob", None, None).await.unwrap().is_some());
+}
+
+#[tokio::test]
 async fn a_push_to_an_empty_room_leaves_a_seq_that_expires() {
     let (_r, s, mut c) = setup().await;
     s.publish_room("nobody-here", "onChat", b"x", None, None)

@@ -9,6 +9,7 @@
 //! subscriptions on a dedicated connection).
 
 mod bus;
+mod call;
 mod registry;
 mod rooms;
 pub mod scripts;

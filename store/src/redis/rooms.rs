@@ -3,9 +3,10 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use redis::{AsyncCommands, Script, ScriptInvocation};
+use redis::{AsyncCommands, Script};
 use roomcast_protocol::bus::{self, BusMessage};
 
+use super::call::ScriptCall;
 use super::{scripts, RedisEngine};
 use crate::engine::{HistoryEntry, Joined, Rooms};
 use crate::keys::{EDGE_CHANNEL_SUFFIX, EDGE_ROOMS_SUFFIX};
@@ -24,16 +25,23 @@ fn script_error(e: redis::RedisError) -> StoreError {
 }
 
 impl RedisEngine {
-    /// An invocation of a room script with the shared keys and arguments filled in.
-    fn room_call<'a>(&self, script: &'a Script, rid: &str) -> ScriptInvocation<'a> {
+    /// A call of a room script with the shared keys (then `extra` keys) and arguments filled in.
+    fn room_call<'a>(&self, script: &'a Script, rid: &str, extra: &[&str]) -> ScriptCall<'a> {
         let k = &self.keys;
-        let mut inv = script.prepare_invoke();
-        inv.key(k.room_members(rid))
-            .key(k.room_edges(rid))
-            .key(k.room_seq(rid))
-            .key(k.rooms())
-            .key(k.room_history(rid))
-            .key(k.generation())
+        let shared = [
+            k.room_members(rid),
+            k.room_edges(rid),
+            k.room_seq(rid),
+            k.rooms(),
+            k.room_history(rid),
+            k.generation(),
+        ];
+        let keys: Vec<&str> = shared
+            .iter()
+            .map(String::as_str)
+            .chain(extra.iter().copied())
+            .collect();
+        ScriptCall::new(script, &keys)
             .arg(rid)
             .arg(k.room_edge_members_prefix(rid))
             .arg(k.room_channel(rid))
@@ -42,8 +50,7 @@ impl RedisEngine {
             .arg(self.history.max_len)
             .arg(self.history.max_age.as_millis() as u64)
             .arg(EMPTY_ROOM_SEQ_TTL_SECS)
-            .arg(RECOVERY_WINDOW.as_millis() as u64);
-        inv
+            .arg(RECOVERY_WINDOW.as_millis() as u64)
     }
 }
 
@@ -65,9 +72,11 @@ impl Rooms for RedisEngine {
         let payload = push.map(|(route, body)| room_body(rid, route, body));
         let (fence_edge, fence_token) = self.fence_args();
         let (status, seq, mut users, members): (i64, u64, Vec<String>, u64) = self
-            .room_call(&scripts::JOIN, rid)
-            .key(k.room_edge_members(rid, edge))
-            .key(k.edge_rooms(edge))
+            .room_call(
+                &scripts::JOIN,
+                rid,
+                &[&k.room_edge_members(rid, edge), &k.edge_rooms(edge)],
+            )
             .arg(uid)
             .arg(edge)
             .arg(payload.unwrap_or_default())
@@ -76,7 +85,7 @@ impl Rooms for RedisEngine {
             .arg(self.presence.max_members)
             .arg(fence_edge)
             .arg(fence_token)
-            .invoke_async(&mut self.conn.clone())
+            .invoke(&mut self.conn.clone())
             .await
             .map_err(script_error)?;
         users.sort();
@@ -101,13 +110,13 @@ impl Rooms for RedisEngine {
     ) -> Result<Option<u64>> {
         let payload = push.map(|(route, body)| room_body(rid, route, body));
         let (removed, seq): (u8, u64) = self
-            .room_call(&scripts::LEAVE, rid)
+            .room_call(&scripts::LEAVE, rid, &[])
             .arg(uid)
             .arg(edge.unwrap_or(""))
             .arg(payload.unwrap_or_default())
             .arg(self.presence.max_members)
             .arg(self.fence_args().0)
-            .invoke_async(&mut self.conn.clone())
+            .invoke(&mut self.conn.clone())
             .await
             .map_err(script_error)?;
         Ok((removed == 1).then_some(seq))
@@ -180,8 +189,11 @@ impl Rooms for RedisEngine {
         request_key: Option<&str>,
     ) -> Result<u64> {
         let (status, seq): (i64, u64) = self
-            .room_call(&scripts::PUBLISH_ROOM, rid)
-            .key(self.keys.room_request(rid, request_key.unwrap_or("")))
+            .room_call(
+                &scripts::PUBLISH_ROOM,
+                rid,
+                &[&self.keys.room_request(rid, request_key.unwrap_or(""))],
+            )
             .arg(sender.unwrap_or(""))
             .arg(room_body(rid, route, body))
             .arg(if request_key.is_some() {
@@ -189,7 +201,7 @@ impl Rooms for RedisEngine {
             } else {
                 0
             })
-            .invoke_async(&mut self.conn.clone())
+            .invoke(&mut self.conn.clone())
             .await
             .map_err(script_error)?;
         match status {
@@ -310,9 +322,9 @@ impl Rooms for RedisEngine {
     async fn destroy(&self, rid: &str) -> Result<u64> {
         let body = bus::encode_body(&BusMessage::RoomDestroyed { rid: rid.into() });
         let n: u64 = self
-            .room_call(&scripts::DESTROY, rid)
+            .room_call(&scripts::DESTROY, rid, &[])
             .arg(body)
-            .invoke_async(&mut self.conn.clone())
+            .invoke(&mut self.conn.clone())
             .await
             .map_err(script_error)?;
         Ok(n)
