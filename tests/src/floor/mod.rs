@@ -476,5 +476,7 @@ fn measure(
         client_errors: receipts.errors.load(Relaxed),
         load_cpu_secs: ((lu1 + lk1) - (lu0 + lk0)) as f64 / TICKS_PER_SEC,
         instructions_per_delivery: instructions.map(|i| per(i as f64)),
+        instructions_per_datagram: instructions
+            .map(|i| i as f64 / (s1.datagrams - s0.datagrams).max(1) as f64),
     })
 }
