@@ -155,15 +155,13 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let shared = Arc::new(control::Shared::default());
     control::spawn_stdin(shared.clone());
     use outbox::SendMode::{Mmsg, OneByOne};
-    match (args.kind, config) {
-        (Kind::UdpSendto, _) => udp_server::serve(socket, args.rooms, OneByOne, shared),
-        (Kind::UdpSendmmsg, _) => udp_server::serve(socket, args.rooms, Mmsg, shared),
-        (Kind::Quinn, Some(c)) => quinn_server::serve(socket, c, args.rooms, shared),
-        (Kind::ProtoSendto, Some(c)) => {
-            proto_server::serve(socket, c, args.rooms, OneByOne, shared)
-        }
-        (Kind::ProtoSendmmsg, Some(c)) => proto_server::serve(socket, c, args.rooms, Mmsg, shared),
-        (_, None) => unreachable!("QUIC kinds have a config"),
+    let quic = || config.context("QUIC server without a configuration");
+    match args.kind {
+        Kind::UdpSendto => udp_server::serve(socket, args.rooms, OneByOne, shared),
+        Kind::UdpSendmmsg => udp_server::serve(socket, args.rooms, Mmsg, shared),
+        Kind::Quinn => quinn_server::serve(socket, quic()?, args.rooms, shared),
+        Kind::ProtoSendto => proto_server::serve(socket, quic()?, args.rooms, OneByOne, shared),
+        Kind::ProtoSendmmsg => proto_server::serve(socket, quic()?, args.rooms, Mmsg, shared),
     }
 }
 

@@ -16,6 +16,10 @@ use super::control::{Schedule, Shared, CONTROL_POLL};
 use super::frame;
 use super::outbox::{wait_fd, Outbox, SendMode};
 
+/// Peers the server keeps at most: any address that sends it a datagram becomes one, so the
+/// set is bounded; datagrams from further addresses are ignored.
+const MAX_PEERS: usize = 100_000;
+
 pub fn serve(socket: UdpSocket, rooms: usize, mode: SendMode, shared: Arc<Shared>) -> Result<()> {
     socket
         .set_nonblocking(true)
@@ -56,7 +60,7 @@ fn add_peer(
     members: &mut [Vec<SockAddr>],
     shared: &Shared,
 ) {
-    if known.insert(from) {
+    if known.len() < MAX_PEERS && known.insert(from) {
         let room = (known.len() - 1) % members.len();
         members[room].push(SockAddr::from(from));
         Shared::add(&shared.connections, 1);
