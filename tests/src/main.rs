@@ -3,6 +3,9 @@
 //! - `roomcast-dev up` (the default): Redis + two edges + one chat backend, see README.
 //! - `roomcast-dev edge …`: an edge, same flags as `roomcast-edge`.
 //! - `roomcast-dev chat …`: the chat backend, same flags as `roomcast-chat`.
+//! - `roomcast-dev bench <scenario>`: the benchmarks of BENCHMARKS.md.
+//! - `roomcast-dev floor`: the transport floor probe (raw UDP, bare quinn, quinn-proto);
+//!   it starts `roomcast-dev floor-server <kind>` children.
 //!
 //! One binary, so that the stack and the end-to-end tests can start real node processes with
 //! nothing but `cargo run` / `cargo test` (cargo builds a package's own binaries for its tests).
@@ -45,6 +48,27 @@ fn main() {
             let bin = std::env::current_exe().expect("current executable");
             if let Err(e) = roomcast_e2e::scenarios::run(&bin, b.args) {
                 eprintln!("roomcast-dev bench: {e:#}");
+                std::process::exit(1);
+            }
+        }
+        Some("floor") => {
+            #[derive(Parser)]
+            #[command(name = "roomcast-dev floor")]
+            struct Floor {
+                #[command(flatten)]
+                args: roomcast_e2e::floor::FloorArgs,
+            }
+            let f = Floor::parse_from(&args[1..]);
+            let bin = std::env::current_exe().expect("current executable");
+            if let Err(e) = roomcast_e2e::floor::run(&bin, f.args) {
+                eprintln!("roomcast-dev floor: {e:#}");
+                std::process::exit(1);
+            }
+        }
+        Some("floor-server") => {
+            let a = roomcast_e2e::floor::ServeArgs::parse_from(&args[1..]);
+            if let Err(e) = roomcast_e2e::floor::serve(a) {
+                eprintln!("roomcast-dev floor-server: {e:#}");
                 std::process::exit(1);
             }
         }

@@ -3,15 +3,16 @@
 //! the stack, and prints a JSON line and a table per run. See BENCHMARKS.md for the method and
 //! the numbers.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use roomcast_client::bench::{self, BenchConfig, BenchReport, WindowHook};
 use roomcast_client::ClientOptions;
 
+use crate::callgrind::Callgrind;
 use crate::ceilings::{self, Ceilings};
 use crate::cluster::{Certs, ClusterConfig, Node, Role};
 use crate::redis_server::RedisServer;
@@ -165,14 +166,14 @@ pub fn run(bin: &Path, args: BenchArgs) -> Result<()> {
     .chain(presence.iter().copied())
     .collect();
     let mut nodes: Vec<Node> = vec![cluster.chat("chat-1", &presence)?];
-    let callgrind_dir = if args.callgrind {
-        Some(callgrind_wrapper(bin)?)
+    let callgrind = if args.callgrind {
+        Some(Callgrind::wrap(bin, "edge")?)
     } else {
         None
     };
-    let edge_cluster = match &callgrind_dir {
-        Some(dir) => ClusterConfig {
-            bin: dir.join("edge-under-callgrind.sh"),
+    let edge_cluster = match &callgrind {
+        Some(c) => ClusterConfig {
+            bin: c.script(),
             ..cluster.clone()
         },
         None => cluster.clone(),
@@ -208,15 +209,15 @@ pub fn run(bin: &Path, args: BenchArgs) -> Result<()> {
             window_hook: None,
         };
         let instructions = Arc::new(Mutex::new(None::<Result<u64>>));
-        if let Some(dir) = &callgrind_dir {
-            let (dir, pids, out) = (dir.clone(), edge_pids.clone(), instructions.clone());
+        if let Some(c) = &callgrind {
+            let (c, pids, out) = (c.clone(), edge_pids.clone(), instructions.clone());
             cfg.window_hook = Some(WindowHook(Arc::new(move |opening| {
                 if opening {
                     for pid in &pids {
-                        callgrind_control(&["--zero", &pid.to_string()]);
+                        Callgrind::zero(*pid);
                     }
                 } else {
-                    let total = pids.iter().map(|pid| window_instructions(&dir, *pid)).sum();
+                    let total = pids.iter().map(|pid| c.window_instructions(*pid)).sum();
                     *out.lock().expect("instructions lock") = Some(total);
                 }
             })));
@@ -353,63 +354,4 @@ fn fractions(r: &BenchReport, c: &Ceilings, nodes: &[Node]) -> String {
         );
     }
     out
-}
-
-/// A directory with `edge-under-callgrind.sh`, which runs `bin` under callgrind, writing its
-/// counts next to itself (`edge.<pid>.out`, and `.1`, `.2`… for each dump).
-fn callgrind_wrapper(bin: &Path) -> Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let found = std::process::Command::new("valgrind")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        bail!("--callgrind needs valgrind (Debian package `valgrind`)");
-    }
-    let dir = std::env::temp_dir().join(format!("roomcast-callgrind-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let script = dir.join("edge-under-callgrind.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\nexec valgrind --tool=callgrind --compress-strings=no --callgrind-out-file='{}/edge.%p.out' '{}' \"$@\"\n",
-            dir.display(),
-            bin.display()
-        ),
-    )?;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
-    println!("edges run under callgrind; counts in {}", dir.display());
-    Ok(dir)
-}
-
-fn callgrind_control(args: &[&str]) {
-    let _ = std::process::Command::new("callgrind_control")
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .status();
-}
-
-/// Asks the edge `pid` for a dump of what it executed since its counters were zeroed (the
-/// window's start) and reads its total from the dump file.
-fn window_instructions(dir: &Path, pid: u32) -> Result<u64> {
-    // Dumps are numbered from 1 in the order they are made: one per measured window.
-    let prefix = format!("edge.{pid}.out.");
-    let made = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .count();
-    callgrind_control(&["--dump=window", &pid.to_string()]);
-    let file = dir.join(format!("{prefix}{}", made + 1));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let text = std::fs::read_to_string(&file).unwrap_or_default();
-        if let Some(n) = text.lines().find_map(|l| l.strip_prefix("summary: ")) {
-            return n.trim().parse().context("callgrind summary");
-        }
-        if Instant::now() > deadline {
-            bail!("no callgrind dump from edge {pid} in {}", file.display());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }

@@ -1,0 +1,194 @@
+//! The probe's load side: the clients that receive the pushes, in the load process (not the
+//! server's, so that the server's CPU time is its own). QUIC clients are ordinary quinn
+//! clients sharing endpoints (as the roomcast load generator shares them); UDP clients are
+//! plain sockets that say hello once so the server learns their address.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use hdrhistogram::Histogram;
+use roomcast_net::{net, tls};
+use roomcast_protocol::protocol::CLIENT_ALPN;
+use tokio::task::JoinHandle;
+
+use super::frame::{self, FRAME_BYTES};
+
+/// Handshakes in progress at once (as the roomcast generator's connect concurrency).
+const CONNECT_CONCURRENCY: usize = 64;
+
+/// What the clients received.
+pub struct Receipts {
+    /// Frames received, in or out of a window.
+    pub received: AtomicU64,
+    /// Frames stamped within [start, end) (ns since the epoch) are the window's: their latency
+    /// is recorded. Closed (start = end = 0) outside a window.
+    window: (AtomicU64, AtomicU64),
+    /// Latency in µs of the window's frames; fixed size (hdrhistogram, bounded range).
+    latency: Mutex<Histogram<u64>>,
+    /// Connections or reads that failed, and datagrams that were not frames.
+    pub errors: AtomicU64,
+}
+
+impl Receipts {
+    fn new() -> Result<Receipts> {
+        Ok(Receipts {
+            received: AtomicU64::new(0),
+            window: (AtomicU64::new(0), AtomicU64::new(0)),
+            latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+            errors: AtomicU64::new(0),
+        })
+    }
+
+    fn record(&self, f: &[u8]) {
+        let Some(sent) = frame::sent_ns(f) else {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        self.received.fetch_add(1, Ordering::Relaxed);
+        let (start, end) = (&self.window.0, &self.window.1);
+        if sent >= start.load(Ordering::Relaxed) && sent < end.load(Ordering::Relaxed) {
+            let us = frame::now_ns().saturating_sub(sent) / 1000;
+            if let Ok(mut h) = self.latency.lock() {
+                h.saturating_record(us.max(1));
+            }
+        }
+    }
+
+    /// Starts a window at `start_ns` (its end is open until [`Receipts::close_window`]).
+    pub fn open_window(&self, start_ns: u64) {
+        if let Ok(mut h) = self.latency.lock() {
+            h.reset();
+        }
+        self.window.0.store(start_ns, Ordering::Relaxed);
+        self.window.1.store(u64::MAX, Ordering::Relaxed);
+    }
+
+    pub fn close_window(&self, end_ns: u64) {
+        self.window.1.store(end_ns, Ordering::Relaxed);
+    }
+
+    /// p50 and p99 latency (µs) of the window's frames received so far.
+    pub fn latency(&self) -> (u64, u64) {
+        self.latency
+            .lock()
+            .map(|h| (h.value_at_quantile(0.5), h.value_at_quantile(0.99)))
+            .unwrap_or((0, 0))
+    }
+}
+
+/// Running clients; dropping it ends their tasks and closes their connections.
+pub struct Load {
+    pub receipts: Arc<Receipts>,
+    tasks: Vec<JoinHandle<()>>,
+    endpoints: Vec<quinn::Endpoint>,
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for e in &self.endpoints {
+            e.close(0u32.into(), b"done");
+        }
+    }
+}
+
+/// `n` quinn clients of `server`, `per_endpoint` to a UDP socket, each reading its one uni
+/// stream frame by frame. Returns once every handshake has been started.
+pub async fn quic(server: SocketAddr, n: usize, per_endpoint: usize, ca: &Path) -> Result<Load> {
+    let receipts = Arc::new(Receipts::new()?);
+    let limits = tls::TransportLimits {
+        max_bidi_streams: 0,
+        max_uni_streams: 16,
+        idle_timeout: Duration::from_secs(30),
+        keep_alive: Duration::from_secs(5),
+        early_data: false,
+    };
+    let config = tls::client_config(ca, CLIENT_ALPN, &limits, None)?;
+    let endpoints = (0..n.div_ceil(per_endpoint.max(1)))
+        .map(|_| net::endpoint(net::any_addr_for(&server), None))
+        .collect::<Result<Vec<_>>>()?;
+    let permits = Arc::new(tokio::sync::Semaphore::new(CONNECT_CONCURRENCY));
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let endpoint = endpoints[i / per_endpoint.max(1)].clone();
+        let (config, receipts, permits) = (config.clone(), receipts.clone(), permits.clone());
+        tasks.push(tokio::spawn(async move {
+            let connected = async {
+                let _permit = permits.acquire().await.ok()?;
+                endpoint
+                    .connect_with(config, server, "localhost")
+                    .ok()?
+                    .await
+                    .ok()
+            };
+            let Some(conn) = connected.await else {
+                receipts.errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            let Ok(mut stream) = conn.accept_uni().await else {
+                receipts.errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            let mut buf = [0u8; FRAME_BYTES];
+            while stream.read_exact(&mut buf).await.is_ok() {
+                receipts.record(&buf);
+            }
+        }));
+    }
+    Ok(Load {
+        receipts,
+        tasks,
+        endpoints,
+    })
+}
+
+/// `n` UDP sockets on 127.0.0.1, each saying hello to `server` (again every half second until
+/// its first frame, in case a hello was lost) and counting the frames it receives.
+pub async fn udp(server: SocketAddr, n: usize) -> Result<Load> {
+    let receipts = Arc::new(Receipts::new()?);
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").context("UDP client socket")?;
+        socket.set_nonblocking(true)?;
+        let socket = tokio::net::UdpSocket::from_std(socket)?;
+        let receipts = receipts.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let mut heard = false;
+            loop {
+                if !heard && socket.send_to(b"hello", server).await.is_err() {
+                    receipts.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                let got = if heard {
+                    match socket.recv(&mut buf).await {
+                        Ok(len) => Some(len),
+                        Err(_) => {
+                            receipts.errors.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                } else {
+                    tokio::time::timeout(Duration::from_millis(500), socket.recv(&mut buf))
+                        .await
+                        .ok()
+                        .and_then(|r| r.ok())
+                };
+                if let Some(len) = got {
+                    heard = true;
+                    receipts.record(&buf[..len]);
+                }
+            }
+        }));
+    }
+    Ok(Load {
+        receipts,
+        tasks,
+        endpoints: Vec::new(),
+    })
+}

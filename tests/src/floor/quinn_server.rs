@@ -1,0 +1,178 @@
+//! The bare-quinn server: quinn 0.11's high-level API with the project's TLS and transport
+//! configuration, and nothing of roomcast. Each connection gets one uni stream; each delivery
+//! is one `write_chunks` of a 100-byte frame, polled once (`now_or_never`) from the one pusher
+//! task: no writer task, no channel, no lock of ours per delivery. The best the high-level API
+//! allows; what remains is quinn's own machinery (a driver task, a mutex and a wake-up per
+//! connection, the endpoint task).
+
+use std::fmt;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use anyhow::{Context as _, Result};
+use bytes::Bytes;
+use futures::FutureExt;
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, Runtime, TokioRuntime, UdpPoller};
+
+use super::backlog::{Backlog, Wrote};
+use super::control::{Schedule, Shared, CONTROL_POLL};
+use super::frame;
+
+/// Accepted streams waiting for the pusher to take them: bounded, and the pusher takes them
+/// between messages, so at most this many handshakes finish ahead of it.
+const ACCEPTED_QUEUE: usize = 1024;
+
+struct Member {
+    /// Keeps the connection open (quinn closes a connection whose handles are all dropped).
+    _conn: quinn::Connection,
+    stream: quinn::SendStream,
+    backlog: Backlog,
+}
+
+pub fn serve(
+    socket: std::net::UdpSocket,
+    config: quinn::ServerConfig,
+    rooms: usize,
+    shared: Arc<Shared>,
+) -> Result<()> {
+    // The edge's runtime: tokio's multi-threaded scheduler, one worker per core.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let socket = Arc::new(Counting {
+            inner: TokioRuntime.wrap_udp_socket(socket)?,
+            shared: shared.clone(),
+        });
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            quinn::EndpointConfig::default(),
+            Some(config),
+            socket,
+            Arc::new(TokioRuntime),
+        )
+        .context("quinn endpoint")?;
+        let (tx, mut accepted) = tokio::sync::mpsc::channel(ACCEPTED_QUEUE);
+        let acceptor = endpoint.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = acceptor.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let Ok(conn) = incoming.await else { return };
+                    let Ok(stream) = conn.open_uni().await else {
+                        return;
+                    };
+                    let _ = tx
+                        .send(Member {
+                            _conn: conn,
+                            stream,
+                            backlog: Backlog::default(),
+                        })
+                        .await;
+                });
+            }
+        });
+        let mut members: Vec<Vec<Member>> = (0..rooms.max(1)).map(|_| Vec::new()).collect();
+        let mut joined = 0usize;
+        let mut schedule = Schedule::new(rooms);
+        loop {
+            let now = Instant::now();
+            while let Some(room) = schedule.due(&shared, now) {
+                let f = Bytes::copy_from_slice(&frame::encode(schedule.seq - 1, frame::now_ns()));
+                let mut dropped = 0;
+                for m in &mut members[room] {
+                    let stream = &mut m.stream;
+                    dropped += m.backlog.deliver(f.clone(), |chunk| {
+                        match stream
+                            .write_chunks(std::slice::from_mut(chunk))
+                            .now_or_never()
+                        {
+                            Some(Ok(_)) => Wrote::Some,
+                            None => Wrote::Blocked,
+                            Some(Err(_)) => Wrote::Gone,
+                        }
+                    });
+                }
+                Shared::add(&shared.deliveries, members[room].len() as u64);
+                Shared::add(&shared.dropped, dropped);
+            }
+            let wait = schedule
+                .deadline(&shared, Instant::now())
+                .map(|d| d.saturating_duration_since(Instant::now()))
+                .unwrap_or(CONTROL_POLL)
+                .min(CONTROL_POLL);
+            tokio::select! {
+                m = accepted.recv() => {
+                    if let Some(m) = m {
+                        let room = joined % members.len();
+                        members[room].push(m);
+                        joined += 1;
+                        Shared::add(&shared.connections, 1);
+                    }
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    })
+}
+
+/// quinn's own socket, counting the send system calls quinn makes (one `sendmsg` per
+/// `try_send`, several datagrams when it uses GSO).
+struct Counting {
+    inner: Arc<dyn AsyncUdpSocket>,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Counting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl AsyncUdpSocket for Counting {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+        Shared::add(&self.shared.send_calls, 1);
+        let r = self.inner.try_send(transmit);
+        if r.is_ok() {
+            let n = match transmit.segment_size {
+                Some(s) if s > 0 => transmit.contents.len().div_ceil(s),
+                _ => 1,
+            };
+            Shared::add(&self.shared.datagrams, n as u64);
+        }
+        r
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        self.inner.poll_recv(cx, bufs, meta)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}
