@@ -6,6 +6,7 @@
 //!   and the push streams read into a bounded channel.
 //! - [`client`]: the high-level `Client`: gate query, connect to the chosen edge, enter, send.
 //! - [`bench`]: the load generator behind `roomcast bench` (and the benchmark scenarios).
+//! - [`callgrind`]: the load generator's own instructions per delivery, under callgrind.
 //! - [`ceiling`]: the machine's raw UDP ceiling (datagrams per second from one thread), the
 //!   reference fan-out is compared with.
 //! - [`format`]: how the CLI prints pushes and parses input lines (plain code).
@@ -26,6 +27,7 @@
 //! ```
 
 pub mod bench;
+pub mod callgrind;
 pub mod ceiling;
 pub mod client;
 pub mod connection;
