@@ -225,8 +225,15 @@ impl Connection {
     pub fn pushes(&self) -> Option<mpsc::Receiver<Push>> {
         let mut streams = self.push_streams()?;
         let (tx, rx) = mpsc::channel(self.push_capacity);
+        // Ends with the connection, or as soon as the receiver is dropped (not at the next push).
         tokio::spawn(async move {
-            while let Some(p) = streams.recv().await {
+            loop {
+                let p = tokio::select! {
+                    biased;
+                    p = streams.recv() => p,
+                    _ = tx.closed() => return,
+                };
+                let Some(p) = p else { return };
                 if tx.send(p).await.is_err() {
                     return;
                 }
