@@ -175,7 +175,14 @@ pub async fn run(
     // they arrive.
     let window_ns = Arc::new((AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)));
     let deliveries = Arc::new(AtomicU64::new(0));
-    let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3).expect("histogram")));
+    // Latencies go to a few shared histograms, sized up front: one per receiver grew (a
+    // reallocation and a clear each time a larger latency came) inside the measured window,
+    // and cost tens of KiB per client.
+    let shards: Arc<Vec<Mutex<Histogram<u64>>>> = Arc::new(
+        (0..LATENCY_SHARDS.min(cfg.clients.max(1)))
+            .map(|_| Mutex::new(latency_histogram()))
+            .collect(),
+    );
     let members = Arc::new(Mutex::new(Vec::new()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut receivers = Vec::new();
@@ -184,11 +191,11 @@ pub async fn run(
         let room = i % rooms.len();
         let window_ns = window_ns.clone();
         let deliveries = deliveries.clone();
-        let hist = hist.clone();
+        let shards = shards.clone();
         let members = members.clone();
         let mut stop = stop_rx.clone();
         receivers.push(tokio::spawn(async move {
-            let mut local = Histogram::<u64>::new(3).expect("histogram");
+            let hist = &shards[i % shards.len()];
             let mut m = Member {
                 room,
                 seen: HashSet::new(),
@@ -212,13 +219,15 @@ pub async fn run(
                     continue;
                 }
                 let now = start.elapsed().as_nanos() as u64;
-                let _ = local.record(now.saturating_sub(sent_ns) / 1000);
+                let _ = hist
+                    .lock()
+                    .expect("hist")
+                    .record(now.saturating_sub(sent_ns) / 1000);
                 deliveries.fetch_add(1, Ordering::Relaxed);
                 if !m.seen.insert(p.seq) {
                     m.dups += 1;
                 }
             }
-            hist.lock().expect("hist").add(&local).expect("same bounds");
             members.lock().expect("members").push(m);
         }));
         senders_clients.push(c);
@@ -396,7 +405,11 @@ pub async fn run(
     for e in &endpoints {
         let _ = tokio::time::timeout(Duration::from_secs(2), e.wait_idle()).await;
     }
-    let hist = hist.lock().expect("hist").clone();
+    let mut hist = latency_histogram();
+    for shard in shards.iter() {
+        hist.add(&*shard.lock().expect("hist"))
+            .expect("same bounds");
+    }
     let accepted = accepted.lock().expect("accepted").clone();
     let acks = acks.lock().expect("acks").clone();
     let churn_hist = churn_hist.lock().expect("churn hist").clone();
@@ -482,9 +495,34 @@ fn in_window(w: &(AtomicU64, AtomicU64), t: u64) -> bool {
     t >= w.0.load(Ordering::Relaxed) && t < w.1.load(Ordering::Relaxed)
 }
 
+/// Histograms the receivers share (each receiver records into one): enough that they rarely
+/// wait for each other's lock, few enough that their memory does not grow with the clients.
+const LATENCY_SHARDS: usize = 64;
+
+/// A latency histogram in µs, allocated up to a minute at once (it still grows past that).
+fn latency_histogram() -> Histogram<u64> {
+    let mut h = Histogram::new_with_max(60_000_000, 3).expect("histogram bounds");
+    h.auto(true);
+    h
+}
+
+/// The send time a chat push's `msg` starts with. The edge writes `onChat` bodies as
+/// `{"msg":"<ns> <n>",…}`: that shape is read directly (a JSON parse of every body cost the
+/// generator more than the SDK's own receive path); any other goes through serde_json.
 fn parse_sent_ns(body: &[u8]) -> Option<u64> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    v.get("msg")?.as_str()?.split(' ').next()?.parse().ok()
+    if let Some(rest) = body.strip_prefix(br#"{"msg":""#) {
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits > 0 && rest.get(digits) == Some(&b' ') {
+            return std::str::from_utf8(&rest[..digits]).ok()?.parse().ok();
+        }
+    }
+    #[derive(serde::Deserialize)]
+    struct Chat<'a> {
+        #[serde(borrow)]
+        msg: std::borrow::Cow<'a, str>,
+    }
+    let chat: Chat<'_> = serde_json::from_slice(body).ok()?;
+    chat.msg.split(' ').next()?.parse().ok()
 }
 
 /// utime + stime of a process, in seconds (from /proc; 0 where unavailable).
@@ -569,5 +607,40 @@ impl BenchReport {
             100.0 * self.generator_cpu_seconds / self.duration_secs.max(1e-9)
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_send_time_is_read_from_a_chat_push() {
+        let body = serde_json::to_vec(&roomcast_protocol::protocol::OnChat {
+            msg: "123456789 17".into(),
+            from: "bench-1-0".into(),
+            target: "*".into(),
+        })
+        .expect("json");
+        assert_eq!(parse_sent_ns(&body), Some(123_456_789));
+        // Other shapes of the same JSON take the slow path, with the same answer.
+        assert_eq!(
+            parse_sent_ns(br#"{"msg":"12\u0020x","from":"a"}"#),
+            Some(12)
+        );
+        assert_eq!(parse_sent_ns(br#"{"from":"a", "msg":"34 1"}"#), Some(34));
+        assert_eq!(parse_sent_ns(br#"{"msg":"56"}"#), Some(56));
+        assert_eq!(parse_sent_ns(br#"{"msg":"not a time"}"#), None);
+        assert_eq!(parse_sent_ns(br#"{"from":"a"}"#), None);
+        assert_eq!(parse_sent_ns(b"nope"), None);
+    }
+
+    #[test]
+    fn latency_histograms_merge_and_grow_past_their_size() {
+        let mut a = latency_histogram();
+        a.record(120_000_000).expect("grows past a minute");
+        let mut total = latency_histogram();
+        total.add(&a).expect("same bounds");
+        assert_eq!(total.len(), 1);
     }
 }

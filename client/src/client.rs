@@ -49,7 +49,10 @@ pub struct ClientOptions {
     /// Interval of QUIC keep-alive probes: the edge acknowledges each one, so on a healthy
     /// connection something arrives at least this often, whatever the traffic.
     pub keep_alive: Duration,
-    /// Pushes buffered before the SDK stops reading (and flow control slows the edge).
+    /// Pushes buffered for the application (the channel [`Client::pushes`] returns) before
+    /// the SDK stops reading the push streams, so that QUIC flow control slows the edge. The
+    /// SDK itself holds at most one received chunk's worth of decoded pushes beyond this (and,
+    /// during a resume, the pushes that arrive before the edge's answer).
     pub push_capacity: usize,
     /// Reconnect and resume when the connection is lost.
     pub reconnect: bool,
@@ -534,7 +537,8 @@ async fn forward(
     tx: mpsc::Sender<Push>,
     resumed: Option<oneshot::Receiver<ResumeAnswer>>,
 ) {
-    let Some(mut rx) = conn.pushes() else {
+    // Read in this task: a push costs one wake-up here and one channel hop to the application.
+    let Some(mut rx) = conn.push_streams() else {
         return;
     };
     drop(conn);

@@ -1,5 +1,6 @@
 //! One QUIC connection to one edge (see PROTOCOL.md): the handshake on the control stream, one
-//! bidirectional stream per request, and a reader per push stream feeding a bounded channel.
+//! bidirectional stream per request, and the push streams ([`PushStreams`]), read by whoever
+//! takes them.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,6 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::client::ClientOptions;
 use crate::error::ClientError;
+use crate::push_streams::PushStreams;
 
 /// A server push.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,9 +56,10 @@ pub struct Welcome {
 /// One QUIC connection to one edge, after a successful `Hello`/`Welcome`.
 ///
 /// Requests may run concurrently from several tasks (`&self`): each has its own stream, so a
-/// slow answer never delays another. Two background tasks live as long as the connection: the
-/// control-stream reader (which records an `Error` frame as the close reason) and the push
-/// acceptor (one reader per push stream, all feeding one bounded channel).
+/// slow answer never delays another. One background task lives as long as the connection: the
+/// control-stream reader (which records an `Error` frame as the close reason). The push
+/// streams are read by whoever takes them ([`Connection::push_streams`], or
+/// [`Connection::pushes`] for a channel); until then, QUIC flow control holds their data back.
 pub struct Connection {
     conn: quinn::Connection,
     endpoint: Endpoint,
@@ -66,8 +69,10 @@ pub struct Connection {
     welcome: Welcome,
     next_id: AtomicU32,
     request_timeout: Duration,
-    /// Taken once by the application.
-    pushes: Mutex<Option<mpsc::Receiver<Push>>>,
+    /// The push streams, taken once (directly or behind a channel).
+    pushes: Mutex<Option<PushStreams>>,
+    /// Capacity of the channel [`Connection::pushes`] makes.
+    push_capacity: usize,
     /// The reason the edge gave on the control stream before closing, if any.
     error: Arc<Mutex<Option<String>>>,
     /// Resolves when the handshake of a 0-RTT connection completes (true: early data accepted).
@@ -188,8 +193,7 @@ impl Connection {
             welcome.max_frame,
             error.clone(),
         ));
-        let (tx, rx) = mpsc::channel(opts.push_capacity.max(1));
-        tokio::spawn(push_acceptor(conn.clone(), tx, welcome.max_frame));
+        let pushes = PushStreams::new(conn.clone(), welcome.max_frame);
         Ok(Connection {
             conn,
             endpoint,
@@ -197,7 +201,8 @@ impl Connection {
             welcome,
             next_id: AtomicU32::new(1),
             request_timeout: opts.request_timeout,
-            pushes: Mutex::new(Some(rx)),
+            pushes: Mutex::new(Some(pushes)),
+            push_capacity: opts.push_capacity.max(1),
             error,
             zero_rtt: Mutex::new(zero_rtt),
         })
@@ -212,10 +217,34 @@ impl Connection {
         &self.conn
     }
 
-    /// The pushes of this connection, in a bounded channel; `None` after the first call. When the
-    /// channel is full the readers wait, so QUIC flow control slows the edge down (and an edge
-    /// whose queues overflow closes the connection as a slow consumer): keep reading.
+    /// The pushes of this connection, in a bounded channel (`ClientOptions::push_capacity`)
+    /// filled by a task reading the push streams; `None` once they were taken (by this or by
+    /// [`Connection::push_streams`]). When the channel is full the task waits, so QUIC flow
+    /// control slows the edge down (and an edge whose queues overflow closes the connection as
+    /// a slow consumer): keep reading.
     pub fn pushes(&self) -> Option<mpsc::Receiver<Push>> {
+        let mut streams = self.push_streams()?;
+        let (tx, rx) = mpsc::channel(self.push_capacity);
+        // Ends with the connection, or as soon as the receiver is dropped (not at the next push).
+        tokio::spawn(async move {
+            loop {
+                let p = tokio::select! {
+                    biased;
+                    p = streams.recv() => p,
+                    _ = tx.closed() => return,
+                };
+                let Some(p) = p else { return };
+                if tx.send(p).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Some(rx)
+    }
+
+    /// The push streams themselves, read in the caller's task: cheaper than
+    /// [`Connection::pushes`] by a task wake-up and a channel hop per push. `None` once taken.
+    pub fn push_streams(&self) -> Option<PushStreams> {
         self.pushes.lock().expect("pushes lock").take()
     }
 
@@ -487,48 +516,6 @@ async fn control_reader(
         }
     }
     drop(send);
-}
-
-/// Accepts the edge's push streams; each gets a reader.
-async fn push_acceptor(conn: quinn::Connection, tx: mpsc::Sender<Push>, max: usize) {
-    while let Ok(recv) = conn.accept_uni().await {
-        tokio::spawn(push_reader(recv, tx.clone(), max));
-    }
-}
-
-async fn push_reader(mut recv: RecvStream, tx: mpsc::Sender<Push>, max: usize) {
-    let mut buf = BytesMut::new();
-    loop {
-        match read_frame(&mut recv, &mut buf, max).await {
-            Ok(Some(Frame::Push {
-                route,
-                rid,
-                seq,
-                body,
-            })) => {
-                if tx
-                    .send(Push {
-                        route,
-                        rid,
-                        seq,
-                        body,
-                    })
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            Ok(Some(other)) => {
-                tracing::warn!("ignoring a {} frame on a push stream", other.name());
-            }
-            Ok(None) => return,
-            Err(e) => {
-                tracing::debug!("push stream ended: {e}");
-                return;
-            }
-        }
-    }
 }
 
 #[cfg(test)]

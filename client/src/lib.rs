@@ -2,10 +2,12 @@
 //!
 //! Layout, one concern per module:
 //! - [`error`]: `ClientError`, carrying the server's status code and message when there is one.
-//! - [`connection`]: one QUIC connection to one edge: handshake, requests (one stream each),
-//!   and the push streams read into a bounded channel.
+//! - [`connection`]: one QUIC connection to one edge: handshake, requests (one stream each).
+//! - [`push_streams`]: a connection's push streams, read (and their frames cut out without
+//!   copies) in the task that consumes the pushes.
 //! - [`client`]: the high-level `Client`: gate query, connect to the chosen edge, enter, send.
 //! - [`bench`]: the load generator behind `roomcast bench` (and the benchmark scenarios).
+//! - [`callgrind`]: the load generator's own instructions per delivery, under callgrind.
 //! - [`ceiling`]: the machine's raw UDP ceiling (datagrams per second from one thread), the
 //!   reference fan-out is compared with.
 //! - [`format`]: how the CLI prints pushes and parses input lines (plain code).
@@ -26,12 +28,15 @@
 //! ```
 
 pub mod bench;
+pub mod callgrind;
 pub mod ceiling;
 pub mod client;
 pub mod connection;
 pub mod error;
 pub mod format;
+pub mod push_streams;
 
 pub use client::{Client, ClientOptions, ON_RESUME};
 pub use connection::{Connection, Push, Welcome};
 pub use error::ClientError;
+pub use push_streams::PushStreams;

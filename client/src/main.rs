@@ -56,6 +56,12 @@ enum Command {
         /// Churn: `--rate` joins + leaves per second over all clients instead of messages.
         #[arg(long)]
         churn: bool,
+        /// Count this generator's own instructions per delivery over the measured window: run
+        /// it as `valgrind --tool=callgrind --callgrind-out-file=FILE roomcast bench
+        /// --callgrind FILE …`; the counters are zeroed as the window opens and dumped
+        /// (`FILE.1`) as it closes. Valgrind is ~50x slower: use low rates.
+        #[arg(long, value_name = "FILE")]
+        callgrind: Option<PathBuf>,
     },
     /// Measure this machine's raw UDP ceiling: datagrams per second one thread sends to many
     /// receivers over loopback (the reference the benchmarks compare fan-out with).
@@ -146,6 +152,7 @@ async fn main() {
             warmup,
             pids,
             churn,
+            callgrind,
         } => {
             let edges = if edges.is_empty() {
                 conn.gates.clone()
@@ -175,10 +182,33 @@ async fn main() {
                 churn,
                 window_hook: None,
             };
+            let (cfg, counted) = match callgrind {
+                Some(file) => {
+                    let (hook, counted) = roomcast_client::callgrind::own_window(file);
+                    (
+                        roomcast_client::bench::BenchConfig {
+                            window_hook: Some(hook),
+                            ..cfg
+                        },
+                        Some(counted),
+                    )
+                }
+                None => (cfg, None),
+            };
             match roomcast_client::bench::run(cfg, |l| eprintln!("{l}")).await {
                 Ok(r) => {
                     println!("{}", serde_json::to_string(&r).unwrap_or_default());
                     println!("{}", r.table());
+                    if let Some(counted) = counted {
+                        match counted.lock().expect("callgrind lock").take() {
+                            Some(Ok(n)) => println!(
+                                "  load generator instructions in the window: {n} = {:.0} per delivery",
+                                n as f64 / r.deliveries.max(1) as f64
+                            ),
+                            Some(Err(e)) => eprintln!("roomcast: callgrind: {e}"),
+                            None => eprintln!("roomcast: callgrind: the window never closed"),
+                        }
+                    }
                     Ok(())
                 }
                 Err(e) => Err(e),
