@@ -50,6 +50,12 @@ pub struct BenchArgs {
     /// rates and few clients (e.g. `--rates 5 --clients 200`).
     #[arg(long)]
     pub callgrind: bool,
+    /// Run the edges under heaptrack (Debian package `heaptrack`): every allocation they make
+    /// is recorded with its call stack in `heaptrack.edge.<pid>.gz` (read it with
+    /// `heaptrack_print`; a site's "peak" is what it held at the edge's peak, e.g. with every
+    /// `idle` session connected). The RSS figures include heaptrack's own tables.
+    #[arg(long, conflicts_with = "callgrind")]
+    pub heaptrack: bool,
     /// Where development certificates are read from (generated if missing).
     #[arg(long, default_value = "certs")]
     pub certs: std::path::PathBuf,
@@ -157,12 +163,16 @@ pub fn run(bin: &Path, args: BenchArgs) -> Result<()> {
     } else {
         None
     };
-    let edge_cluster = match &callgrind_dir {
-        Some(dir) => ClusterConfig {
+    let edge_cluster = match (&callgrind_dir, args.heaptrack) {
+        (Some(dir), _) => ClusterConfig {
             bin: dir.join("edge-under-callgrind.sh"),
             ..cluster.clone()
         },
-        None => cluster.clone(),
+        (None, true) => ClusterConfig {
+            bin: heaptrack_wrapper(bin)?,
+            ..cluster.clone()
+        },
+        (None, false) => cluster.clone(),
     };
     for i in 0..sc.edges {
         nodes.push(edge_cluster.edge(&format!("edge-{}", i + 1), &quiet)?);
@@ -366,6 +376,48 @@ fn callgrind_wrapper(bin: &Path) -> Result<PathBuf> {
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
     println!("edges run under callgrind; counts in {}", dir.display());
     Ok(dir)
+}
+
+/// Where heaptrack's preload library and interpreter are installed (Debian's `heaptrack`).
+const HEAPTRACK_LIB: &str = "/usr/lib/heaptrack";
+
+/// `edge-under-heaptrack.sh` in a fresh directory: runs `bin` (same pid, so the benchmark's
+/// RSS and CPU accounting still see the edge) with heaptrack's preload library, whose
+/// interpreter writes `heaptrack.edge.<pid>.gz` next to the script. Like `heaptrack` itself,
+/// minus its wrapper process; the recording survives the edge being killed at the end.
+fn heaptrack_wrapper(bin: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let preload = Path::new(HEAPTRACK_LIB).join("libheaptrack_preload.so");
+    let interpret = Path::new(HEAPTRACK_LIB).join("libexec/heaptrack_interpret");
+    if !preload.exists() || !interpret.exists() {
+        bail!(
+            "--heaptrack needs heaptrack (Debian package `heaptrack`): no {} or {}",
+            preload.display(),
+            interpret.display()
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("roomcast-heaptrack-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let script = dir.join("edge-under-heaptrack.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nout='{dir}/heaptrack.edge.'$$\nmkfifo \"$out.fifo\" || exit 1\n\
+             ('{interpret}' < \"$out.fifo\" | gzip -c > \"$out.gz\"; rm -f \"$out.fifo\") &\n\
+             export LD_PRELOAD='{preload}'\nexport DUMP_HEAPTRACK_OUTPUT=\"$out.fifo\"\n\
+             exec '{bin}' \"$@\"\n",
+            dir = dir.display(),
+            interpret = interpret.display(),
+            preload = preload.display(),
+            bin = bin.display()
+        ),
+    )?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    println!(
+        "edges run under heaptrack; recordings in {} (heaptrack_print <file>)",
+        dir.display()
+    );
+    Ok(script)
 }
 
 fn callgrind_control(args: &[&str]) {
