@@ -188,6 +188,13 @@ pub fn run(bin: &Path, args: BenchArgs) -> Result<()> {
     let one = |rate: u64| -> Result<BenchReport> {
         let mut options = ClientOptions::new(edges[0], certs.ca.clone());
         options.request_timeout = Duration::from_secs(30);
+        // As patient as the edges' handshake timeout (`quiet` above): with tens of thousands
+        // of connections the generator and the edge share the cores while handshaking.
+        options.connect_timeout = Duration::from_secs(30);
+        if args.scenario == "idle" {
+            // 100 000 connections saturate both cores while they log in and enter.
+            options.request_timeout = Duration::from_secs(120);
+        }
         let mut cfg = BenchConfig {
             name: args.scenario.clone(),
             edges: edges.clone(),
