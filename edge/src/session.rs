@@ -1,5 +1,6 @@
 //! One client connection: the handshake on the control stream, one task per request stream,
-//! and cleanup (leave every room, release the uid) when the connection ends.
+//! and cleanup (leave every room, release the uid) when the connection ends. An open session is
+//! one small task (its loop reads the control stream too): every idle connection pays for it.
 
 use std::sync::Arc;
 use std::time::Instant;
