@@ -59,6 +59,7 @@ pub fn transport_limits() -> TransportLimits {
         idle_timeout: IDLE_TIMEOUT,
         keep_alive: KEEP_ALIVE,
         early_data: false,
+        mtu_discovery: true,
     }
 }
 

@@ -128,6 +128,7 @@ impl Connection {
             idle_timeout: opts.idle_timeout,
             keep_alive: opts.keep_alive,
             early_data: true,
+            mtu_discovery: true,
         };
         let config = client_config(&opts.ca, &limits)?;
         let (endpoint, owns_endpoint) = match &opts.endpoint {

@@ -59,8 +59,10 @@ pub struct EdgeConfig {
     )]
     pub max_frame: usize,
 
-    /// Requests one client may have in flight (QUIC bidirectional stream limit).
-    #[arg(long, env = "ROOMCAST_MAX_REQUESTS_IN_FLIGHT", default_value_t = 32)]
+    /// Requests one client may have in flight (QUIC bidirectional stream limit). quinn keeps a
+    /// slot for every stream a peer may open, so each one costs every connection memory even
+    /// when idle (BENCHMARKS.md, `idle`); more requests wait for stream credit.
+    #[arg(long, env = "ROOMCAST_MAX_REQUESTS_IN_FLIGHT", default_value_t = 8)]
     pub max_requests_in_flight: u32,
 
     /// Rooms one session may be in at once.

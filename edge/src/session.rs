@@ -1,5 +1,6 @@
 //! One client connection: the handshake on the control stream, one task per request stream,
-//! and cleanup (leave every room, release the uid) when the connection ends.
+//! and cleanup (leave every room, release the uid) when the connection ends. An open session is
+//! one small task (its loop reads the control stream too): every idle connection pays for it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,46 +20,66 @@ use crate::state::{EdgeState, SessionHandle, Wire};
 use crate::transport::{read_frame, write_frame, Conn, FrameError, Recv, Send};
 
 /// Serves one incoming connection until it closes.
-pub async fn serve(state: Arc<EdgeState>, incoming: quinn::Incoming) {
+///
+/// This is the task an open session lives in, so its size is what every idle connection pays
+/// for it: the connection's setup (quinn's handshake, HTTP/3's `CONNECT` for WebTransport) and the
+/// `Hello` exchange are large, short-lived futures, boxed so that the task keeps only what an open
+/// session needs (`tests::an_idle_session_task_stays_small`).
+pub fn serve(
+    state: Arc<EdgeState>,
+    incoming: quinn::Incoming,
+) -> impl std::future::Future<Output = ()> + std::marker::Send {
+    // Not an `async fn`: its arguments would stay in the task for its whole life.
+    let establish = Box::pin(establish(state.clone(), incoming));
+    async move {
+        if let Some(conn) = establish.await {
+            serve_conn(state, conn).await;
+        }
+    }
+}
+
+/// Completes the QUIC handshake (and, for HTTP/3, the WebTransport `CONNECT`).
+async fn establish(state: Arc<EdgeState>, incoming: quinn::Incoming) -> Option<Conn> {
     let connecting = match incoming.accept() {
         Ok(mut connecting) => {
             // The endpoint offers `roomcast/1` and `h3`: HTTP/3 connections are WebTransport
             // (browsers), served by the same driver once their session is established. The
             // ALPN is known as soon as the ClientHello is read, before any round trip.
             if crate::webtransport::is_h3(connecting.handshake_data().await.ok()) {
-                match connecting.await {
-                    Ok(c) => return crate::webtransport::serve(state, c).await,
+                return match connecting.await {
+                    Ok(c) => crate::webtransport::accept(&state, c)
+                        .await
+                        .map(|s| Conn::Web(Arc::new(s))),
                     Err(e) => {
                         tracing::debug!("connection failed during TLS handshake: {e}");
-                        return;
+                        None
                     }
-                }
+                };
             }
             connecting
         }
         Err(e) => {
             tracing::debug!("connection refused: {e}");
-            return;
+            return None;
         }
     };
     // 0.5-RTT: answer a resumed client's early `Hello` and gate query without waiting for the
     // end of the handshake. Requests that arrive as 0-RTT data are screened in `request_stream`.
-    let conn = match connecting.into_0rtt() {
-        Ok((c, _)) => c,
+    match connecting.into_0rtt() {
+        Ok((c, _)) => Some(Conn::Quic(c)),
         Err(connecting) => match connecting.await {
-            Ok(c) => c,
+            Ok(c) => Some(Conn::Quic(c)),
             Err(e) => {
                 tracing::debug!("connection failed during TLS handshake: {e}");
-                return;
+                None
             }
         },
-    };
-    serve_conn(state, Conn::Quic(conn)).await;
+    }
 }
 
 /// Serves an established connection (native QUIC or a WebTransport session) until it closes.
-pub async fn serve_conn(state: Arc<EdgeState>, conn: Conn) {
-    let Some((ctrl_send, ctrl_recv)) = handshake(&state, &conn).await else {
+async fn serve_conn(state: Arc<EdgeState>, conn: Conn) {
+    let Some((ctrl_send, ctrl_recv)) = Box::pin(handshake(&state, &conn)).await else {
         return;
     };
     let sid = state.next_session_id();
@@ -84,38 +105,53 @@ pub async fn serve_conn(state: Arc<EdgeState>, conn: Conn) {
     with_core(&state, |c, out| {
         c.open(sid, token.clone(), handle, Instant::now(), out)
     });
-    run(state, session, conn, ctrl_send, ctrl_recv, token)
-        .instrument(span)
-        .await;
-}
-
-async fn run(
-    state: Arc<EdgeState>,
-    session: Arc<SessionHandle>,
-    conn: Conn,
-    ctrl_send: Send,
-    ctrl_recv: Recv,
-    token: String,
-) {
     let welcome = Frame::Welcome {
         version: PROTOCOL_VERSION,
         edge: state.id.clone(),
         session: token,
         max_frame: state.cfg.max_frame as u32,
     };
-    tokio::spawn(
-        control_stream(
-            conn.clone(),
-            session.clone(),
-            ctrl_send,
-            ctrl_recv,
-            welcome,
-            state.cfg.max_frame,
-        )
-        .in_current_span(),
-    );
-    tracing::debug!(remote = %conn.remote_address(), "session open");
+    Box::pin(send_welcome(&state, &conn, &session, ctrl_send, welcome))
+        .instrument(span.clone())
+        .await;
+    run(state, session, conn, ctrl_recv).instrument(span).await;
+}
 
+/// Writes `Welcome` on the control stream and keeps its send side in the session (for
+/// notices). A client that does not take it within the handshake timeout (no stream credit) is
+/// closed; the session loop then ends at once.
+async fn send_welcome(
+    state: &EdgeState,
+    conn: &Conn,
+    session: &SessionHandle,
+    mut send: Send,
+    welcome: Frame,
+) {
+    match timeout(
+        state.cfg.handshake_timeout(),
+        write_frame(&mut send, &welcome),
+    )
+    .await
+    {
+        Ok(Ok(())) => *session.control.lock().await = Some(send),
+        // The connection is gone: the session loop learns it from `accept_bi`.
+        Ok(Err(e)) => tracing::debug!("cannot write Welcome: {e}"),
+        Err(_) => conn.close(
+            close::BAD_HANDSHAKE,
+            b"Welcome not read within the handshake timeout",
+        ),
+    }
+}
+
+/// The session's loop: request streams, the control stream, forbidden unidirectional streams,
+/// until the connection ends.
+async fn run(state: Arc<EdgeState>, session: Arc<SessionHandle>, conn: Conn, ctrl_recv: Recv) {
+    tracing::debug!(remote = %conn.remote_address(), "session open");
+    // The control stream is read here rather than by a task of its own: an idle session is one
+    // task (plus quinn's connection driver).
+    let control = control_stream(&conn, ctrl_recv, state.cfg.max_frame);
+    tokio::pin!(control);
+    let mut control_done = false;
     let uni = conn.forbidden_uni();
     tokio::pin!(uni);
     let ended = loop {
@@ -124,6 +160,10 @@ async fn run(
             () = &mut uni => {
                 conn.close(close::PROTOCOL_ERROR, b"clients may not open unidirectional streams");
                 break conn.closed().await;
+            }
+            () = &mut control, if !control_done => {
+                control_done = true;
+                continue;
             }
         };
         match accepted {
@@ -138,7 +178,7 @@ async fn run(
     // A client that closes on purpose leaves at once; a lost connection gets a grace period
     // in which the client can resume without its rooms seeing it leave and re-join.
     let on_purpose = ended.on_purpose;
-    cleanup(&state, &session, on_purpose).await;
+    Box::pin(cleanup(&state, &session, on_purpose)).await;
     tracing::debug!(on_purpose, "session closed: {}", ended.reason);
 }
 
@@ -196,20 +236,9 @@ async fn refuse(conn: &Conn, send: Option<&mut Send>, message: &str) {
     conn.close(close::BAD_HANDSHAKE, message.as_bytes());
 }
 
-/// Writes `Welcome`, then keeps the control stream open. The client sends nothing more on it;
-/// anything it does send is a protocol error that closes the connection.
-async fn control_stream(
-    conn: Conn,
-    session: Arc<SessionHandle>,
-    mut send: Send,
-    mut recv: Recv,
-    welcome: Frame,
-    max: usize,
-) {
-    if write_frame(&mut send, &welcome).await.is_err() {
-        return;
-    }
-    *session.control.lock().await = Some(send);
+/// Reads the control stream until the client finishes it. The client sends nothing after
+/// `Hello`; anything it does send is a protocol error that closes the connection.
+async fn control_stream(conn: &Conn, mut recv: Recv, max: usize) {
     let mut buf = BytesMut::new();
     match read_frame(&mut recv, &mut buf, max).await {
         Ok(None) | Err(FrameError::Io(_)) => {}
@@ -222,8 +251,6 @@ async fn control_stream(
             conn.close(close::PROTOCOL_ERROR, msg.as_bytes());
         }
     }
-    // The send side stays in the session (for notices) until the connection ends.
-    let _ = conn.closed().await;
 }
 
 /// One request stream: read one frame, answer it, finish. A malformed or oversize frame only
@@ -382,5 +409,29 @@ pub async fn leave_all(state: &Arc<EdgeState>, uid: &str, token: &str, rooms: &[
     }
     if let Err(e) = state.store.release_session(uid, token).await {
         tracing::warn!(%uid, session = %token, "could not release the session: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns.
+    fn future_size<A, B, F: std::future::Future>(_: &impl Fn(A, B) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every open session lives in one task holding `serve`'s future, allocated whole when the
+    /// connection is accepted, so 10 000 idle connections pay for it 10 000 times (BENCHMARKS.md,
+    /// `idle`). It was 3.5 KiB, plus a 0.9 KiB task for the control stream, before the
+    /// connection's setup was boxed and the control stream read in the session's loop.
+    #[test]
+    fn an_idle_session_task_stays_small() {
+        let size = future_size(&serve);
+        println!("serve: {size} bytes");
+        assert!(
+            size <= 1280,
+            "the session task's future grew to {size} bytes"
+        );
     }
 }

@@ -26,7 +26,6 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::state::EdgeState;
-use crate::transport::Conn;
 
 /// The path of the WebTransport session URL: `https://host:port/roomcast`.
 pub const PATH: &str = "/roomcast";
@@ -179,9 +178,12 @@ pub fn is_h3(handshake: Option<Box<dyn std::any::Any>>) -> bool {
         .is_some_and(|p| p == H3_ALPN)
 }
 
-/// Serves an HTTP/3 connection: one WebTransport session at [`PATH`], then the session driver.
-/// Anything else (another path, no CONNECT within the handshake timeout) is refused.
-pub async fn serve(state: Arc<EdgeState>, conn: quinn::Connection) {
+/// Completes an HTTP/3 connection's WebTransport session at [`PATH`], for the session driver.
+/// Anything else (another path, no CONNECT within the handshake timeout) is refused: `None`.
+pub async fn accept(
+    state: &EdgeState,
+    conn: quinn::Connection,
+) -> Option<web_transport_quinn::Session> {
     let request = match tokio::time::timeout(
         state.cfg.handshake_timeout(),
         web_transport_quinn::Request::accept(conn.clone()),
@@ -192,11 +194,11 @@ pub async fn serve(state: Arc<EdgeState>, conn: quinn::Connection) {
         Ok(Err(e)) => {
             tracing::debug!("not a WebTransport session: {e}");
             conn.close(0u32.into(), b"not a WebTransport session");
-            return;
+            return None;
         }
         Err(_) => {
             conn.close(0u32.into(), b"no WebTransport CONNECT in time");
-            return;
+            return None;
         }
     };
     if request.url.path() != PATH {
@@ -207,11 +209,14 @@ pub async fn serve(state: Arc<EdgeState>, conn: quinn::Connection) {
         // Let the answer reach the client (it closes on reading it) before the connection goes.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn.closed()).await;
         conn.close(0u32.into(), b"no WebTransport session here");
-        return;
+        return None;
     }
     match request.ok().await {
-        Ok(session) => crate::session::serve_conn(state, Conn::Web(Arc::new(session))).await,
-        Err(e) => tracing::debug!("WebTransport session not established: {e}"),
+        Ok(session) => Some(session),
+        Err(e) => {
+            tracing::debug!("WebTransport session not established: {e}");
+            None
+        }
     }
 }
 

@@ -54,6 +54,11 @@ pub struct TransportLimits {
     /// can be replayed by an attacker, so whoever enables it must refuse non-idempotent requests
     /// that arrive in it (see PROTOCOL.md).
     pub early_data: bool,
+    /// Path MTU discovery (QUIC packets above 1200 bytes once a larger path MTU is confirmed).
+    /// Worth it for bulk transfers; an edge's client connections carry small frames, and quinn
+    /// grows each connection's send buffer from 1200 to 2400 bytes the first time discovery
+    /// raises the MTU, which every idle connection then keeps (BENCHMARKS.md, `idle`).
+    pub mtu_discovery: bool,
 }
 
 impl TransportLimits {
@@ -67,6 +72,9 @@ impl TransportLimits {
                 .map_err(|_| anyhow!("idle timeout out of range"))?,
         ));
         t.keep_alive_interval(Some(self.keep_alive));
+        if !self.mtu_discovery {
+            t.mtu_discovery_config(None);
+        }
         // Ask the peer to acknowledge every 10th ack-eliciting packet (or after its ACK delay,
         // at most max(RTT, 25 ms)) instead of every 2nd: on a busy push connection the sender
         // then reads and processes far fewer ACK packets per delivery. Peers without the

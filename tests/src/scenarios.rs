@@ -3,7 +3,7 @@
 //! the stack, and prints a JSON line and a table per run. See BENCHMARKS.md for the method and
 //! the numbers.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,6 +56,12 @@ pub struct BenchArgs {
     /// path alone, without the presence deliveries each join and leave causes.
     #[arg(long)]
     pub presence_max_members: Option<u64>,
+    /// Run the edges under heaptrack (Debian package `heaptrack`): every allocation they make
+    /// is recorded with its call stack in `heaptrack.edge.<pid>.gz` (read it with
+    /// `heaptrack_print`; a site's "peak" is what it held at the edge's peak, e.g. with every
+    /// `idle` session connected). The RSS figures include heaptrack's own tables.
+    #[arg(long, conflicts_with = "callgrind")]
+    pub heaptrack: bool,
     /// Where development certificates are read from (generated if missing).
     #[arg(long, default_value = "certs")]
     pub certs: std::path::PathBuf,
@@ -171,12 +177,16 @@ pub fn run(bin: &Path, args: BenchArgs) -> Result<()> {
     } else {
         None
     };
-    let edge_cluster = match &callgrind {
-        Some(c) => ClusterConfig {
+    let edge_cluster = match (&callgrind, args.heaptrack) {
+        (Some(c), _) => ClusterConfig {
             bin: c.script(),
             ..cluster.clone()
         },
-        None => cluster.clone(),
+        (None, true) => ClusterConfig {
+            bin: heaptrack_wrapper(bin)?,
+            ..cluster.clone()
+        },
+        (None, false) => cluster.clone(),
     };
     for i in 0..sc.edges {
         nodes.push(edge_cluster.edge(&format!("edge-{}", i + 1), &quiet)?);
@@ -192,6 +202,13 @@ pub fn run(bin: &Path, args: BenchArgs) -> Result<()> {
     let one = |rate: u64| -> Result<BenchReport> {
         let mut options = ClientOptions::new(edges[0], certs.ca.clone());
         options.request_timeout = Duration::from_secs(30);
+        // As patient as the edges' handshake timeout (`quiet` above): with tens of thousands
+        // of connections the generator and the edge share the cores while handshaking.
+        options.connect_timeout = Duration::from_secs(30);
+        if args.scenario == "idle" {
+            // 100 000 connections saturate both cores while they log in and enter.
+            options.request_timeout = Duration::from_secs(120);
+        }
         let mut cfg = BenchConfig {
             name: args.scenario.clone(),
             edges: edges.clone(),
@@ -354,4 +371,46 @@ fn fractions(r: &BenchReport, c: &Ceilings, nodes: &[Node]) -> String {
         );
     }
     out
+}
+
+/// Where heaptrack's preload library and interpreter are installed (Debian's `heaptrack`).
+const HEAPTRACK_LIB: &str = "/usr/lib/heaptrack";
+
+/// `edge-under-heaptrack.sh` in a fresh directory: runs `bin` (same pid, so the benchmark's
+/// RSS and CPU accounting still see the edge) with heaptrack's preload library, whose
+/// interpreter writes `heaptrack.edge.<pid>.gz` next to the script. Like `heaptrack` itself,
+/// minus its wrapper process; the recording survives the edge being killed at the end.
+fn heaptrack_wrapper(bin: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let preload = Path::new(HEAPTRACK_LIB).join("libheaptrack_preload.so");
+    let interpret = Path::new(HEAPTRACK_LIB).join("libexec/heaptrack_interpret");
+    if !preload.exists() || !interpret.exists() {
+        bail!(
+            "--heaptrack needs heaptrack (Debian package `heaptrack`): no {} or {}",
+            preload.display(),
+            interpret.display()
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("roomcast-heaptrack-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let script = dir.join("edge-under-heaptrack.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nout='{dir}/heaptrack.edge.'$$\nmkfifo \"$out.fifo\" || exit 1\n\
+             ('{interpret}' < \"$out.fifo\" | gzip -c > \"$out.gz\"; rm -f \"$out.fifo\") &\n\
+             export LD_PRELOAD='{preload}'\nexport DUMP_HEAPTRACK_OUTPUT=\"$out.fifo\"\n\
+             exec '{bin}' \"$@\"\n",
+            dir = dir.display(),
+            interpret = interpret.display(),
+            preload = preload.display(),
+            bin = bin.display()
+        ),
+    )?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    println!(
+        "edges run under heaptrack; recordings in {} (heaptrack_print <file>)",
+        dir.display()
+    );
+    Ok(script)
 }

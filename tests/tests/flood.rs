@@ -29,7 +29,8 @@ async fn a_sustained_flood_is_disconnected_for_abuse() {
         .unwrap();
     let query = || Bytes::from_static(br#"{"uid":"x"}"#);
 
-    // As many requests as the edge lets be in flight at once (32 streams), back to back.
+    // More requests at once than the edge lets be in flight (8 streams; the rest wait for
+    // stream credit), back to back.
     let (ok, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let started = Instant::now();
     let mut tasks = Vec::new();

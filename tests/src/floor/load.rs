@@ -108,6 +108,7 @@ pub async fn quic(server: SocketAddr, n: usize, per_endpoint: usize, ca: &Path) 
         idle_timeout: Duration::from_secs(30),
         keep_alive: Duration::from_secs(5),
         early_data: false,
+        mtu_discovery: true,
     };
     let config = tls::client_config(ca, CLIENT_ALPN, &limits, None)?;
     let endpoints = (0..n.div_ceil(per_endpoint.max(1)))

@@ -169,11 +169,12 @@ pub fn serve(args: ServeArgs) -> Result<()> {
 /// off): the probe's QUIC servers run the edge's configuration, ACK frequency included.
 fn edge_limits() -> tls::TransportLimits {
     tls::TransportLimits {
-        max_bidi_streams: 33,
+        max_bidi_streams: 9,
         max_uni_streams: 0,
         idle_timeout: Duration::from_secs(30),
         keep_alive: Duration::from_secs(5),
         early_data: true,
+        mtu_discovery: false,
     }
 }
 

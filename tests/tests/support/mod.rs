@@ -202,6 +202,7 @@ pub fn raw_client_config(
         idle_timeout: Duration::from_secs(30),
         keep_alive: Duration::from_secs(1),
         early_data,
+        mtu_discovery: true,
     };
     roomcast_net::tls::client_config(&env.cluster.certs.ca, alpn, &limits, identity)
         .expect("client TLS config")
