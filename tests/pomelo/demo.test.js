@@ -53,13 +53,16 @@ test('demo flow across two edges, mixed with a native client', async () => {
 
   // Alice → everyone (onChat is decoded with pomelo-protobuf from the handshake's protos).
   const aliceEcho = waitFor(alice.pomelo, 'onChat', (m) => m.msg === 'hello from alice', 'alice own echo');
+  // Listening before sending: the native client answers at once, and its answer can arrive in
+  // the same read as Alice's echo (a listener added after the echo would miss it).
+  const nativeHello = waitFor(alice.pomelo, 'onChat', (m) => m.from === native && m.msg === 'native hello', 'native hello');
   const sent = await request(alice.pomelo, 'chat.chatHandler.send', { rid, content: 'hello from alice', from: 'alice', target: '*' });
   assert.equal(sent.error, undefined, JSON.stringify(sent));
   const echo = await aliceEcho;
   assert.deepEqual({ ...echo }, { msg: 'hello from alice', from: 'alice', target: '*' });
 
   // The native client answers, then sends a burst while Alice sends hers: both interleave.
-  await waitFor(alice.pomelo, 'onChat', (m) => m.from === native && m.msg === 'native hello', 'native hello');
+  await nativeHello;
   const burst = [];
   for (let i = 0; i < BURST; i++) {
     burst.push(request(alice.pomelo, 'chat.chatHandler.send', { rid, content: `a${i}`, from: 'alice', target: '*' }));
