@@ -30,7 +30,8 @@ pub fn own_window(out_file: PathBuf) -> (WindowHook, Counted) {
     (hook, counted)
 }
 
-fn control(args: &[&str]) {
+/// Runs `callgrind_control` (errors are ignored: a missing dump is reported by [`wait_for_summary`]).
+pub fn control(args: &[&str]) {
     let _ = std::process::Command::new("callgrind_control")
         .args(args)
         .stdout(std::process::Stdio::null())
@@ -41,10 +42,17 @@ fn control(args: &[&str]) {
 fn summary(out_file: &std::path::Path) -> Result<u64, String> {
     let mut name = out_file.as_os_str().to_owned();
     name.push(".1");
-    let file = PathBuf::from(name);
+    wait_for_summary(&PathBuf::from(name)).map_err(|e| {
+        format!("{e} (is this process running under callgrind with that --callgrind-out-file?)")
+    })
+}
+
+/// The instruction total of the callgrind dump `file`, waiting up to a minute for valgrind to
+/// write it.
+pub fn wait_for_summary(file: &std::path::Path) -> Result<u64, String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let text = std::fs::read_to_string(file).unwrap_or_default();
         if let Some(n) = text.lines().find_map(|l| l.strip_prefix("summary: ")) {
             return n
                 .trim()
@@ -52,11 +60,7 @@ fn summary(out_file: &std::path::Path) -> Result<u64, String> {
                 .map_err(|e| format!("callgrind summary: {e}"));
         }
         if Instant::now() > deadline {
-            return Err(format!(
-                "no callgrind dump in {} (is this process running under callgrind with that \
-                 --callgrind-out-file?)",
-                file.display()
-            ));
+            return Err(format!("no callgrind dump in {}", file.display()));
         }
         std::thread::sleep(Duration::from_millis(200));
     }

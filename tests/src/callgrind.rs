@@ -4,10 +4,9 @@
 //! unlike CPU time. Used by `roomcast-dev bench --callgrind` (the edges) and
 //! `roomcast-dev floor --callgrind` (the probe's server).
 
+use anyhow::{anyhow, bail, Result};
+use roomcast_client::callgrind::{control, wait_for_summary};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-
-use anyhow::{bail, Context, Result};
 
 /// A directory holding a wrapper script that runs a binary under callgrind, and the counts it
 /// writes (`<name>.<pid>.out`, then `.1`, `.2`… for each dump).
@@ -78,27 +77,6 @@ impl Callgrind {
             .count();
         control(&["--dump=window", &pid.to_string()]);
         let file = self.dir.join(format!("{prefix}{}", made + 1));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let text = std::fs::read_to_string(&file).unwrap_or_default();
-            if let Some(n) = text.lines().find_map(|l| l.strip_prefix("summary: ")) {
-                return n.trim().parse().context("callgrind summary");
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "no callgrind dump from {} {pid} in {}",
-                    self.name,
-                    file.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_for_summary(&file).map_err(|e| anyhow!("{} {pid}: {e}", self.name))
     }
-}
-
-fn control(args: &[&str]) {
-    let _ = std::process::Command::new("callgrind_control")
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .status();
 }
