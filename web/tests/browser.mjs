@@ -183,6 +183,8 @@ const scenarios = {
     say('result', { [a]: await chatLog(pa), [b]: await chatLog(pb), [c]: await chatLog(pc) });
     // Closing on purpose (close code 0) leaves the room at once, without the grace period.
     await pc.evaluate(() => window.roomcastClient.close());
+    // Seen by the others before the next step: otherwise Bob's leave below can overtake it.
+    await waitMembers(pa, [a, b, cfg.rust]);
     say('closed');
     // Leaving a room: the others see it in their member lists.
     await pb.evaluate(() => window.roomcastClient.leave('lobby'));
