@@ -63,7 +63,7 @@ impl ChannelService {
 
     /// Pushes `route`/`body` to every member of the room, with the room's next sequence
     /// number, which it returns. No membership check and no deduplication: for a push on
-    /// behalf of a user, use [`Store::publish_room`] with the sender and the request key.
+    /// behalf of a user, use [`Rooms::publish_room`](roomcast_store::Rooms::publish_room) with the sender and the request key.
     pub async fn push_to_room(&self, rid: &str, route: &str, body: &[u8]) -> Result<u64> {
         self.store.publish_room(rid, route, body, None, None).await
     }

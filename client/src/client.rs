@@ -3,7 +3,7 @@
 //! the gate by itself and resume: the edge replays what was missed in every room, so the
 //! application sees each room's pushes once, in order, with no gap it is not told about.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -544,12 +544,19 @@ async fn forward(
     drop(conn);
     if let Some(mut answer) = resumed {
         let mut r = Resumption::default();
-        // Until the answer: hold everything.
+        // Until the answer: hold what arrives, up to MAX_HELD_BEFORE_ANSWER (the oldest
+        // beyond that go to the application unplaced, see `Resumption::hold`).
         let answer = loop {
             tokio::select! {
                 a = &mut answer => break a.ok(),
                 p = rx.recv() => match p {
-                    Some(p) => r.held.push(p),
+                    Some(p) => {
+                        if let Some(oldest) = r.hold(p) {
+                            if !deliver(&shared, &tx, oldest).await {
+                                return;
+                            }
+                        }
+                    }
                     None => break None,
                 },
             }
@@ -593,6 +600,13 @@ async fn forward(
 /// How long pushes are held after a resume's answer for a room's replay to arrive.
 const RESUME_REPLAY_WAIT: Duration = Duration::from_secs(10);
 
+/// Pushes held while a resume's answer is awaited (each at most the edge's frame limit). The
+/// replay of a long outage can exceed it; the oldest pushes then go to the application before
+/// the answer, which costs at most the exact place of an `onResume` (it goes out when the
+/// answer comes instead). Not reading instead would let the pushes fill QUIC's connection
+/// window and hold back the answer itself.
+pub const MAX_HELD_BEFORE_ANSWER: usize = 1024;
+
 /// Places a resume's answer among the pushes. Replayed pushes travel on the room's stream and
 /// the answer on the request's, so either can arrive first. A room's [`ON_RESUME`] push (its
 /// `seq` the answer's) goes out right after the push with that seq (the last one replayed, or
@@ -601,8 +615,8 @@ const RESUME_REPLAY_WAIT: Duration = Duration::from_secs(10);
 /// already has that seq. Pushes of other rooms and of the session are not held.
 #[derive(Default)]
 struct Resumption {
-    /// Pushes received before the answer, in order.
-    held: Vec<Push>,
+    /// Pushes received before the answer, in order; at most [`MAX_HELD_BEFORE_ANSWER`].
+    held: VecDeque<Push>,
     /// Rooms whose `onResume` is not out yet: the answer's seq and that push.
     waiting: BTreeMap<String, (u64, Push)>,
 }
@@ -629,6 +643,16 @@ impl Resumption {
         }
         for p in std::mem::take(&mut self.held) {
             self.push(p, out);
+        }
+    }
+
+    /// Holds `p` until the answer; gives back the oldest held push when the hold is full.
+    fn hold(&mut self, p: Push) -> Option<Push> {
+        self.held.push_back(p);
+        if self.held.len() > MAX_HELD_BEFORE_ANSWER {
+            self.held.pop_front()
+        } else {
+            None
         }
     }
 
@@ -834,7 +858,7 @@ mod tests {
     fn the_resume_answer_goes_after_the_replay_whichever_arrives_first() {
         // Before the answer: part of the replay, a later push, another room's push.
         let mut r = Resumption {
-            held: vec![push("a", 11), push("b", 7), push("a", 12)],
+            held: [push("a", 11), push("b", 7), push("a", 12)].into(),
             ..Default::default()
         };
         let mut out = Vec::new();
@@ -848,6 +872,30 @@ mod tests {
         r.push(push("a", 13), &mut out);
         r.push(push("a", 14), &mut out);
         assert_eq!(shape(&out), ["b:8", "a:13", "a:R13", "a:14"]);
+        assert!(!r.waiting());
+    }
+
+    #[test]
+    fn the_hold_before_the_answer_is_bounded_and_gives_back_the_oldest() {
+        let mut r = Resumption::default();
+        let mut early = Vec::new();
+        for seq in 1..=(MAX_HELD_BEFORE_ANSWER as u64 + 3) {
+            early.extend(r.hold(push("a", seq)));
+        }
+        assert_eq!(shape(&early), ["a:1", "a:2", "a:3"]);
+        assert_eq!(r.held.len(), MAX_HELD_BEFORE_ANSWER);
+        // The answer still places onResume after its seq among what was held.
+        let mut out = Vec::new();
+        r.answered(
+            &answer(&[("a", 10)]),
+            &[("a".to_string(), 3)].into(),
+            &mut out,
+        );
+        assert_eq!(
+            shape(&out[..9]),
+            ["a:4", "a:5", "a:6", "a:7", "a:8", "a:9", "a:10", "a:R10", "a:11"]
+        );
+        assert_eq!(out.len(), MAX_HELD_BEFORE_ANSWER + 1);
         assert!(!r.waiting());
     }
 

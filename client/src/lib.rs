@@ -6,11 +6,11 @@
 //! - [`push_streams`]: a connection's push streams, read (and their frames cut out without
 //!   copies) in the task that consumes the pushes.
 //! - [`client`]: the high-level `Client`: gate query, connect to the chosen edge, enter, send.
-//! - [`bench`]: the load generator behind `roomcast bench` (and the benchmark scenarios).
+//! - [`bench`](mod@bench): the load generator behind `roomcast bench` (and the benchmark scenarios).
 //! - [`callgrind`]: the load generator's own instructions per delivery, under callgrind.
 //! - [`ceiling`]: the machine's raw UDP ceiling (datagrams per second from one thread), the
 //!   reference fan-out is compared with.
-//! - [`format`]: how the CLI prints pushes and parses input lines (plain code).
+//! - [`format`](mod@format): how the CLI prints pushes and parses input lines (plain code).
 //!
 //! ```no_run
 //! use roomcast_client::{Client, ClientOptions};

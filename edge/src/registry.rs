@@ -80,7 +80,7 @@ pub async fn refresh_once(state: &Arc<EdgeState>) -> roomcast_store::Result<Regi
 }
 
 /// Runs the heartbeat until the process ends. Redis errors are logged and retried every
-/// [`RETRY`]; the caches keep their last good contents meanwhile.
+/// `RETRY`; the caches keep their last good contents meanwhile.
 pub async fn run(state: Arc<EdgeState>) {
     let recovering = Arc::new(AtomicBool::new(false));
     // Set when a write-back failed: the next refresh tries again.

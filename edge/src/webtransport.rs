@@ -8,7 +8,7 @@
 //! ([`crate::transport::Conn::Web`]): same frames, same stream layout, same core. A browser member
 //! and a native member are the same kind of member.
 //!
-//! Certificates: rustls picks the certificate by the ALPNs the client offers ([`ByAlpn`]), so
+//! Certificates: rustls picks the certificate by the ALPNs the client offers (`ByAlpn`), so
 //! browsers can get their own (`--webtransport-cert`), e.g. the short-lived self-signed one the
 //! dev stack makes, which a browser accepts through `serverCertificateHashes` (ECDSA P-256,
 //! valid at most 14 days). With `--webtransport-pin` the gate announces its SHA-256. In

@@ -1,6 +1,6 @@
 //! `roomcast-dev up`: Redis, two edges and one chat backend on this machine, in one command.
 //!
-//! **Redis-free mode** ([`memory`]): with `--memory`, or when neither `REDIS_URL` nor a
+//! **Redis-free mode** (`memory`): with `--memory`, or when neither `REDIS_URL` nor a
 //! `redis-server` program is available, the edges and the chat service run inside this one
 //! process on the in-memory store engine instead (state is lost at exit; one process only).
 //!

@@ -56,7 +56,7 @@ impl RedisEngine {
 
 #[async_trait]
 impl Rooms for RedisEngine {
-    /// [`Store::join`] with the resume options: `resume` moves an existing member to `edge`
+    /// [`Rooms::join`] with the resume options: `resume` moves an existing member to `edge`
     /// without pushing onAdd; `seq_floor` raises the room's seq to at least that value first
     /// (an edge re-registering its rooms after Redis lost its data keeps numbering monotonic).
     async fn join_with(

@@ -89,11 +89,11 @@ fn room_script(body: &str) -> Script {
     ))
 }
 
-/// KEYS[7] group of the new edge, KEYS[8] rooms index of the new edge.
-/// ARGV[10] uid, ARGV[11] edge, ARGV[12] onAdd body ('' = none), ARGV[13] '1' for a resume,
-/// ARGV[14] seq floor ('0' = none: used when re-registering after Redis lost its data),
-/// ARGV[15] presence limit (members above which joins are silent and no member list is
-/// returned; '0' = none), ARGV[16] fenced edge ('' = none), ARGV[17] its fencing token.
+/// `KEYS[7]` group of the new edge, `KEYS[8]` rooms index of the new edge.
+/// `ARGV[10]` uid, `ARGV[11]` edge, `ARGV[12]` onAdd body ('' = none), `ARGV[13]` '1' for a resume,
+/// `ARGV[14]` seq floor ('0' = none: used when re-registering after Redis lost its data),
+/// `ARGV[15]` presence limit (members above which joins are silent and no member list is
+/// returned; '0' = none), `ARGV[16]` fenced edge ('' = none), `ARGV[17]` its fencing token.
 /// A join that would push onAdd fails with RECOVERING inside the recovery window; silent ones
 /// (re-registration) are applied. A join through the fenced edge fails with FENCED unless its
 /// lease holds the token.
@@ -144,8 +144,8 @@ return {1, seq, users(n), n}
     )
 });
 
-/// ARGV[10] uid, ARGV[11] edge ('' = whichever), ARGV[12] onLeave body ('' = none),
-/// ARGV[13] presence limit (members above which leaves are silent; '0' = none), ARGV[14] the
+/// `ARGV[10]` uid, `ARGV[11]` edge ('' = whichever), `ARGV[12]` onLeave body ('' = none),
+/// `ARGV[13]` presence limit (members above which leaves are silent; '0' = none), `ARGV[14]` the
 /// caller's fenced edge ('' = none). A leave that would push onLeave fails with RECOVERING
 /// inside the recovery window; a fenced caller's leave through another edge (a reap) does
 /// nothing if that edge's lease is live again.
@@ -182,8 +182,8 @@ return {1, seq}
     )
 });
 
-/// KEYS[7] dedupe key. ARGV[10] sender ('' = no membership check), ARGV[11] body,
-/// ARGV[12] dedupe TTL ('0' = no dedupe). Fails with RECOVERING inside the recovery window
+/// `KEYS[7]` dedupe key. `ARGV[10]` sender ('' = no membership check), `ARGV[11]` body,
+/// `ARGV[12]` dedupe TTL ('0' = no dedupe). Fails with RECOVERING inside the recovery window
 /// (before the membership check: a sender missing then may just not be written back yet).
 /// Returns {0, seq} published, {1, 0} sender not a member, {2, seq} already published as seq.
 pub static PUBLISH_ROOM: LazyLock<Script> = LazyLock::new(|| {
@@ -206,7 +206,7 @@ return {0, seq}
     )
 });
 
-/// ARGV[10] destroyed body. Returns how many members were removed; RECOVERING inside the
+/// `ARGV[10]` destroyed body. Returns how many members were removed; RECOVERING inside the
 /// recovery window.
 pub static DESTROY: LazyLock<Script> = LazyLock::new(|| {
     room_script(
