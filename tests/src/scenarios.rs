@@ -250,9 +250,9 @@ pub fn run(bin: &Path, args: BenchArgs) -> Result<()> {
                 serde_json::json!({
                     "edge_instructions": total,
                     "deliveries": report.deliveries,
-                    "edge_instructions_per_delivery": total as f64 / report.deliveries.max(1) as f64,
+                    "edge_instructions_per_delivery": per(total, report.deliveries),
                     "churn_ops": report.churn_ops,
-                    "edge_instructions_per_churn_op": total as f64 / report.churn_ops.max(1) as f64,
+                    "edge_instructions_per_churn_op": per(total, report.churn_ops),
                 })
             );
         }
@@ -317,6 +317,11 @@ pub fn run(bin: &Path, args: BenchArgs) -> Result<()> {
     }
     drop(nodes);
     Ok(())
+}
+
+/// `total / count`, or null when nothing was counted (a window without deliveries or churn).
+fn per(total: u64, count: u64) -> Option<f64> {
+    (count > 0).then(|| total as f64 / count as f64)
 }
 
 fn ceiling_table(c: &Ceilings) -> String {
