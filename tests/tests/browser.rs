@@ -357,50 +357,56 @@ async fn a_browser_a_pomelo_client_and_a_rust_user_see_one_order() {
     carol.close().await;
 }
 
+/// The browser script `resume` as `uid`, with `carol` sending `before` messages, the browser's
+/// connection cut, then `during` more: the script, the seqs sent, its `dropped` and `result`.
+async fn resume_run(
+    stack: &Stack,
+    uid: &str,
+    carol: &Client,
+    rx: &mut tokio::sync::mpsc::Receiver<roomcast_client::Push>,
+    before: usize,
+    during: usize,
+) -> (Script, Vec<u64>, Value, Value) {
+    let mut script = stack.browser(
+        "resume",
+        json!({"names": [uid], "rust": "carol", "before": before, "during": during}),
+    );
+    script.expect("ready");
+    // The browser's onAdd.
+    collect_route(rx, "onAdd", 1).await;
+    let mut sent = Vec::new();
+    for i in 0..before {
+        sent.push(send(carol, &format!("before {i}")).await);
+    }
+    let dropped = script.expect("dropped");
+    // The browser is away (its reconnect is held): these reach it only through the resume.
+    for i in 0..during {
+        sent.push(send(carol, &format!("during {i}")).await);
+    }
+    script.tell(&format!("sent {}", sent.last().unwrap()));
+    let result = script.expect("result");
+    (script, sent, dropped, result)
+}
+
+/// The seqs of the chats a browser script reports, in the order it received them.
+fn chat_seqs(result: &Value) -> Vec<u64> {
+    result["chats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m[0].as_u64().unwrap())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_whose_connection_is_cut_resumes_with_no_gap_and_no_duplicate() {
     let stack = Stack::start().await;
     let a = stack.uid_on("web", "edge-2");
     let (carol, mut rx) = rust_user(&stack, 0, "carol").await;
     let (before, during) = (5, 10);
-    let mut script = stack.browser(
-        "resume",
-        json!({"names": [a], "rust": "carol", "before": before, "during": during}),
-    );
-    script.expect("ready");
-    // The browser's onAdd.
-    collect_route(&mut rx, "onAdd", 1).await;
-    let mut sent = Vec::new();
-    for i in 0..before {
-        sent.push(
-            carol
-                .send("lobby", &format!("before {i}"))
-                .await
-                .unwrap()
-                .seq
-                .unwrap(),
-        );
-    }
-    script.expect("dropped");
-    // The browser is away (its reconnect is held): these reach it only through the resume.
-    for i in 0..during {
-        sent.push(
-            carol
-                .send("lobby", &format!("during {i}"))
-                .await
-                .unwrap()
-                .seq
-                .unwrap(),
-        );
-    }
-    script.tell(&format!("sent {}", sent.last().unwrap()));
-    let result = script.expect("result");
-    let seqs: Vec<u64> = result["chats"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m[0].as_u64().unwrap())
-        .collect();
+    let (mut script, sent, _, result) =
+        resume_run(&stack, &a, &carol, &mut rx, before, during).await;
+    let seqs = chat_seqs(&result);
     assert_eq!(seqs, sent, "no gap, no duplicate, in order");
     assert_eq!(result["reconnects"], json!(1));
     let states: Vec<&str> = result["states"]
@@ -428,29 +434,11 @@ async fn a_browser_is_told_exactly_what_it_missed_beyond_the_history() {
     let a = stack.uid_on("gap", "edge-2");
     let (carol, mut rx) = rust_user(&stack, 0, "carol").await;
     let (before, during) = (2, 10);
-    let mut script = stack.browser(
-        "resume",
-        json!({"names": [a], "rust": "carol", "before": before, "during": during}),
-    );
-    script.expect("ready");
-    collect_route(&mut rx, "onAdd", 1).await;
-    let mut sent = Vec::new();
-    for i in 0..before {
-        sent.push(send(&carol, &format!("before {i}")).await);
-    }
-    let seq_at_cut = script.expect("dropped")["seqAtCut"].as_u64().unwrap();
-    for i in 0..during {
-        sent.push(send(&carol, &format!("during {i}")).await);
-    }
+    let (mut script, sent, dropped, result) =
+        resume_run(&stack, &a, &carol, &mut rx, before, during).await;
+    let seq_at_cut = dropped["seqAtCut"].as_u64().unwrap();
     let last = *sent.last().unwrap();
-    script.tell(&format!("sent {last}"));
-    let result = script.expect("result");
-    let got: Vec<u64> = result["chats"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m[0].as_u64().unwrap())
-        .collect();
+    let got = chat_seqs(&result);
     let gaps: Vec<&Value> = result["states"]
         .as_array()
         .unwrap()
@@ -639,12 +627,7 @@ async fn a_browser_moves_when_its_edge_goes(goes: Goes) {
         gone.elapsed().as_secs_f64()
     );
     assert_eq!(result["edge"], json!("edge-2"));
-    let seqs: Vec<u64> = result["chats"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m[0].as_u64().unwrap())
-        .collect();
+    let seqs = chat_seqs(&result);
     let states = result["states"].as_array().unwrap();
     assert_eq!(seqs, sent, "no gap, no duplicate, in order");
     assert_eq!(states.len(), 2, "{states:?}");
