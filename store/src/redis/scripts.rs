@@ -30,9 +30,15 @@ local function be64(n)
   return table.concat(t)
 end
 local function header(seq) return 'R\1' .. be64(seq) end
+-- One reading of the clock per script: a script runs atomically, so all of it happens at one
+-- instant (the recovery check and a push's history entry asked for TIME twice).
+local clock
 local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if not clock then
+    local t = redis.call('TIME')
+    clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return clock
 end
 -- Publishes a room push numbered seq and records it in the room's bounded history.
 local function push(seq, body)
@@ -53,12 +59,17 @@ local function ungroup(edge, uid)
 end
 local function seq_now() return tonumber(redis.call('GET', KEYS[3]) or '0') end
 -- A room without a seq starts a new numbering above every earlier one (crate::seq_start).
+-- No script deletes the seq key, so once it exists it stays for the rest of the script and
+-- is checked once (a join called EXISTS twice: before its writes and before numbering).
+local seq_ready = false
 local function ensure_seq()
+  if seq_ready then return end
   if redis.call('EXISTS', KEYS[3]) == 0 then
     local since = now_ms() - SEQ_EPOCH_MS
     if since < 0 then since = 0 end
     redis.call('SET', KEYS[3], string.format('%.0f', since * SEQ_SPAN))
   end
+  seq_ready = true
 end
 local function next_seq()
   ensure_seq()
