@@ -112,6 +112,12 @@ impl Batch {
         self.data.len()
     }
 
+    /// Datagram `index`: its destination and bytes.
+    pub fn get(&self, index: usize) -> Option<(&SockAddr, &[u8])> {
+        let i = self.items.get(index)?;
+        Some((&i.to, &self.data[i.start..i.start + i.len]))
+    }
+
     pub fn clear(&mut self) {
         self.data.clear();
         self.items.clear();
