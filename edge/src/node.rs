@@ -141,6 +141,9 @@ pub async fn start_with_store(cfg: EdgeConfig, store: Store) -> anyhow::Result<R
         net::SendBatching::Off
     };
     let endpoint = net::endpoint_with(cfg.listen, Some(server_config), batching)?;
+    if batching == net::SendBatching::On {
+        tracing::info!("UDP sends to clients batched (sendmmsg)");
+    }
     let addr = endpoint.local_addr()?;
     let advertise = cfg.advertise.clone().unwrap_or_else(|| {
         if addr.ip().is_unspecified() {

@@ -4,7 +4,7 @@
 //! [`AsyncUdpSocket::try_send`], which with quinn's own socket is one `sendmsg` per datagram
 //! (≈ 5 µs of CPU each on loopback). Here `try_send` copies the datagram into a bounded queue
 //! and a flusher task sends the queue with as few `sendmmsg` calls as possible, after letting
-//! the other ready tasks (the drivers woken by the same fan-out) add theirs. Receiving, the
+//! the tasks already queued to run (the drivers woken by the same fan-out) add theirs. Receiving, the
 //! local address and the socket options stay quinn's own (`TokioRuntime::wrap_udp_socket`).
 //!
 //! What each datagram keeps of quinn's [`Transmit`]: its destination (IPv4 destinations go out
@@ -305,7 +305,7 @@ async fn flush_loop(shared: Arc<Shared>, io: tokio::net::UdpSocket) {
     loop {
         shared.wake_flusher.notified().await;
         // The drivers woken by the same fan-out are ready to run: let them queue theirs first.
-        tokio::task::yield_now().await;
+        requeue().await;
         let closed = loop {
             {
                 let mut st = shared.lock();
@@ -339,6 +339,26 @@ async fn flush_loop(shared: Arc<Shared>, io: tokio::net::UdpSocket) {
             return;
         }
     }
+}
+
+/// Puts the calling task at the back of its worker's run queue once, so the tasks already
+/// queued there run first. Not `tokio::task::yield_now`: that defers the task until the worker
+/// runs out of work (or reaches its next maintenance tick), which batches more but can hold a
+/// busy edge's datagrams back for as long as the worker stays busy (BENCHMARKS.md § Batched
+/// sends).
+async fn requeue() {
+    let mut queued = false;
+    std::future::poll_fn(|cx| {
+        if queued {
+            return Poll::Ready(());
+        }
+        queued = true;
+        // Woken while running: tokio reschedules the task behind the ready ones (its
+        // "yield" path), not in the LIFO slot.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
 }
 
 /// Sends all of `batch`, waiting for write readiness whenever the kernel buffer is full.

@@ -168,9 +168,10 @@ async fn fan_out_over_quic_arrives_complete_in_batches() {
     assert_eq!(c.queued.load(Relaxed), datagrams);
     // Paced messages: about a datagram per frame (quinn may still coalesce a few).
     assert!(datagrams >= 64 * 200 / 2, "{datagrams} datagrams");
+    // Measured 7.9–9.2 per call on a loaded 2-core machine; 2 leaves room for a busier one.
     assert!(
-        calls * 4 <= datagrams,
-        "batches of fewer than 4 datagrams on average: {calls} calls for {datagrams}"
+        calls * 2 <= datagrams,
+        "batches of fewer than 2 datagrams on average: {calls} calls for {datagrams}"
     );
 }
 
