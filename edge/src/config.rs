@@ -69,6 +69,12 @@ pub struct EdgeConfig {
     #[arg(long, env = "ROOMCAST_MAX_ROOMS_PER_SESSION", default_value_t = 64)]
     pub max_rooms_per_session: usize,
 
+    /// `on`: the client-facing QUIC socket batches the datagrams of all connections into
+    /// `sendmmsg` calls (Linux; `roomcast_net::batch`, BENCHMARKS.md § Batched sends);
+    /// `off`: quinn's own socket, one `sendmsg` per transmit. Ignored elsewhere than Linux.
+    #[arg(long, env = "ROOMCAST_UDP_SEND_BATCHING", value_enum, default_value_t = OnOff::Off)]
+    pub udp_send_batching: OnOff,
+
     /// Frames queued per push stream before the session is closed as a slow consumer. Larger
     /// than the history length, so a full replay after a resume fits.
     #[arg(long, env = "ROOMCAST_PUSH_QUEUE", default_value_t = 4096)]
@@ -168,6 +174,19 @@ impl EdgeConfig {
     }
 }
 
+/// A feature switch spelled `on` / `off` on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+impl OnOff {
+    pub fn is_on(self) -> bool {
+        self == OnOff::On
+    }
+}
+
 /// How long a client has to deliver a request frame once it opened its stream.
 pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the edge refreshes its registry entry and its caches of edges and backends.
@@ -217,5 +236,15 @@ mod tests {
         assert_eq!(cli.cfg.rooms.presence_max_members, 3);
         assert_eq!(cli.cfg.history().max_len, 9);
         assert_eq!(cli.cfg.id_rules().max_bytes, 8);
+    }
+
+    #[test]
+    fn udp_send_batching_is_on_or_off() {
+        let parse = |v: &str| {
+            Cli::try_parse_from(["roomcast-edge", "--udp-send-batching", v]).map(|c| c.cfg)
+        };
+        assert_eq!(parse("on").unwrap().udp_send_batching, OnOff::On);
+        assert_eq!(parse("off").unwrap().udp_send_batching, OnOff::Off);
+        assert!(parse("yes").is_err(), "a clear error for anything else");
     }
 }

@@ -133,7 +133,17 @@ pub async fn start_with_store(cfg: EdgeConfig, store: Store) -> anyhow::Result<R
         let (c, a) = webtransport::server_config(cert, key, &cfg.webtransport, &client_limits)?;
         (c, Some(a))
     };
-    let endpoint = net::endpoint(cfg.listen, Some(server_config))?;
+    // Batching (if on) only here: fan-out leaves through this socket. The backend endpoint
+    // below carries a few request connections, which would gain nothing but the flusher's hop.
+    let batching = if cfg.udp_send_batching.is_on() {
+        net::SendBatching::On
+    } else {
+        net::SendBatching::Off
+    };
+    let endpoint = net::endpoint_with(cfg.listen, Some(server_config), batching)?;
+    if batching == net::SendBatching::On {
+        tracing::info!("UDP sends to clients batched (sendmmsg)");
+    }
     let addr = endpoint.local_addr()?;
     let advertise = cfg.advertise.clone().unwrap_or_else(|| {
         if addr.ip().is_unspecified() {

@@ -39,14 +39,44 @@ pub fn udp_socket(addr: SocketAddr) -> Result<std::net::UdpSocket> {
 
 /// A quinn endpoint on [`udp_socket`]: a server when `server` is given, else client-only.
 pub fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> Result<quinn::Endpoint> {
+    endpoint_with(addr, server, SendBatching::Off)
+}
+
+/// How an endpoint's socket sends its datagrams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendBatching {
+    /// quinn's own socket: one `sendmsg` per `try_send`.
+    Off,
+    /// Linux: `crate::batch::BatchingSocket`, datagrams of all connections batched into
+    /// `sendmmsg`. Elsewhere the same as `Off`.
+    On,
+}
+
+/// [`endpoint`] with a choice of send path; must be called inside a tokio runtime.
+pub fn endpoint_with(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+    batching: SendBatching,
+) -> Result<quinn::Endpoint> {
     let socket = udp_socket(addr)?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        server,
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .with_context(|| format!("cannot start a QUIC endpoint on {addr}"))
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let config = quinn::EndpointConfig::default();
+    #[cfg(target_os = "linux")]
+    if batching == SendBatching::On {
+        let socket = crate::batch::BatchingSocket::new(socket)
+            .with_context(|| format!("cannot set up batched sends on {addr}"))?;
+        return quinn::Endpoint::new_with_abstract_socket(
+            config,
+            server,
+            Arc::new(socket),
+            runtime,
+        )
+        .with_context(|| format!("cannot start a QUIC endpoint on {addr}"));
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = batching;
+    quinn::Endpoint::new(config, server, socket, runtime)
+        .with_context(|| format!("cannot start a QUIC endpoint on {addr}"))
 }
 
 /// The unspecified address of `peer`'s family, port 0: where a client endpoint binds.

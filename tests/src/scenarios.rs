@@ -62,6 +62,9 @@ pub struct BenchArgs {
     /// `idle` session connected). The RSS figures include heaptrack's own tables.
     #[arg(long, conflicts_with = "callgrind")]
     pub heaptrack: bool,
+    /// Extra flags for every edge, e.g. `--edge-arg=--udp-send-batching=on` (repeatable).
+    #[arg(long = "edge-arg", allow_hyphen_values = true)]
+    pub edge_args: Vec<String>,
     /// Where development certificates are read from (generated if missing).
     #[arg(long, default_value = "certs")]
     pub certs: std::path::PathBuf,
@@ -171,6 +174,11 @@ pub fn run(bin: &Path, args: BenchArgs) -> Result<()> {
     .into_iter()
     .chain(presence.iter().copied())
     .collect();
+    let edge_flags: Vec<&str> = quiet
+        .iter()
+        .copied()
+        .chain(args.edge_args.iter().map(String::as_str))
+        .collect();
     let mut nodes: Vec<Node> = vec![cluster.chat("chat-1", &presence)?];
     let callgrind = if args.callgrind {
         Some(Callgrind::wrap(bin, "edge")?)
@@ -189,7 +197,7 @@ pub fn run(bin: &Path, args: BenchArgs) -> Result<()> {
         (None, false) => cluster.clone(),
     };
     for i in 0..sc.edges {
-        nodes.push(edge_cluster.edge(&format!("edge-{}", i + 1), &quiet)?);
+        nodes.push(edge_cluster.edge(&format!("edge-{}", i + 1), &edge_flags)?);
     }
     let edge_pids: Vec<u32> = nodes[1..].iter().map(|n| n.pid()).collect();
     std::thread::sleep(Duration::from_millis(1500));

@@ -13,6 +13,7 @@ fn every_server_kind_delivers_everything_and_the_batched_ones_batch() {
         Kind::UdpSendto,
         Kind::UdpSendmmsg,
         Kind::Quinn,
+        Kind::QuinnSendmmsg,
         Kind::ProtoSendto,
         Kind::ProtoSendmmsg,
     ];

@@ -30,6 +30,9 @@ pub struct Shared {
     pub datagrams: AtomicU64,
     /// Frames not handed over because a stream's backlog was full (counted as lost).
     pub dropped: AtomicU64,
+    /// Set by a server on the batching socket, whose flusher counts its own `sendmmsg` calls
+    /// and datagrams; added to `send_calls` and `datagrams` in the stats.
+    pub batch_counters: std::sync::OnceLock<Arc<roomcast_net::batch::SendCounters>>,
 }
 
 impl Shared {
@@ -39,12 +42,16 @@ impl Shared {
 
     fn stats_line(&self) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (calls, datagrams) = self
+            .batch_counters
+            .get()
+            .map_or((0, 0), |c| (g(&c.calls), g(&c.datagrams)));
         format!(
             "stats {} {} {} {} {}",
             g(&self.connections),
             g(&self.deliveries),
-            g(&self.send_calls),
-            g(&self.datagrams),
+            g(&self.send_calls) + calls,
+            g(&self.datagrams) + datagrams,
             g(&self.dropped)
         )
     }

@@ -5,7 +5,8 @@
 //! - `udp-sendto` / `udp-sendmmsg`: one 100-byte datagram per delivery, no crypto; the floor
 //!   of any design that sends one datagram per delivery, unbatched and batched;
 //! - `quinn`: quinn's high-level API, one uni stream per connection, one `write_chunks` per
-//!   delivery polled once;
+//!   delivery polled once; `quinn-sendmmsg`: the same on the edge's batching socket
+//!   (`roomcast_net::batch`, `--udp-send-batching on`);
 //! - `proto-sendto` / `proto-sendmmsg`: one thread driving quinn-proto itself, transmits of
 //!   all connections sent one `sendto` each or batched into `sendmmsg`.
 //!
@@ -57,6 +58,8 @@ pub enum Kind {
     UdpSendmmsg,
     #[value(name = "quinn")]
     Quinn,
+    #[value(name = "quinn-sendmmsg")]
+    QuinnSendmmsg,
     #[value(name = "proto-sendto")]
     ProtoSendto,
     #[value(name = "proto-sendmmsg")]
@@ -69,6 +72,7 @@ impl Kind {
             Kind::UdpSendto => "udp-sendto",
             Kind::UdpSendmmsg => "udp-sendmmsg",
             Kind::Quinn => "quinn",
+            Kind::QuinnSendmmsg => "quinn-sendmmsg",
             Kind::ProtoSendto => "proto-sendto",
             Kind::ProtoSendmmsg => "proto-sendmmsg",
         }
@@ -81,12 +85,12 @@ impl Kind {
 
 #[derive(Debug, Clone, Args)]
 pub struct FloorArgs {
-    /// Servers to measure, comma-separated: udp-sendto, udp-sendmmsg, quinn, proto-sendto,
-    /// proto-sendmmsg.
+    /// Servers to measure, comma-separated: udp-sendto, udp-sendmmsg, quinn, quinn-sendmmsg,
+    /// proto-sendto, proto-sendmmsg.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "udp-sendto,udp-sendmmsg,quinn,proto-sendto,proto-sendmmsg"
+        default_value = "udp-sendto,udp-sendmmsg,quinn,quinn-sendmmsg,proto-sendto,proto-sendmmsg"
     )]
     pub kinds: Vec<Kind>,
     /// Offered messages per second (each to one room), comma-separated.
@@ -159,7 +163,8 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     match args.kind {
         Kind::UdpSendto => udp_server::serve(socket, args.rooms, OneByOne, shared),
         Kind::UdpSendmmsg => udp_server::serve(socket, args.rooms, Mmsg, shared),
-        Kind::Quinn => quinn_server::serve(socket, quic()?, args.rooms, shared),
+        Kind::Quinn => quinn_server::serve(socket, quic()?, args.rooms, false, shared),
+        Kind::QuinnSendmmsg => quinn_server::serve(socket, quic()?, args.rooms, true, shared),
         Kind::ProtoSendto => proto_server::serve(socket, quic()?, args.rooms, OneByOne, shared),
         Kind::ProtoSendmmsg => proto_server::serve(socket, quic()?, args.rooms, Mmsg, shared),
     }

@@ -6,6 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
+use roomcast_net::mmsg::Batch;
 use socket2::SockAddr;
 
 use super::control::Shared;
@@ -27,10 +28,9 @@ pub enum SendMode {
 pub struct Outbox {
     fd: RawFd,
     mode: SendMode,
-    /// The queued datagrams' bytes, back to back.
-    data: Vec<u8>,
-    /// Destination, start in `data`, length of each queued datagram.
-    queued: Vec<(SockAddr, usize, usize)>,
+    /// The queued datagrams, in the form the edge's batching socket sends them
+    /// (`roomcast_net::mmsg`, the one `sendmmsg` call of the project).
+    queued: Batch,
     /// Datagrams the kernel refused (e.g. a pending ICMP error); not retried.
     pub failed: u64,
 }
@@ -41,8 +41,7 @@ impl Outbox {
         Outbox {
             fd,
             mode,
-            data: Vec::with_capacity(MMSG_BATCH * 1500),
-            queued: Vec::with_capacity(MMSG_BATCH),
+            queued: Batch::with_capacity(MMSG_BATCH),
             failed: 0,
         }
     }
@@ -58,9 +57,7 @@ impl Outbox {
         if self.queued.len() >= MMSG_BATCH {
             self.flush(shared)?;
         }
-        let start = self.data.len();
-        self.data.extend_from_slice(datagram);
-        self.queued.push((to, start, datagram.len()));
+        self.queued.push_addr(to, datagram);
         Ok(())
     }
 
@@ -77,23 +74,21 @@ impl Outbox {
         Shared::add(&shared.send_calls, calls);
         Shared::add(&shared.datagrams, datagrams);
         self.queued.clear();
-        self.data.clear();
         Ok(())
     }
 
     fn send_one_by_one(&mut self) -> io::Result<(u64, u64)> {
         let (mut calls, mut sent) = (0u64, 0u64);
         let mut i = 0;
-        while i < self.queued.len() {
-            let (to, start, len) = &self.queued[i];
+        while let Some((to, datagram)) = self.queued.get(i) {
             calls += 1;
-            // SAFETY: the buffer and address live in `self` for the duration of the call and the
-            // lengths passed are theirs.
+            // SAFETY: the buffer and address live in `self.queued` for the duration of the
+            // call and the lengths passed are theirs.
             let r = unsafe {
                 libc::sendto(
                     self.fd,
-                    self.data[*start..].as_ptr().cast(),
-                    *len,
+                    datagram.as_ptr().cast(),
+                    datagram.len(),
                     0,
                     to.as_ptr().cast(),
                     to.len(),
@@ -111,48 +106,25 @@ impl Outbox {
     }
 
     fn send_mmsg(&mut self) -> io::Result<(u64, u64)> {
-        let mut iovecs: Vec<libc::iovec> = self
-            .queued
-            .iter()
-            .map(|(_, start, len)| libc::iovec {
-                iov_base: self.data[*start..].as_ptr() as *mut libc::c_void,
-                iov_len: *len,
-            })
-            .collect();
-        let mut headers: Vec<libc::mmsghdr> = self
-            .queued
-            .iter()
-            .zip(iovecs.iter_mut())
-            .map(|((to, _, _), iov)| {
-                // SAFETY: mmsghdr is plain data for which all-zero is a valid value.
-                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                h.msg_hdr.msg_name = to.as_ptr() as *mut libc::c_void;
-                h.msg_hdr.msg_namelen = to.len();
-                h.msg_hdr.msg_iov = iov;
-                h.msg_hdr.msg_iovlen = 1;
-                h
-            })
-            .collect();
         let (mut calls, mut sent, mut done) = (0u64, 0u64, 0usize);
-        while done < headers.len() {
+        while done < self.queued.len() {
             calls += 1;
-            // SAFETY: every header points into `iovecs`, `self.data` and `self.queued`, which
-            // are neither moved nor changed until the loop ends; the count is the headers left.
-            let r = unsafe {
-                libc::sendmmsg(
-                    self.fd,
-                    headers[done..].as_mut_ptr(),
-                    (headers.len() - done) as libc::c_uint,
-                    0,
-                )
-            };
-            if r > 0 {
-                sent += r as u64;
-                done += r as usize;
-            } else if !self.retry(io::Error::last_os_error())? {
-                // The error belongs to the first datagram left: drop it, send the rest.
-                self.failed += 1;
-                done += 1;
+            match self.queued.send(self.fd, done, MMSG_BATCH) {
+                Ok(n) if n > 0 => {
+                    sent += n as u64;
+                    done += n;
+                }
+                Ok(_) => {
+                    self.failed += 1;
+                    done += 1;
+                }
+                Err(e) => {
+                    if !self.retry(e)? {
+                        // The error belongs to the first datagram left: drop it, send the rest.
+                        self.failed += 1;
+                        done += 1;
+                    }
+                }
             }
         }
         Ok((calls, sent))

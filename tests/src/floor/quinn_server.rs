@@ -34,10 +34,13 @@ struct Member {
     backlog: Backlog,
 }
 
+/// Serves on quinn's own socket, or with `batched` on the edge's batching socket
+/// (`roomcast_net::batch`, `--udp-send-batching on`).
 pub fn serve(
     socket: std::net::UdpSocket,
     config: quinn::ServerConfig,
     rooms: usize,
+    batched: bool,
     shared: Arc<Shared>,
 ) -> Result<()> {
     // The edge's runtime: tokio's multi-threaded scheduler, one worker per core.
@@ -45,10 +48,17 @@ pub fn serve(
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let socket = Arc::new(Counting {
-            inner: TokioRuntime.wrap_udp_socket(socket)?,
-            shared: shared.clone(),
-        });
+        let socket: Arc<dyn AsyncUdpSocket> = if batched {
+            let s = roomcast_net::batch::BatchingSocket::new(socket)?;
+            // Its own counters: sendmmsg calls and the datagrams they carried.
+            let _ = shared.batch_counters.set(s.counters());
+            Arc::new(s)
+        } else {
+            Arc::new(Counting {
+                inner: TokioRuntime.wrap_udp_socket(socket)?,
+                shared: shared.clone(),
+            })
+        };
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             quinn::EndpointConfig::default(),
             Some(config),
