@@ -193,3 +193,87 @@ pub async fn udp(server: SocketAddr, n: usize) -> Result<Load> {
         endpoints: Vec::new(),
     })
 }
+
+/// The idle probe's clients: `n` quinn clients of `server` with the SDK's keep-alive (5 s),
+/// `per_endpoint` to a UDP socket, that connect and then hold their connection without a
+/// stream. Returns once every handshake has been started; failures count in `errors`.
+pub async fn quic_idle(
+    server: SocketAddr,
+    n: usize,
+    per_endpoint: usize,
+    ca: &Path,
+) -> Result<Load> {
+    let receipts = Arc::new(Receipts::new()?);
+    let limits = tls::TransportLimits {
+        max_bidi_streams: 0,
+        max_uni_streams: 0,
+        idle_timeout: Duration::from_secs(30),
+        keep_alive: Duration::from_secs(5),
+        early_data: false,
+        mtu_discovery: true,
+    };
+    let config = tls::client_config(ca, CLIENT_ALPN, &limits, None)?;
+    let endpoints = (0..n.div_ceil(per_endpoint.max(1)))
+        .map(|_| net::endpoint(net::any_addr_for(&server), None))
+        .collect::<Result<Vec<_>>>()?;
+    let permits = Arc::new(tokio::sync::Semaphore::new(CONNECT_CONCURRENCY));
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let endpoint = endpoints[i / per_endpoint.max(1)].clone();
+        let (config, receipts, permits) = (config.clone(), receipts.clone(), permits.clone());
+        tasks.push(tokio::spawn(async move {
+            let connected = async {
+                let _permit = permits.acquire().await.ok()?;
+                endpoint
+                    .connect_with(config, server, "localhost")
+                    .ok()?
+                    .await
+                    .ok()
+            };
+            let Some(conn) = connected.await else {
+                receipts.errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            // Held until the probe drops the load (which aborts this task).
+            let _ = conn.closed().await;
+        }));
+    }
+    Ok(Load {
+        receipts,
+        tasks,
+        endpoints,
+    })
+}
+
+/// `n` UDP sockets on 127.0.0.1 that each say hello to `server` until it answers (again every
+/// half second), then stay open and quiet.
+pub async fn udp_idle(server: SocketAddr, n: usize) -> Result<Load> {
+    let receipts = Arc::new(Receipts::new()?);
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").context("UDP client socket")?;
+        socket.set_nonblocking(true)?;
+        let socket = tokio::net::UdpSocket::from_std(socket)?;
+        let receipts = receipts.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            loop {
+                if socket.send_to(b"hello", server).await.is_err() {
+                    receipts.errors.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                let answer = tokio::time::timeout(Duration::from_millis(500), socket.recv(&mut buf));
+                if let Ok(Ok(_)) = answer.await {
+                    break;
+                }
+            }
+            // The socket stays bound (so its address stays the server's peer) until aborted.
+            std::future::pending::<()>().await;
+        }));
+    }
+    Ok(Load {
+        receipts,
+        tasks,
+        endpoints: Vec::new(),
+    })
+}
