@@ -77,6 +77,7 @@ pub enum Variant {
     /// rustls sends no TLS 1.3 session tickets (default 2): no resumption, no 0-RTT.
     NoTickets,
     /// 0-RTT refused (`max_early_data_size` 0).
+    #[value(name = "no-0rtt")]
     No0rtt,
     /// Small flow-control windows and crypto buffer: stream receive window 4 KiB, connection
     /// receive and send windows 16 KiB, crypto buffer 4 KiB (defaults: 1.25 MB, unlimited,
@@ -149,6 +150,11 @@ pub struct IdleArgs {
     /// Seconds allowed for all connections to be established.
     #[arg(long, default_value_t = 300)]
     pub connect_timeout: u64,
+    /// Run the servers under heaptrack (Debian package `heaptrack`): each allocation site's
+    /// bytes at the server's peak, in `heaptrack.floor-server.<pid>.gz` (`heaptrack_print`).
+    /// The readings then include heaptrack's own tables.
+    #[arg(long)]
+    pub heaptrack: bool,
     /// Where development certificates are read from (generated if missing).
     #[arg(long, default_value = "certs")]
     pub certs: std::path::PathBuf,
@@ -322,6 +328,11 @@ pub fn run(bin: &Path, args: IdleArgs) -> Result<Vec<IdleRun>> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let program = if args.heaptrack {
+        crate::scenarios::heaptrack_wrapper(bin, "floor-server")?
+    } else {
+        bin.to_path_buf()
+    };
     let mut runs = Vec::new();
     for &kind in &args.kinds {
         let variants = if kind == IdleKind::Udp {
@@ -330,7 +341,7 @@ pub fn run(bin: &Path, args: IdleArgs) -> Result<Vec<IdleRun>> {
             &args.variants[..]
         };
         for &variant in variants {
-            let r = one(bin, &rt, kind, variant, &args, &certs)?;
+            let r = one(&program, &rt, kind, variant, &args, &certs)?;
             println!("{}", serde_json::to_string(&r)?);
             println!("{}", r.row());
             runs.push(r);
@@ -348,6 +359,7 @@ pub fn run(bin: &Path, args: IdleArgs) -> Result<Vec<IdleRun>> {
 }
 
 fn one(
+    // The server's program: roomcast-dev, or its heaptrack wrapper.
     bin: &Path,
     rt: &tokio::runtime::Runtime,
     kind: IdleKind,
@@ -356,7 +368,7 @@ fn one(
     certs: &Certs,
 ) -> Result<IdleRun> {
     let extra = ["--idle", "--variant", variant.name()].map(String::from);
-    let mut server = Server::start(bin, kind.server_kind(), &extra, certs, false)?;
+    let mut server = Server::start(bin, kind.server_kind(), &extra, certs, args.heaptrack)?;
     // Its runtime's threads and the endpoint are up once it listens; let it settle a moment.
     std::thread::sleep(Duration::from_millis(500));
     // Trimmed, so that both readings after start from the same baseline.

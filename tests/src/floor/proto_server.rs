@@ -62,7 +62,9 @@ struct Conn {
 struct Driver {
     endpoint: Endpoint,
     /// By `ConnectionHandle` (the endpoint's slab index, reused after a connection drains).
-    conns: Vec<Option<Conn>>,
+    /// Boxed: a `Conn` is ≈ 7 KB (quinn-proto's `Connection` inline), so the table's spare
+    /// capacity would otherwise hold megabytes the idle probe's heap reading counts.
+    conns: Vec<Option<Box<Conn>>>,
     live: usize,
     /// Handles of each room's members.
     members: Vec<Vec<usize>>,
@@ -346,7 +348,7 @@ impl Driver {
                         if self.conns.len() <= ch.0 {
                             self.conns.resize_with(ch.0 + 1, || None);
                         }
-                        let mut c = Conn {
+                        let mut c = Box::new(Conn {
                             conn,
                             stream: None,
                             backlog: Backlog::default(),
@@ -354,7 +356,7 @@ impl Driver {
                             dirty: false,
                             room: None,
                             connected: false,
-                        };
+                        });
                         Self::mark(&mut self.dirty, &mut c, ch.0);
                         self.conns[ch.0] = Some(c);
                         self.live += 1;
