@@ -84,7 +84,11 @@ fn the_idle_probe_holds_every_connection_and_measures_its_memory() {
     assert_eq!(runs.len(), 5);
     for r in &runs {
         assert_eq!(r.established, n as u64, "{}/{}", r.kind, r.variant);
-        assert_eq!(r.live, n as u64, "{}/{}: closed while idle", r.kind, r.variant);
+        assert_eq!(
+            r.live, n as u64,
+            "{}/{}: closed while idle",
+            r.kind, r.variant
+        );
         assert!(
             r.rss_kib_per_connection > 0.0 && r.heap_kib_per_connection > 0.0,
             "{}/{}: {r:?}",

@@ -268,7 +268,9 @@ impl Driver {
                 self.members[room].retain(|&m| m != ch);
             }
             if c.connected {
-                self.shared.live.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                self.shared
+                    .live
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             }
             self.conns[ch] = None;
             self.live -= 1;
