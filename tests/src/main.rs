@@ -5,7 +5,8 @@
 //! - `roomcast-dev chat …`: the chat backend, same flags as `roomcast-chat`.
 //! - `roomcast-dev bench <scenario>`: the benchmarks of BENCHMARKS.md.
 //! - `roomcast-dev floor`: the transport floor probe (raw UDP, bare quinn, quinn-proto);
-//!   it starts `roomcast-dev floor-server <kind>` children.
+//!   it starts `roomcast-dev floor-server <kind>` children; `roomcast-dev floor idle`: the
+//!   memory of idle connections on the same kinds of server.
 //!
 //! One binary, so that the stack and the end-to-end tests can start real node processes with
 //! nothing but `cargo run` / `cargo test` (cargo builds a package's own binaries for its tests).
@@ -48,6 +49,20 @@ fn main() {
             let bin = std::env::current_exe().expect("current executable");
             if let Err(e) = roomcast_e2e::scenarios::run(&bin, b.args) {
                 eprintln!("roomcast-dev bench: {e:#}");
+                std::process::exit(1);
+            }
+        }
+        Some("floor") if args.get(2).map(String::as_str) == Some("idle") => {
+            #[derive(Parser)]
+            #[command(name = "roomcast-dev floor idle")]
+            struct Idle {
+                #[command(flatten)]
+                args: roomcast_e2e::floor::idle::IdleArgs,
+            }
+            let f = Idle::parse_from(&args[2..]);
+            let bin = std::env::current_exe().expect("current executable");
+            if let Err(e) = roomcast_e2e::floor::idle::run(&bin, f.args) {
+                eprintln!("roomcast-dev floor idle: {e:#}");
                 std::process::exit(1);
             }
         }

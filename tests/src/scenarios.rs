@@ -191,7 +191,7 @@ pub fn run(bin: &Path, args: BenchArgs) -> Result<()> {
             ..cluster.clone()
         },
         (None, true) => ClusterConfig {
-            bin: heaptrack_wrapper(bin)?,
+            bin: heaptrack_wrapper(bin, "edge")?,
             ..cluster.clone()
         },
         (None, false) => cluster.clone(),
@@ -389,11 +389,11 @@ fn fractions(r: &BenchReport, c: &Ceilings, nodes: &[Node]) -> String {
 /// Where heaptrack's preload library and interpreter are installed (Debian's `heaptrack`).
 const HEAPTRACK_LIB: &str = "/usr/lib/heaptrack";
 
-/// `edge-under-heaptrack.sh` in a fresh directory: runs `bin` (same pid, so the benchmark's
+/// `<label>-under-heaptrack.sh` in a fresh directory: runs `bin` (same pid, so the benchmark's
 /// RSS and CPU accounting still see the edge) with heaptrack's preload library, whose
-/// interpreter writes `heaptrack.edge.<pid>.gz` next to the script. Like `heaptrack` itself,
+/// interpreter writes `heaptrack.<label>.<pid>.gz` next to the script. Like `heaptrack` itself,
 /// minus its wrapper process; the recording survives the edge being killed at the end.
-fn heaptrack_wrapper(bin: &Path) -> Result<PathBuf> {
+pub(crate) fn heaptrack_wrapper(bin: &Path, label: &str) -> Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let preload = Path::new(HEAPTRACK_LIB).join("libheaptrack_preload.so");
     let interpret = Path::new(HEAPTRACK_LIB).join("libexec/heaptrack_interpret");
@@ -406,11 +406,11 @@ fn heaptrack_wrapper(bin: &Path) -> Result<PathBuf> {
     }
     let dir = std::env::temp_dir().join(format!("roomcast-heaptrack-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let script = dir.join("edge-under-heaptrack.sh");
+    let script = dir.join(format!("{label}-under-heaptrack.sh"));
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\nout='{dir}/heaptrack.edge.'$$\nmkfifo \"$out.fifo\" || exit 1\n\
+            "#!/bin/sh\nout='{dir}/heaptrack.{label}.'$$\nmkfifo \"$out.fifo\" || exit 1\n\
              ('{interpret}' < \"$out.fifo\" | gzip -c > \"$out.gz\"; rm -f \"$out.fifo\") &\n\
              export LD_PRELOAD='{preload}'\nexport DUMP_HEAPTRACK_OUTPUT=\"$out.fifo\"\n\
              exec '{bin}' \"$@\"\n",
@@ -422,7 +422,7 @@ fn heaptrack_wrapper(bin: &Path) -> Result<PathBuf> {
     )?;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
     println!(
-        "edges run under heaptrack; recordings in {} (heaptrack_print <file>)",
+        "{label} processes run under heaptrack; recordings in {} (heaptrack_print <file>)",
         dir.display()
     );
     Ok(script)

@@ -59,3 +59,54 @@ fn every_server_kind_delivers_everything_and_the_batched_ones_batch() {
         }
     }
 }
+
+/// The idle probe (`roomcast-dev floor idle`) establishes every connection on every kind of
+/// server, keeps them open through the settling time, and reads a memory growth that is not
+/// zero and is ordered as the servers are built: a QUIC connection with its TLS state costs
+/// kilobytes, a UDP peer entry far less.
+#[test]
+fn the_idle_probe_holds_every_connection_and_measures_its_memory() {
+    use roomcast_e2e::floor::idle::{self, IdleArgs, IdleKind, Variant};
+    let certs = Certs::for_tests().expect("certificates");
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_roomcast-dev"));
+    let n = 300;
+    let args = IdleArgs {
+        kinds: vec![IdleKind::Udp, IdleKind::Quinn, IdleKind::Proto],
+        variants: vec![Variant::Edge, Variant::Lean],
+        connections: n,
+        clients_per_endpoint: 100,
+        settle: 1,
+        connect_timeout: 120,
+        heaptrack: false,
+        certs: certs.dir.clone(),
+    };
+    let runs = idle::run(&bin, args).expect("idle probe runs");
+    // udp once, each QUIC kind with both variants.
+    assert_eq!(runs.len(), 5);
+    for r in &runs {
+        assert_eq!(r.established, n as u64, "{}/{}", r.kind, r.variant);
+        assert_eq!(
+            r.live, n as u64,
+            "{}/{}: closed while idle",
+            r.kind, r.variant
+        );
+        assert!(
+            r.rss_kib_per_connection > 0.0 && r.heap_kib_per_connection > 0.0,
+            "{}/{}: {r:?}",
+            r.kind,
+            r.variant
+        );
+        if r.kind == "udp" {
+            assert!(r.heap_kib_per_connection < 1.0, "udp: {r:?}");
+        } else {
+            // A QUIC connection's state (quinn-proto's `Connection`, TLS keys) is several KiB
+            // whatever the variant; well under 100 KiB unless something leaks per connection.
+            assert!(
+                (4.0..100.0).contains(&r.heap_kib_per_connection),
+                "{}/{}: {r:?}",
+                r.kind,
+                r.variant
+            );
+        }
+    }
+}

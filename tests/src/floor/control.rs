@@ -3,8 +3,10 @@
 //! The load process drives the server through the server's stdin, one command a line:
 //! `go <messages/s>` starts (or re-paces) pushing, `stop` pauses it, `stats` asks for the
 //! counters, which the server answers on stdout as
-//! `stats <connections> <deliveries> <send_calls> <datagrams> <dropped>`. End of stdin ends the
-//! server. A thread reads the commands and answers `stats` from atomics, so the server loops
+//! `stats <connections> <deliveries> <send_calls> <datagrams> <dropped>`. The idle probe adds
+//! `memory`, answered `memory <VmRSS KiB> <live heap bytes> <live connections>`, and `trim`
+//! (glibc's `malloc_trim(0)`: hands freed heap pages back), answered `trimmed`. End of stdin
+//! ends the server. A thread reads the commands and answers `stats` from atomics, so the server loops
 //! never block on the control channel; they only read the pace.
 
 use std::io::BufRead;
@@ -33,6 +35,9 @@ pub struct Shared {
     /// Set by a server on the batching socket, whose flusher counts its own `sendmmsg` calls
     /// and datagrams; added to `send_calls` and `datagrams` in the stats.
     pub batch_counters: std::sync::OnceLock<Arc<roomcast_net::batch::SendCounters>>,
+    /// Idle servers only: connections established and not closed since (the idle probe checks
+    /// that none was lost while it measured).
+    pub live: AtomicU64,
 }
 
 impl Shared {
@@ -74,6 +79,16 @@ pub fn spawn_stdin(shared: Arc<Shared>) {
                     shared.epoch.fetch_add(1, Ordering::Relaxed);
                 }
                 (Some("stats"), None) => println!("{}", shared.stats_line()),
+                (Some("memory"), None) => println!(
+                    "memory {} {} {}",
+                    super::memory::rss_kib(std::process::id()),
+                    super::memory::heap_bytes(),
+                    shared.live.load(Ordering::Relaxed)
+                ),
+                (Some("trim"), None) => {
+                    super::memory::trim();
+                    println!("trimmed");
+                }
                 _ => eprintln!("floor server: unknown command `{line}`"),
             }
         }

@@ -31,6 +31,8 @@ pub struct Receipts {
     latency: Mutex<Histogram<u64>>,
     /// Connections or reads that failed, and datagrams that were not frames.
     pub errors: AtomicU64,
+    /// Idle probe: handshakes that failed and were tried again (see [`quic_idle`]).
+    pub retried: AtomicU64,
 }
 
 impl Receipts {
@@ -40,6 +42,7 @@ impl Receipts {
             window: (AtomicU64::new(0), AtomicU64::new(0)),
             latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
             errors: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
         })
     }
 
@@ -185,6 +188,109 @@ pub async fn udp(server: SocketAddr, n: usize) -> Result<Load> {
                     receipts.record(&buf[..len]);
                 }
             }
+        }));
+    }
+    Ok(Load {
+        receipts,
+        tasks,
+        endpoints: Vec::new(),
+    })
+}
+
+/// Handshakes an idle client tries before it counts as failed: with 100 000 connections being
+/// set up on two shared cores a rare handshake times out (as `roomcast-dev bench idle` sees),
+/// which says nothing about the memory being measured.
+const IDLE_CONNECT_ATTEMPTS: u32 = 3;
+
+/// The idle probe's clients: `n` quinn clients of `server` with the SDK's keep-alive (5 s),
+/// `per_endpoint` to a UDP socket, that connect and then hold their connection without a
+/// stream. Returns once every handshake has been started; handshakes tried again count in
+/// `retried`, clients that gave up in `errors`.
+pub async fn quic_idle(
+    server: SocketAddr,
+    n: usize,
+    per_endpoint: usize,
+    ca: &Path,
+) -> Result<Load> {
+    let receipts = Arc::new(Receipts::new()?);
+    let limits = tls::TransportLimits {
+        max_bidi_streams: 0,
+        max_uni_streams: 0,
+        idle_timeout: Duration::from_secs(30),
+        keep_alive: Duration::from_secs(5),
+        early_data: false,
+        mtu_discovery: true,
+    };
+    let config = tls::client_config(ca, CLIENT_ALPN, &limits, None)?;
+    let endpoints = (0..n.div_ceil(per_endpoint.max(1)))
+        .map(|_| net::endpoint(net::any_addr_for(&server), None))
+        .collect::<Result<Vec<_>>>()?;
+    let permits = Arc::new(tokio::sync::Semaphore::new(CONNECT_CONCURRENCY));
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let endpoint = endpoints[i / per_endpoint.max(1)].clone();
+        let (config, receipts, permits) = (config.clone(), receipts.clone(), permits.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut attempt = 0;
+            let conn = loop {
+                attempt += 1;
+                let connected = async {
+                    let _permit = permits.acquire().await.map_err(|e| e.to_string())?;
+                    endpoint
+                        .connect_with(config.clone(), server, "localhost")
+                        .map_err(|e| e.to_string())?
+                        .await
+                        .map_err(|e| e.to_string())
+                };
+                match connected.await {
+                    Ok(conn) => break conn,
+                    Err(e) if attempt < IDLE_CONNECT_ATTEMPTS => {
+                        eprintln!("idle client: handshake failed ({e}); trying again");
+                        receipts.retried.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        eprintln!("idle client: handshake failed ({e}); giving up");
+                        receipts.errors.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            };
+            // Held until the probe drops the load (which aborts this task).
+            let _ = conn.closed().await;
+        }));
+    }
+    Ok(Load {
+        receipts,
+        tasks,
+        endpoints,
+    })
+}
+
+/// `n` UDP sockets on 127.0.0.1 that each say hello to `server` until it answers (again every
+/// half second), then stay open and quiet.
+pub async fn udp_idle(server: SocketAddr, n: usize) -> Result<Load> {
+    let receipts = Arc::new(Receipts::new()?);
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").context("UDP client socket")?;
+        socket.set_nonblocking(true)?;
+        let socket = tokio::net::UdpSocket::from_std(socket)?;
+        let receipts = receipts.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            loop {
+                if socket.send_to(b"hello", server).await.is_err() {
+                    receipts.errors.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                let answer =
+                    tokio::time::timeout(Duration::from_millis(500), socket.recv(&mut buf));
+                if let Ok(Ok(_)) = answer.await {
+                    break;
+                }
+            }
+            // The socket stays bound (so its address stays the server's peer) until aborted.
+            std::future::pending::<()>().await;
         }));
     }
     Ok(Load {

@@ -18,14 +18,19 @@
 //! - [`outbox`]: datagrams sent by `sendto` or `sendmmsg`, counting the calls;
 //! - [`backlog`]: the bounded per-stream queue of the QUIC servers;
 //! - [`udp_server`], [`quinn_server`], [`proto_server`]: the servers;
-//! - [`load`]: the clients; [`report`]: one measured window.
+//! - [`load`]: the clients; [`report`]: one measured window;
+//! - [`idle`]: `roomcast-dev floor idle`, the memory of idle connections instead (its servers
+//!   are the same kinds started with `--idle`); [`memory`]: the readings it takes.
 //!
-//! See BENCHMARKS.md § Transport floor for the numbers and what the probe leaves out.
+//! See BENCHMARKS.md § Transport floor and § Idle floor for the numbers and what the probes
+//! leave out.
 
 pub mod backlog;
 pub mod control;
 pub mod frame;
+pub mod idle;
 pub mod load;
+pub mod memory;
 pub mod outbox;
 pub mod proto_server;
 pub mod quinn_server;
@@ -133,6 +138,12 @@ pub struct ServeArgs {
     pub cert: Option<PathBuf>,
     #[arg(long)]
     pub key: Option<PathBuf>,
+    /// Hold idle connections instead of pushing (`roomcast-dev floor idle`).
+    #[arg(long)]
+    pub idle: bool,
+    /// With --idle: the server configuration's variant.
+    #[arg(long, value_enum, default_value = "edge")]
+    pub variant: idle::Variant,
 }
 
 /// The server process: binds, prints `listening <addr>`, then serves until stdin closes.
@@ -145,6 +156,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let socket = roomcast_net::net::udp_socket(args.listen)?;
     let config = match (args.kind.is_udp(), &args.cert, &args.key) {
         (true, _, _) => None,
+        (false, Some(cert), Some(key)) if args.idle => {
+            Some(idle::server_config(cert, key, args.variant)?)
+        }
         (false, Some(cert), Some(key)) => Some(tls::server_config(
             cert,
             key,
@@ -158,6 +172,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     std::io::stdout().flush()?;
     let shared = Arc::new(control::Shared::default());
     control::spawn_stdin(shared.clone());
+    if args.idle {
+        return idle::serve(args.kind, socket, config, shared);
+    }
     use outbox::SendMode::{Mmsg, OneByOne};
     let quic = || config.context("QUIC server without a configuration");
     match args.kind {
@@ -165,8 +182,12 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         Kind::UdpSendmmsg => udp_server::serve(socket, args.rooms, Mmsg, shared),
         Kind::Quinn => quinn_server::serve(socket, quic()?, args.rooms, false, shared),
         Kind::QuinnSendmmsg => quinn_server::serve(socket, quic()?, args.rooms, true, shared),
-        Kind::ProtoSendto => proto_server::serve(socket, quic()?, args.rooms, OneByOne, shared),
-        Kind::ProtoSendmmsg => proto_server::serve(socket, quic()?, args.rooms, Mmsg, shared),
+        Kind::ProtoSendto => {
+            proto_server::serve(socket, quic()?, args.rooms, OneByOne, false, shared)
+        }
+        Kind::ProtoSendmmsg => {
+            proto_server::serve(socket, quic()?, args.rooms, Mmsg, false, shared)
+        }
     }
 }
 
@@ -206,7 +227,8 @@ pub fn run(bin: &Path, args: FloorArgs) -> Result<Vec<Run>> {
             .as_ref()
             .map(|c| c.script())
             .unwrap_or(bin.to_path_buf());
-        let mut server = Server::start(&program, kind, &args, &certs, callgrind.is_some())?;
+        let rooms = ["--rooms".to_string(), args.rooms.to_string()];
+        let mut server = Server::start(&program, kind, &rooms, &certs, callgrind.is_some())?;
         let load = {
             let _guard = rt.enter();
             if kind.is_udp() {
@@ -270,15 +292,14 @@ impl Server {
     fn start(
         program: &Path,
         kind: Kind,
-        args: &FloorArgs,
+        extra: &[String],
         certs: &Certs,
         slow: bool,
     ) -> Result<Server> {
         let mut cmd = Command::new(program);
         cmd.arg("floor-server")
             .arg(kind.name())
-            .arg("--rooms")
-            .arg(args.rooms.to_string())
+            .args(extra)
             .arg("--cert")
             .arg(&certs.edge_cert)
             .arg("--key")

@@ -11,6 +11,9 @@
 //!
 //! No task, no mutex, no channel, no waker per connection. Same TLS (ring), same transport
 //! configuration as the edge and the bare-quinn server.
+//!
+//! For the idle probe (`idle`), connections open no stream and join no room: what stays per
+//! connection is quinn-proto's `Connection`, the endpoint's tables and the small [`Conn`].
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -52,12 +55,16 @@ struct Conn {
     /// Queued in `Driver::dirty` for this round.
     dirty: bool,
     room: Option<usize>,
+    /// The handshake completed (counted in `Shared::live` until the connection drains).
+    connected: bool,
 }
 
 struct Driver {
     endpoint: Endpoint,
     /// By `ConnectionHandle` (the endpoint's slab index, reused after a connection drains).
-    conns: Vec<Option<Conn>>,
+    /// Boxed: a `Conn` is ≈ 7 KB (quinn-proto's `Connection` inline), so the table's spare
+    /// capacity would otherwise hold megabytes the idle probe's heap reading counts.
+    conns: Vec<Option<Box<Conn>>>,
     live: usize,
     /// Handles of each room's members.
     members: Vec<Vec<usize>>,
@@ -65,6 +72,8 @@ struct Driver {
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     /// Connections to drive this round (each once: `Conn::dirty`); bounded by the connections.
     dirty: Vec<usize>,
+    /// Idle probe: connections are only held (no stream, no room).
+    idle: bool,
     outbox: Outbox,
     /// Where `poll_transmit` and the endpoint write a datagram before the outbox copies it.
     scratch: Vec<u8>,
@@ -76,6 +85,7 @@ pub fn serve(
     config: ServerConfig,
     rooms: usize,
     mode: SendMode,
+    idle: bool,
     shared: Arc<Shared>,
 ) -> Result<()> {
     socket
@@ -97,6 +107,7 @@ pub fn serve(
         joined: 0,
         timers: BinaryHeap::new(),
         dirty: Vec::new(),
+        idle,
         outbox: Outbox::new(fd, mode),
         scratch: Vec::with_capacity(1500),
         shared: shared.clone(),
@@ -216,6 +227,11 @@ impl Driver {
             }
             while let Some(ev) = c.conn.poll() {
                 match ev {
+                    Event::Connected if self.idle => {
+                        c.connected = true;
+                        Shared::add(&self.shared.connections, 1);
+                        Shared::add(&self.shared.live, 1);
+                    }
                     Event::Connected => {
                         c.stream = c.conn.streams().open(Dir::Uni);
                         if c.stream.is_some() {
@@ -250,6 +266,11 @@ impl Driver {
         if drained {
             if let Some(room) = c.room {
                 self.members[room].retain(|&m| m != ch);
+            }
+            if c.connected {
+                self.shared
+                    .live
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             }
             self.conns[ch] = None;
             self.live -= 1;
@@ -329,14 +350,15 @@ impl Driver {
                         if self.conns.len() <= ch.0 {
                             self.conns.resize_with(ch.0 + 1, || None);
                         }
-                        let mut c = Conn {
+                        let mut c = Box::new(Conn {
                             conn,
                             stream: None,
                             backlog: Backlog::default(),
                             armed: None,
                             dirty: false,
                             room: None,
-                        };
+                            connected: false,
+                        });
                         Self::mark(&mut self.dirty, &mut c, ch.0);
                         self.conns[ch.0] = Some(c);
                         self.live += 1;

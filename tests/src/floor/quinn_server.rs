@@ -186,3 +186,54 @@ impl AsyncUdpSocket for Counting {
         self.inner.may_fragment()
     }
 }
+
+/// The idle probe's quinn server: accepts connections and holds them, nothing else. Each
+/// handshake runs in a task of its own (as the edge's accept loop does), which ends with it;
+/// what stays per connection is quinn's: its `Connection` handle, driver task, event channel
+/// and quinn-proto state. Once a second the live ones are counted (closed ones dropped).
+pub fn serve_idle(
+    socket: std::net::UdpSocket,
+    config: quinn::ServerConfig,
+    shared: Arc<Shared>,
+) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(config),
+            socket,
+            Arc::new(TokioRuntime),
+        )
+        .context("quinn endpoint")?;
+        let (tx, mut accepted) = tokio::sync::mpsc::channel(ACCEPTED_QUEUE);
+        let acceptor = endpoint.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = acceptor.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    if let Ok(conn) = incoming.await {
+                        let _ = tx.send(conn).await;
+                    }
+                });
+            }
+        });
+        let mut conns: Vec<quinn::Connection> = Vec::new();
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                c = accepted.recv() => {
+                    let Some(c) = c else { return Ok(()) };
+                    conns.push(c);
+                    Shared::add(&shared.connections, 1);
+                    Shared::add(&shared.live, 1);
+                }
+                _ = tick.tick() => {
+                    conns.retain(|c| c.close_reason().is_none());
+                    shared.live.store(conns.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    })
+}

@@ -66,3 +66,34 @@ fn add_peer(
         Shared::add(&shared.connections, 1);
     }
 }
+
+/// The idle probe's baseline without QUIC or TLS: a hash-map entry per peer (its address and
+/// when it was last heard), each datagram answered with one byte so the peer knows it is
+/// registered. What any server must keep to know a peer, and nothing else.
+pub fn serve_idle(socket: UdpSocket, shared: Arc<Shared>) -> Result<()> {
+    socket
+        .set_nonblocking(true)
+        .context("non-blocking UDP socket")?;
+    let fd = socket.as_raw_fd();
+    let mut peers: std::collections::HashMap<SocketAddr, Instant> =
+        std::collections::HashMap::new();
+    let mut buf = [0u8; 2048];
+    loop {
+        if wait_fd(fd, libc::POLLIN, Some(CONTROL_POLL))? {
+            while let Ok((_, from)) = socket.recv_from(&mut buf) {
+                let now = Instant::now();
+                if let Some(seen) = peers.get_mut(&from) {
+                    *seen = now;
+                } else if peers.len() < MAX_PEERS {
+                    peers.insert(from, now);
+                    Shared::add(&shared.connections, 1);
+                    Shared::add(&shared.live, 1);
+                } else {
+                    continue;
+                }
+                // Best effort: a lost answer makes the peer say hello again.
+                let _ = socket.send_to(b"k", from);
+            }
+        }
+    }
+}
