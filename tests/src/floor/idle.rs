@@ -236,7 +236,7 @@ pub fn serve(
     let quic = || config.context("QUIC server without a configuration");
     match kind {
         Kind::UdpSendto | Kind::UdpSendmmsg => udp_server::serve_idle(socket, shared),
-        Kind::Quinn => quinn_server::serve_idle(socket, quic()?, shared),
+        Kind::Quinn | Kind::QuinnSendmmsg => quinn_server::serve_idle(socket, quic()?, shared),
         Kind::ProtoSendto | Kind::ProtoSendmmsg => {
             proto_server::serve(socket, quic()?, 1, SendMode::Mmsg, true, shared)
         }
