@@ -101,13 +101,18 @@ impl Drop for Load {
     }
 }
 
-/// `n` quinn clients of `server`, `per_endpoint` to a UDP socket, each reading its one uni
-/// stream frame by frame. Returns once every handshake has been started.
-pub async fn quic(server: SocketAddr, n: usize, per_endpoint: usize, ca: &Path) -> Result<Load> {
-    let receipts = Arc::new(Receipts::new()?);
+/// The clients' configuration (30 s idle timeout, 5 s keep-alive, `max_uni` streams the server
+/// may open) and one client endpoint per `per_endpoint` of the `n` clients.
+fn client_side(
+    server: SocketAddr,
+    n: usize,
+    per_endpoint: usize,
+    ca: &Path,
+    max_uni: u32,
+) -> Result<(quinn::ClientConfig, Vec<quinn::Endpoint>)> {
     let limits = tls::TransportLimits {
         max_bidi_streams: 0,
-        max_uni_streams: 16,
+        max_uni_streams: max_uni,
         idle_timeout: Duration::from_secs(30),
         keep_alive: Duration::from_secs(5),
         early_data: false,
@@ -117,6 +122,14 @@ pub async fn quic(server: SocketAddr, n: usize, per_endpoint: usize, ca: &Path) 
     let endpoints = (0..n.div_ceil(per_endpoint.max(1)))
         .map(|_| net::endpoint(net::any_addr_for(&server), None))
         .collect::<Result<Vec<_>>>()?;
+    Ok((config, endpoints))
+}
+
+/// `n` quinn clients of `server`, `per_endpoint` to a UDP socket, each reading its one uni
+/// stream frame by frame. Returns once every handshake has been started.
+pub async fn quic(server: SocketAddr, n: usize, per_endpoint: usize, ca: &Path) -> Result<Load> {
+    let receipts = Arc::new(Receipts::new()?);
+    let (config, endpoints) = client_side(server, n, per_endpoint, ca, 16)?;
     let permits = Arc::new(tokio::sync::Semaphore::new(CONNECT_CONCURRENCY));
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
@@ -213,18 +226,7 @@ pub async fn quic_idle(
     ca: &Path,
 ) -> Result<Load> {
     let receipts = Arc::new(Receipts::new()?);
-    let limits = tls::TransportLimits {
-        max_bidi_streams: 0,
-        max_uni_streams: 0,
-        idle_timeout: Duration::from_secs(30),
-        keep_alive: Duration::from_secs(5),
-        early_data: false,
-        mtu_discovery: true,
-    };
-    let config = tls::client_config(ca, CLIENT_ALPN, &limits, None)?;
-    let endpoints = (0..n.div_ceil(per_endpoint.max(1)))
-        .map(|_| net::endpoint(net::any_addr_for(&server), None))
-        .collect::<Result<Vec<_>>>()?;
+    let (config, endpoints) = client_side(server, n, per_endpoint, ca, 0)?;
     let permits = Arc::new(tokio::sync::Semaphore::new(CONNECT_CONCURRENCY));
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {

@@ -66,25 +66,13 @@ pub fn serve(
             Arc::new(TokioRuntime),
         )
         .context("quinn endpoint")?;
-        let (tx, mut accepted) = tokio::sync::mpsc::channel(ACCEPTED_QUEUE);
-        let acceptor = endpoint.clone();
-        tokio::spawn(async move {
-            while let Some(incoming) = acceptor.accept().await {
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let Ok(conn) = incoming.await else { return };
-                    let Ok(stream) = conn.open_uni().await else {
-                        return;
-                    };
-                    let _ = tx
-                        .send(Member {
-                            _conn: conn,
-                            stream,
-                            backlog: Backlog::default(),
-                        })
-                        .await;
-                });
-            }
+        let mut accepted = accept(&endpoint, |conn| async move {
+            let stream = conn.open_uni().await.ok()?;
+            Some(Member {
+                _conn: conn,
+                stream,
+                backlog: Backlog::default(),
+            })
         });
         let mut members: Vec<Vec<Member>> = (0..rooms.max(1)).map(|_| Vec::new()).collect();
         let mut joined = 0usize;
@@ -128,6 +116,30 @@ pub fn serve(
             }
         }
     })
+}
+
+/// Accepts connections on `endpoint`, each handshake and `setup` in a task of its own (as the
+/// edge's accept loop does), and hands what `setup` makes over a bounded channel.
+fn accept<T, F, Fut>(endpoint: &quinn::Endpoint, setup: F) -> tokio::sync::mpsc::Receiver<T>
+where
+    T: Send + 'static,
+    F: Fn(quinn::Connection) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Option<T>> + Send,
+{
+    let (tx, accepted) = tokio::sync::mpsc::channel(ACCEPTED_QUEUE);
+    let acceptor = endpoint.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = acceptor.accept().await {
+            let (tx, setup) = (tx.clone(), setup.clone());
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                if let Some(made) = setup(conn).await {
+                    let _ = tx.send(made).await;
+                }
+            });
+        }
+    });
+    accepted
 }
 
 /// quinn's own socket, counting the send system calls quinn makes (one `sendmsg` per
@@ -207,18 +219,7 @@ pub fn serve_idle(
             Arc::new(TokioRuntime),
         )
         .context("quinn endpoint")?;
-        let (tx, mut accepted) = tokio::sync::mpsc::channel(ACCEPTED_QUEUE);
-        let acceptor = endpoint.clone();
-        tokio::spawn(async move {
-            while let Some(incoming) = acceptor.accept().await {
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    if let Ok(conn) = incoming.await {
-                        let _ = tx.send(conn).await;
-                    }
-                });
-            }
-        });
+        let mut accepted = accept(&endpoint, |conn| async move { Some(conn) });
         let mut conns: Vec<quinn::Connection> = Vec::new();
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
