@@ -13,7 +13,7 @@
 //! configuration as the edge and the bare-quinn server.
 //!
 //! For the idle probe (`idle`), connections open no stream and join no room: what stays per
-//! connection is quinn-proto's `Connection`, the endpoint's tables and the small [`Conn`].
+//! connection is quinn-proto's `Connection`, the endpoint's tables and the small `Conn`.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
