@@ -165,15 +165,20 @@ pub async fn quic(server: SocketAddr, n: usize, per_endpoint: usize, ca: &Path) 
     })
 }
 
+/// A UDP client socket on 127.0.0.1 for the raw-UDP probes.
+fn udp_client() -> Result<tokio::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").context("UDP client socket")?;
+    socket.set_nonblocking(true)?;
+    Ok(tokio::net::UdpSocket::from_std(socket)?)
+}
+
 /// `n` UDP sockets on 127.0.0.1, each saying hello to `server` (again every half second until
 /// its first frame, in case a hello was lost) and counting the frames it receives.
 pub async fn udp(server: SocketAddr, n: usize) -> Result<Load> {
     let receipts = Arc::new(Receipts::new()?);
     let mut tasks = Vec::with_capacity(n);
     for _ in 0..n {
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").context("UDP client socket")?;
-        socket.set_nonblocking(true)?;
-        let socket = tokio::net::UdpSocket::from_std(socket)?;
+        let socket = udp_client()?;
         let receipts = receipts.clone();
         tasks.push(tokio::spawn(async move {
             let mut buf = [0u8; 2048];
@@ -274,9 +279,7 @@ pub async fn udp_idle(server: SocketAddr, n: usize) -> Result<Load> {
     let receipts = Arc::new(Receipts::new()?);
     let mut tasks = Vec::with_capacity(n);
     for _ in 0..n {
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").context("UDP client socket")?;
-        socket.set_nonblocking(true)?;
-        let socket = tokio::net::UdpSocket::from_std(socket)?;
+        let socket = udp_client()?;
         let receipts = receipts.clone();
         tasks.push(tokio::spawn(async move {
             let mut buf = [0u8; 64];
