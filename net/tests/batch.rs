@@ -135,15 +135,24 @@ async fn fan_out(
             assert!(frame.iter().all(|&b| b == m as u8), "frame {m} garbled");
         }
     }
-    // Everything queued reaches the kernel (the last acknowledgements may still be queued when
-    // the readers finish: wait for the flusher, bounded).
+    // Close and wait until every connection is drained, so that nothing more is queued (closing
+    // queues CONNECTION_CLOSE datagrams); then everything queued must reach the kernel: wait for
+    // the flusher, bounded.
+    // The clients close first, so that no client packet reaches the server after it is drained
+    // (an unknown connection's packet would be answered by a stateless reset).
+    client.close(0u32.into(), b"done");
+    drop(streams);
+    server.close(0u32.into(), b"done");
+    for endpoint in [&client, &server] {
+        tokio::time::timeout(Duration::from_secs(30), endpoint.wait_idle())
+            .await
+            .expect("an endpoint's connections never drained");
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     while counters.datagrams.load(Relaxed) < counters.queued.load(Relaxed) {
         assert!(Instant::now() < deadline, "queued datagrams never sent");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    drop(streams);
-    server.close(0u32.into(), b"done");
     counters
 }
 
