@@ -143,6 +143,18 @@ async fn with_local_chat_routes_chat_works_without_any_backend() {
         .await
         .unwrap();
     assert!(backends.is_empty(), "{backends:?}");
+
+    // The edge checks a local answer as a backend's: the store no longer lists alice (as
+    // after a loss of its state), the edge still has her in the room, so the handler's 403
+    // "not a member" reaches her as a 503 "retry", never as "not a member".
+    let _: () = redis::AsyncCommands::hdel(&mut r, "rc:room:{lobby}:members", "alice")
+        .await
+        .unwrap();
+    expect_error(
+        alice.send("lobby", "after the loss").await,
+        code::STORE_UNAVAILABLE,
+        roomcast_edge::routes::MEMBERSHIP_REASON,
+    );
 }
 
 /// Only matching routes stay on the edge: another route is forwarded as before (502 with no
