@@ -1,5 +1,5 @@
 //! The routes an edge serves itself, and service routes: forwarded to backends, or run here
-//! for those of `--local-routes` ([`crate::local`]); [`forward_keyed`] decides which.
+//! for those of `--local-routes` ([`crate::local`]); `forward_keyed` decides which.
 
 use std::sync::Arc;
 
