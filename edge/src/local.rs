@@ -40,7 +40,15 @@ impl LocalRoutes {
         limits: ChatLimits,
         deadline: Duration,
     ) -> Result<LocalRoutes, String> {
-        let router = chat::router_with(limits);
+        LocalRoutes::with_router(prefixes, chat::router_with(limits), deadline)
+    }
+
+    /// [`LocalRoutes::new`] with another router (the prefixes must lie within its own).
+    fn with_router(
+        prefixes: Vec<String>,
+        router: Router,
+        deadline: Duration,
+    ) -> Result<LocalRoutes, String> {
         let services = router.prefixes();
         for p in &prefixes {
             if !services.iter().any(|s| p.starts_with(s.as_str())) {
@@ -165,6 +173,36 @@ mod tests {
             .unwrap();
         let seqs: Vec<u64> = after_join.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [seq, seq + 1], "one push per request key");
+    }
+
+    /// A handler that never answers is cut at the deadline (504), one that panics is a 500:
+    /// either way the client gets an answer and the edge carries on.
+    #[tokio::test]
+    async fn a_stuck_or_panicking_handler_still_gets_an_answer() {
+        async fn stuck(_ctx: Context, _body: Bytes) -> roomcast_backend::handler::HandlerResult {
+            std::future::pending().await
+        }
+        async fn boom(_ctx: Context, _body: Bytes) -> roomcast_backend::handler::HandlerResult {
+            panic!("handler bug")
+        }
+        let router = Router::new()
+            .route("chat.stuck", stuck)
+            .route("chat.boom", boom);
+        let l = LocalRoutes::with_router(vec!["chat.".into()], router, Duration::from_millis(50))
+            .unwrap();
+        let store = Store::memory(Keys::new("rc"));
+        let mut c = ctx(&store, "alice", "t/1");
+        c.route = "chat.stuck".into();
+        let (code, message, _) = answer(l.call(1, c, Bytes::new()).await);
+        assert_eq!(code, code::BACKEND_TIMEOUT);
+        assert!(message.contains("`chat.stuck` did not answer"), "{message}");
+        let mut c = ctx(&store, "alice", "t/2");
+        c.route = "chat.boom".into();
+        let (code, message, _) = answer(l.call(2, c, Bytes::new()).await);
+        assert_eq!(
+            (code, message.as_str()),
+            (code::INTERNAL, "the handler of `chat.boom` panicked")
+        );
     }
 
     #[tokio::test]

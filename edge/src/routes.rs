@@ -88,7 +88,8 @@ fn draining() -> RouteError {
     )
 }
 
-/// A notify expects no answer: service routes are forwarded, anything else is logged.
+/// A notify expects no answer: service routes are run (on a backend, or here for
+/// `--local-routes`) and their answers dropped; anything else is logged.
 pub async fn notify(
     state: &Arc<EdgeState>,
     session: &Arc<SessionHandle>,
