@@ -17,11 +17,14 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::FutureExt;
 use roomcast_protocol::protocol::Status;
+use tracing::Instrument;
 
 use crate::channel::ChannelService;
 
@@ -119,6 +122,38 @@ impl Router {
         let handler = self.handler(&ctx.route)?;
         handler(ctx, body).await
     }
+
+    /// [`Router::dispatch`] as a server runs it: in a span naming who asked for what, a
+    /// handler that panics answered with a 500 (never a caller left waiting, nor a process
+    /// taken down), and failures logged (5xx as warnings). Backends serve edges' requests
+    /// with it, and edges the routes they serve themselves (`--local-routes`).
+    pub async fn serve(&self, ctx: Context, body: Bytes) -> HandlerResult {
+        let span = tracing::debug_span!(
+            "request",
+            route = %ctx.route,
+            uid = %ctx.uid,
+            edge = %ctx.edge,
+            session = %ctx.session
+        );
+        let route = ctx.route.clone();
+        let result = AssertUnwindSafe(self.dispatch(ctx, body).instrument(span.clone()))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                Err(HandlerError::internal(format!(
+                    "the handler of `{route}` panicked"
+                )))
+            });
+        if let Err(e) = &result {
+            let _in = span.enter();
+            if e.code >= 500 {
+                tracing::warn!(code = e.code, message = %e.message, "request failed");
+            } else {
+                tracing::debug!(code = e.code, message = %e.message, "request refused");
+            }
+        }
+        result
+    }
 }
 
 #[cfg(test)]
@@ -153,6 +188,40 @@ mod tests {
         );
         assert_eq!(router.prefixes(), ["chat.", "game.", "ping"]);
         assert!(Router::new().routes().is_empty());
+    }
+
+    fn ctx(route: &str) -> Context {
+        Context {
+            uid: "alice".into(),
+            edge: "e1".into(),
+            session: "s1".into(),
+            request_key: "s1/1".into(),
+            route: route.into(),
+            channels: ChannelService::new(roomcast_store::Store::memory(
+                roomcast_store::keys::Keys::new("rc"),
+            )),
+        }
+    }
+
+    #[tokio::test]
+    async fn serve_answers_a_panicking_handler_with_500() {
+        async fn boom(_ctx: Context, _body: Bytes) -> HandlerResult {
+            panic!("handler bug")
+        }
+        let router = Router::new().route("chat.ok", ok).route("chat.boom", boom);
+        let ok = router.serve(ctx("chat.ok"), Bytes::new()).await;
+        assert_eq!(ok.unwrap(), Bytes::from_static(b"{}"));
+        let e = router
+            .serve(ctx("chat.boom"), Bytes::new())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, code::INTERNAL);
+        assert_eq!(e.message, "the handler of `chat.boom` panicked");
+        let e = router
+            .serve(ctx("chat.nope"), Bytes::new())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, code::UNKNOWN_ROUTE);
     }
 
     #[test]

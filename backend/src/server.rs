@@ -9,7 +9,6 @@
 //! panics is answered with a 500 instead of leaving the edge waiting.
 
 use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,7 +16,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::{Bytes, BytesMut};
-use futures::FutureExt;
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 use roomcast_net::stream::{read_frame, write_frame, StreamError};
 use roomcast_net::tls::{self, TransportLimits};
@@ -27,7 +25,7 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::channel::ChannelService;
-use crate::handler::{Context, HandlerError, HandlerResult, Router};
+use crate::handler::{Context, HandlerResult, Router};
 
 /// Handlers one edge connection may have running at once. An edge multiplexes all its
 /// clients' requests over one connection, so this is the backend's concurrency per edge;
@@ -242,38 +240,15 @@ async fn request(
             request_key,
             body,
         }))) => {
-            // Every line the handler logs carries who asked for what.
-            let span = tracing::debug_span!(
-                "request",
-                route = %route,
-                uid = %uid,
-                edge = %edge,
-                session = %session
-            );
             let ctx = Context {
                 uid,
                 edge,
                 session,
                 request_key,
-                route: route.clone(),
+                route,
                 channels,
             };
-            let result = AssertUnwindSafe(router.dispatch(ctx, body).instrument(span.clone()))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| {
-                    Err(HandlerError::internal(format!(
-                        "the handler of `{route}` panicked"
-                    )))
-                });
-            if let Err(e) = &result {
-                let _in = span.enter();
-                if e.code >= 500 {
-                    tracing::warn!(code = e.code, message = %e.message, "request failed");
-                } else {
-                    tracing::debug!(code = e.code, message = %e.message, "request refused");
-                }
-            }
+            let result = router.serve(ctx, body).await;
             response(id, result)
         }
         Ok(Ok(Some(other))) => Frame::error_response(
@@ -292,8 +267,9 @@ async fn request(
 /// The `Response` frame for a handler's result. Always encodable within
 /// [`DEFAULT_MAX_FRAME`]: long error messages are cut, and a body too large for a frame
 /// becomes a 500 (the edge would refuse the frame otherwise, and the client would get a less
-/// helpful error).
-fn response(id: u32, result: HandlerResult) -> Frame {
+/// helpful error). Edges answer the routes they serve themselves with it too, so a client
+/// gets the same answer wherever its handler ran.
+pub fn response(id: u32, result: HandlerResult) -> Frame {
     match result {
         Ok(body) if body.len() + RESPONSE_OVERHEAD <= DEFAULT_MAX_FRAME => Frame::Response {
             id,
@@ -336,6 +312,7 @@ fn truncate(mut s: String, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::handler::HandlerError;
 
     #[test]
     fn success_and_errors_become_responses() {

@@ -96,6 +96,18 @@ pub struct EdgeConfig {
     #[arg(long, env = "ROOMCAST_RATE_BURST", default_value_t = 200)]
     pub rate_burst: u32,
 
+    /// Service route prefixes this edge serves itself with the built-in chat service (e.g.
+    /// `chat.`), comma-separated, instead of forwarding them to a backend: one hop less, but
+    /// the handlers run in the edge process (ARCHITECTURE.md, *Local routes*). Each must lie
+    /// within the chat service's routes (`chat.`). Empty: every service route is forwarded.
+    #[arg(long, env = "ROOMCAST_LOCAL_ROUTES", value_delimiter = ',')]
+    pub local_routes: Vec<String>,
+
+    /// `--max-content-bytes`: the chat service's limits, for `--local-routes` (the same flag,
+    /// and value, as the chat backends').
+    #[command(flatten)]
+    pub chat: roomcast_backend::chat::ChatArgs,
+
     /// Milliseconds a backend has to answer one attempt before the edge tries another.
     #[arg(long, env = "ROOMCAST_BACKEND_ATTEMPT_MS", default_value_t = 2000)]
     pub backend_attempt_ms: u64,
@@ -172,6 +184,22 @@ impl EdgeConfig {
     pub fn backend_deadline(&self) -> Duration {
         Duration::from_millis(self.backend_deadline_ms)
     }
+
+    /// `--local-routes` without blanks (`--local-routes ""` and `a,,b` are accepted).
+    pub fn local_prefixes(&self) -> Vec<String> {
+        self.local_routes
+            .iter()
+            .map(|p| p.trim())
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The chat service's limits for the routes this edge serves itself: `--max-content-bytes`
+    /// and the deployment's id rules.
+    pub fn chat_limits(&self) -> roomcast_backend::chat::ChatLimits {
+        self.chat.limits(self.id_rules())
+    }
 }
 
 /// A feature switch spelled `on` / `off` on the command line.
@@ -236,6 +264,29 @@ mod tests {
         assert_eq!(cli.cfg.rooms.presence_max_members, 3);
         assert_eq!(cli.cfg.history().max_len, 9);
         assert_eq!(cli.cfg.id_rules().max_bytes, 8);
+    }
+
+    #[test]
+    fn local_routes_are_a_comma_separated_list() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("roomcast-edge").chain(args.iter().copied()))
+                .unwrap()
+                .cfg
+        };
+        assert!(parse(&[]).local_prefixes().is_empty());
+        assert!(parse(&["--local-routes", ""]).local_prefixes().is_empty());
+        assert_eq!(
+            parse(&["--local-routes", "chat.send, chat.x,,"]).local_prefixes(),
+            ["chat.send", "chat.x"]
+        );
+        assert_eq!(parse(&["--local-routes=chat."]).local_prefixes(), ["chat."]);
+        let cfg = parse(&["--max-content-bytes", "10", "--max-id-bytes", "8"]);
+        assert_eq!(cfg.chat_limits().max_content_bytes, 10);
+        assert_eq!(cfg.chat_limits().ids.max_bytes, 8);
+        assert_eq!(
+            parse(&[]).chat_limits(),
+            roomcast_backend::chat::ChatLimits::default()
+        );
     }
 
     #[test]

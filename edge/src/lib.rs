@@ -2,7 +2,7 @@
 //!
 //! An edge owns its clients' sessions, answers the gate query for any uid, changes room
 //! membership in Redis when its sessions enter and leave, forwards service routes (`chat.*`) to
-//! backends, and fans out the pushes it receives through Redis pub/sub to its local sessions,
+//! backends (or serves chosen ones itself, `--local-routes`), and fans out the pushes it receives through Redis pub/sub to its local sessions,
 //! encoding each message once.
 //!
 //! Layout: a sans-IO core, and the QUIC code as one driver of it (as quinn sits on quinn-proto).
@@ -32,6 +32,8 @@
 //! - [`bus`]: the Redis pub/sub subscriber (subscribe/unsubscribe, probing, reconnects); what
 //!   arrives goes to the core.
 //! - [`backends`]: the backend registry cache and QUIC forwarding with timeouts and failover.
+//! - [`local`]: the service routes the edge serves itself (`--local-routes`): the chat
+//!   service's router run in-process instead of on a backend.
 //! - [`reaper`]: cleanup after dead edges (expired leases), one reaper per dead edge.
 //! - [`registry`]: the edge's own registration heartbeat and the cache of live edges.
 //! - [`node`]: wiring: start, run until a signal, drain and shut down.
@@ -44,6 +46,7 @@ pub mod config;
 pub mod core;
 pub mod fanout;
 pub mod gate;
+pub mod local;
 pub mod node;
 pub mod outbound;
 pub mod pomelo;

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use crate::backends::BackendPool;
 use crate::config::EdgeConfig;
 use crate::fanout::with_core;
+use crate::local::LocalRoutes;
 use crate::state::EdgeState;
 use crate::{bus, reaper, registry, session, webtransport};
 
@@ -94,6 +95,18 @@ pub async fn start_with_store(cfg: EdgeConfig, store: Store) -> anyhow::Result<R
         .clone()
         .unwrap_or_else(|| format!("edge-{:06x}", rand::random::<u32>() & 0xff_ffff));
     check_node_id(&id).map_err(|e| anyhow!(e))?;
+    let local = LocalRoutes::new(
+        cfg.local_prefixes(),
+        cfg.chat_limits(),
+        cfg.backend_deadline(),
+    )
+    .map_err(|e| anyhow!(e))?;
+    if !local.prefixes().is_empty() {
+        tracing::info!(
+            "serving routes {:?} in this process (--local-routes), not on backends",
+            local.prefixes()
+        );
+    }
     let presence = roomcast_store::PresenceConfig {
         max_members: cfg.rooms.presence_max_members,
     };
@@ -185,6 +198,7 @@ pub async fn start_with_store(cfg: EdgeConfig, store: Store) -> anyhow::Result<R
         advertise.clone(),
         store,
         pool,
+        local,
         auth,
     ));
     if let Some(w) = webtransport {

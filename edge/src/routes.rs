@@ -1,4 +1,5 @@
-//! The routes an edge serves itself, and forwarding of service routes to backends.
+//! The routes an edge serves itself, and service routes: forwarded to backends, or run here
+//! for those of `--local-routes` ([`crate::local`]); `forward_keyed` decides which.
 
 use std::sync::Arc;
 
@@ -87,7 +88,8 @@ fn draining() -> RouteError {
     )
 }
 
-/// A notify expects no answer: service routes are forwarded, anything else is logged.
+/// A notify expects no answer: service routes are run (on a backend, or here for
+/// `--local-routes`) and their answers dropped; anything else is logged.
 pub async fn notify(
     state: &Arc<EdgeState>,
     session: &Arc<SessionHandle>,
@@ -518,7 +520,8 @@ fn not_entered(route_name: &'static str) -> impl Fn() -> RouteError {
 /// The 503 reason when the store does not list a member this edge has in the room.
 pub const MEMBERSHIP_REASON: &str = "membership being restored after a store failure; retry";
 
-/// Forwards a service route to a backend with the session's identity attached.
+/// Answers a service route: on this edge if it is one of `--local-routes`, else on a backend;
+/// either way with the session's identity attached.
 async fn forward(
     state: &Arc<EdgeState>,
     session: &Arc<SessionHandle>,
@@ -531,7 +534,8 @@ async fn forward(
     forward_keyed(state, session, id, key, route_name, body).await
 }
 
-/// [`forward`] with the request key the backends deduplicate retries by.
+/// [`forward`] with the request key handlers deduplicate retries by. The one place that
+/// decides where a service route runs; the answer is checked the same way wherever it ran.
 async fn forward_keyed(
     state: &Arc<EdgeState>,
     session: &Arc<SessionHandle>,
@@ -551,20 +555,32 @@ async fn forward_keyed(
     let rid = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v.get("rid")?.as_str().map(str::to_string));
-    let request = Frame::BackendRequest {
-        id,
-        route: route_name.clone(),
-        uid,
-        edge: state.id.clone(),
-        session: session.token.clone(),
-        request_key,
-        body,
+    let answer = if state.local.serves(&route_name) {
+        let ctx = roomcast_backend::Context {
+            uid,
+            edge: state.id.clone(),
+            session: session.token.clone(),
+            request_key,
+            route: route_name,
+            channels: roomcast_backend::ChannelService::new(state.store.clone()),
+        };
+        state.local.call(id, ctx, body).await
+    } else {
+        let request = Frame::BackendRequest {
+            id,
+            route: route_name.clone(),
+            uid,
+            edge: state.id.clone(),
+            session: session.token.clone(),
+            request_key,
+            body,
+        };
+        state
+            .backends
+            .forward(&state.store, request, &route_name)
+            .await
     };
-    match state
-        .backends
-        .forward(&state.store, request, &route_name)
-        .await
-    {
+    match answer {
         Frame::Response {
             code: code::NOT_MEMBER,
             ..
@@ -595,7 +611,7 @@ async fn forward_keyed(
         other => Frame::error_response(
             id,
             code::INTERNAL,
-            format!("backend answered with a {} frame", other.name()),
+            format!("the handler answered with a {} frame", other.name()),
         ),
     }
 }

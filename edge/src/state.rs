@@ -31,6 +31,8 @@ pub struct EdgeState {
     pub timer: tokio::sync::Notify,
     pub bus: Bus,
     pub backends: BackendPool,
+    /// The service routes served here instead of on a backend (`--local-routes`).
+    pub local: crate::local::LocalRoutes,
     /// Live edges as last read from the registry (refreshed every second); the gate answers
     /// from this cache so a gate query costs no Redis round trip.
     pub edges: RwLock<Vec<EdgeInfo>>,
@@ -141,6 +143,7 @@ impl EdgeState {
         advertise: String,
         store: Store,
         backends: BackendPool,
+        local: crate::local::LocalRoutes,
         auth: (
             roomcast_common::auth::Verifier,
             Option<roomcast_common::auth::Minter>,
@@ -169,6 +172,7 @@ impl EdgeState {
             }),
             timer: tokio::sync::Notify::new(),
             backends,
+            local,
             edges: RwLock::new(Vec::new()),
             next_sid: AtomicU64::new(1),
             next_notify: AtomicU64::new(1),

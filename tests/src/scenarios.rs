@@ -63,6 +63,8 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "callgrind")]
     pub heaptrack: bool,
     /// Extra flags for every edge, e.g. `--edge-arg=--udp-send-batching=on` (repeatable).
+    /// `--edge-arg=--local-routes=chat.` measures edges serving `chat.send` themselves: the
+    /// chat backend still starts, and gets no requests.
     #[arg(long = "edge-arg", allow_hyphen_values = true)]
     pub edge_args: Vec<String>,
     /// Where development certificates are read from (generated if missing).
