@@ -123,8 +123,9 @@ pub struct FloorArgs {
     /// Seconds of traffic before measuring.
     #[arg(long, default_value_t = 3)]
     pub warmup: u64,
-    /// Run the server under valgrind's callgrind and report its user-space instructions per
-    /// delivery over the window. ~50x slower: use few clients and low rates
+    /// Run the server (with `--path backend|direct`: the edges and the backend) under
+    /// valgrind's callgrind and report its user-space instructions per delivery over the
+    /// window. ~50x slower: use few clients and low rates
     /// (e.g. `--clients 200 --rates 20`).
     #[arg(long)]
     pub callgrind: bool,

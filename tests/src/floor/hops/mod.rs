@@ -13,7 +13,8 @@
 //!
 //! Per window: deliveries/s, delivery latency (member read − sender's stamp) p50/p90/p99/max,
 //! answer latency p50/p99, lost frames, members that missed a message of their room, and CPU
-//! time per delivery of the edges, the backend, Redis and this process, from /proc.
+//! time per delivery of the edges, the backend, Redis and this process, from /proc; with
+//! `--callgrind`, the user-space instructions per delivery of the edges and the backend.
 
 pub mod backend;
 pub mod clients;
@@ -33,6 +34,7 @@ use serde::Serialize;
 
 use super::report::{cpu_ticks, TICKS_PER_SEC};
 use super::{frame, FloorArgs, Kind, Server, Stats};
+use crate::callgrind::Callgrind;
 use crate::cluster::Certs;
 use crate::redis_server::RedisServer;
 
@@ -160,15 +162,20 @@ pub struct HopRun {
     pub backend_cpu_us_per_delivery: Option<f64>,
     pub redis_cpu_us_per_delivery: f64,
     pub clients_cpu_us_per_delivery: f64,
+    /// Under --callgrind: user-space instructions in the window per delivery, of both edges
+    /// together and of the backend.
+    pub edges_instructions_per_delivery: Option<f64>,
+    pub backend_instructions_per_delivery: Option<f64>,
 }
 
 impl HopRun {
-    pub const HEADER: &'static str = "| path | msg/s | deliveries/s | p50 / p90 / p99 / max ms | answer p50 / p99 ms | lost | short members | CPU µs/delivery: edges / backend / Redis / clients |\n|---|---|---|---|---|---|---|---|";
+    pub const HEADER: &'static str = "| path | msg/s | deliveries/s | p50 / p90 / p99 / max ms | answer p50 / p99 ms | lost | short members | CPU µs/delivery: edges / backend / Redis / clients | instr./delivery: edges / backend |\n|---|---|---|---|---|---|---|---|---|";
 
     pub fn row(&self) -> String {
         let ms = |us: u64| us as f64 / 1000.0;
+        let opt = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.0}"));
         format!(
-            "| {} | {} | {:.0} | {:.1} / {:.1} / {:.1} / {:.1} | {:.1} / {:.1} | {} | {} | {:.2} / {} / {:.2} / {:.2} |",
+            "| {} | {} | {:.0} | {:.1} / {:.1} / {:.1} / {:.1} | {:.1} / {:.1} | {} | {} | {:.2} / {} / {:.2} / {:.2} | {} / {} |",
             self.path,
             self.rate,
             self.deliveries_per_sec,
@@ -182,10 +189,11 @@ impl HopRun {
             self.short_members,
             self.edges_cpu_us_per_delivery,
             self.backend_cpu_us_per_delivery
-                .map(|c| format!("{c:.2}"))
-                .unwrap_or_else(|| "-".into()),
+                .map_or_else(|| "-".into(), |c| format!("{c:.2}")),
             self.redis_cpu_us_per_delivery,
             self.clients_cpu_us_per_delivery,
+            opt(self.edges_instructions_per_delivery),
+            opt(self.backend_instructions_per_delivery),
         )
     }
 }
@@ -197,9 +205,6 @@ pub fn run(bin: &Path, args: FloorArgs) -> Result<Vec<HopRun>> {
     if path == MsgPath::OneHop {
         bail!("the multi-hop probe runs --path backend or direct");
     }
-    if args.callgrind {
-        bail!("--callgrind is not supported with --path {}", path.name());
-    }
     if args.clients < args.rooms || args.rooms == 0 || args.clients_per_endpoint == 0 {
         bail!("--rooms must be at least 1, --clients at least --rooms, --clients-per-endpoint at least 1");
     }
@@ -207,6 +212,17 @@ pub fn run(bin: &Path, args: FloorArgs) -> Result<Vec<HopRun>> {
         bail!("--rates must be positive");
     }
     let certs = Certs::ensure(&args.certs)?;
+    // With --callgrind the edges and the backend run under valgrind (Redis and the clients not).
+    let callgrind = if args.callgrind {
+        Some(Callgrind::wrap(bin, "floor-server")?)
+    } else {
+        None
+    };
+    let program = callgrind
+        .as_ref()
+        .map(|c| c.script())
+        .unwrap_or(bin.to_path_buf());
+    let slow = callgrind.is_some();
     let redis = RedisServer::start().context("starting redis-server")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -227,7 +243,7 @@ pub fn run(bin: &Path, args: FloorArgs) -> Result<Vec<HopRun>> {
         MsgPath::Backend => {
             let mut a = common("backend");
             a.extend(cert_args(&certs.backend_cert, &certs.backend_key));
-            Some(Server::spawn(bin, Kind::Quinn, &a, false)?)
+            Some(Server::spawn(&program, Kind::Quinn, &a, slow)?)
         }
         _ => None,
     };
@@ -238,7 +254,7 @@ pub fn run(bin: &Path, args: FloorArgs) -> Result<Vec<HopRun>> {
         if let Some(b) = &backend {
             a.extend(["--backend".into(), b.addr.to_string()]);
         }
-        edges.push(Server::spawn(bin, Kind::Quinn, &a, false)?);
+        edges.push(Server::spawn(&program, Kind::Quinn, &a, slow)?);
     }
     let addrs: Vec<SocketAddr> = edges.iter().map(|e| e.addr).collect();
     let members = {
@@ -251,7 +267,7 @@ pub fn run(bin: &Path, args: FloorArgs) -> Result<Vec<HopRun>> {
             &certs.ca,
         )?
     };
-    wait_for_members(&mut edges, &members, args.clients)?;
+    wait_for_members(&mut edges, &members, args.clients, slow)?;
     let stats = Arc::new(clients::SendStats::new(args.rooms)?);
     let mut runs = Vec::new();
     for &rate in &args.rates {
@@ -259,6 +275,7 @@ pub fn run(bin: &Path, args: FloorArgs) -> Result<Vec<HopRun>> {
             edges: &mut edges,
             backend: backend.as_mut(),
             redis: redis.pid(),
+            callgrind: callgrind.as_ref(),
         };
         let r = measure(&rt, &mut procs, &members, &stats, rate, &args)?;
         println!("{}", serde_json::to_string(&r)?);
@@ -284,6 +301,12 @@ pub fn run(bin: &Path, args: FloorArgs) -> Result<Vec<HopRun>> {
     for r in &runs {
         println!("{}", r.row());
     }
+    if let Some(c) = &callgrind {
+        println!(
+            "callgrind output in {} (delete when done)",
+            c.dir().display()
+        );
+    }
     Ok(runs)
 }
 
@@ -297,8 +320,13 @@ pub(super) fn cert_args(cert: &Path, key: &Path) -> [String; 4] {
 }
 
 /// Waits until every member's join was answered and the edges' pushers hold them all.
-fn wait_for_members(edges: &mut [Server], members: &clients::Members, n: usize) -> Result<()> {
-    let limit = Duration::from_secs(120);
+fn wait_for_members(
+    edges: &mut [Server],
+    members: &clients::Members,
+    n: usize,
+    slow: bool,
+) -> Result<()> {
+    let limit = Duration::from_secs(if slow { 600 } else { 120 });
     let deadline = Instant::now() + limit;
     loop {
         let held: u64 = edges
@@ -320,6 +348,7 @@ struct Procs<'a> {
     edges: &'a mut [Server],
     backend: Option<&'a mut Server>,
     redis: u32,
+    callgrind: Option<&'a Callgrind>,
 }
 
 impl Procs<'_> {
@@ -331,6 +360,36 @@ impl Procs<'_> {
             sum.dropped += s.dropped;
         }
         Ok(sum)
+    }
+
+    /// Under --callgrind: opens a window on the edges and the backend.
+    fn zero(&self) {
+        if self.callgrind.is_some() {
+            for e in self.edges.iter() {
+                Callgrind::zero(e.pid());
+            }
+            if let Some(b) = &self.backend {
+                Callgrind::zero(b.pid());
+            }
+        }
+    }
+
+    /// Under --callgrind: the window's user-space instructions of the edges (summed) and of
+    /// the backend.
+    fn instructions(&self) -> Result<Option<(u64, Option<u64>)>> {
+        let Some(c) = self.callgrind else {
+            return Ok(None);
+        };
+        let mut edges = 0;
+        for e in self.edges.iter() {
+            edges += c.window_instructions(e.pid())?;
+        }
+        let backend = self
+            .backend
+            .as_ref()
+            .map(|b| c.window_instructions(b.pid()))
+            .transpose()?;
+        Ok(Some((edges, backend)))
     }
 
     /// CPU ticks (user + sys) of the edges, the backend, Redis and this process.
@@ -367,6 +426,7 @@ fn measure(
         members.send(rate, args.rooms, EDGES, stats.clone())?
     };
     std::thread::sleep(Duration::from_secs(args.warmup));
+    procs.zero();
     let s0 = procs.edge_stats()?;
     let c0 = procs.cpu();
     let t0 = Instant::now();
@@ -376,7 +436,9 @@ fn measure(
     let c1 = procs.cpu();
     let secs = t0.elapsed().as_secs_f64();
     receipts.close_window(frame::now_ns());
-    rt.block_on(senders.stop(Duration::from_secs(30)))?;
+    let instructions = procs.instructions()?;
+    let patience = Duration::from_secs(if procs.callgrind.is_some() { 300 } else { 30 });
+    rt.block_on(senders.stop(patience))?;
     // Every answered message was published before its answer; give the edges a moment to
     // push what Redis delivered them, then wait for the members to read it: until all
     // arrived, or 2 s without progress (what is missing then is lost).
@@ -391,7 +453,7 @@ fn measure(
         }
         if got != last {
             (last, since) = (got, Instant::now());
-        } else if since.elapsed() > Duration::from_secs(2) {
+        } else if since.elapsed() > patience / 15 {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -428,5 +490,10 @@ fn measure(
         backend_cpu_us_per_delivery: procs.backend.is_some().then(|| per(c1[1] - c0[1])),
         redis_cpu_us_per_delivery: per(c1[2] - c0[2]),
         clients_cpu_us_per_delivery: per(c1[3] - c0[3]),
+        edges_instructions_per_delivery: instructions
+            .map(|(e, _)| e as f64 / deliveries.max(1) as f64),
+        backend_instructions_per_delivery: instructions
+            .and_then(|(_, b)| b)
+            .map(|b| b as f64 / deliveries.max(1) as f64),
     })
 }
