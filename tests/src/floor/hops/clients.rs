@@ -19,8 +19,9 @@ use super::wire;
 
 /// Handshakes in progress at once (as the one-hop probe's clients).
 const CONNECT_CONCURRENCY: usize = 64;
-/// Requests a sender has in flight at most (as `roomcast-dev bench`'s senders); beyond, it
-/// waits, so a stalled path slows the senders instead of queueing without bound.
+/// Requests in flight per room: the senders share `IN_FLIGHT × rooms` permits (`roomcast-dev
+/// bench` allows this many per room); beyond, a sender waits, so a stalled path slows the
+/// senders instead of queueing without bound.
 const IN_FLIGHT: u32 = 256;
 
 /// One member: its room, where it joined, its connection (a sender's too), and what it read.
