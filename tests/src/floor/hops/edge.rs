@@ -6,6 +6,12 @@
 //! - holds one Redis pub/sub connection subscribed to every room's channel; one pusher task
 //!   reads it and writes each published frame to the edge's members of that room, one
 //!   `write_chunks` polled once per member, as the one-hop `quinn` server pushes.
+//!
+//! Bounds: a client has at most the edge's 9 requests open (QUIC's stream limit), joins wait in
+//! a queue of `JOIN_QUEUE`, a member's stream holds at most the [`Backlog`]'s 64 frames.
+//! Published frames the pusher has not read yet wait in redis-rs's pub/sub buffer, which the
+//! probe does not bound (nor does roomcast's edge add a bound of its own there); the
+//! senders' permits bound how many can be outstanding.
 
 use std::net::SocketAddr;
 use std::path::Path;
