@@ -180,11 +180,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         if args.kind != Kind::Quinn || args.idle {
             bail!("--hop runs the quinn server only, without --idle");
         }
-        println!("listening {}", socket.local_addr()?);
-        std::io::stdout().flush()?;
-        let shared = Arc::new(control::Shared::default());
-        control::spawn_stdin(shared.clone());
-        return hops::serve(role, &args, socket, shared);
+        return hops::serve(role, &args, socket);
     }
     let config = match (args.kind.is_udp(), &args.cert, &args.key) {
         (true, _, _) => None,

@@ -82,18 +82,14 @@ async fn redis_connection(url: &str) -> Result<ConnectionManager> {
     Ok(ConnectionManager::new_with_config(client, cfg).await?)
 }
 
-/// The server side: `floor-server quinn --hop edge|backend`.
-pub fn serve(
-    role: Role,
-    args: &super::ServeArgs,
-    socket: std::net::UdpSocket,
-    shared: Arc<super::control::Shared>,
-) -> Result<()> {
+/// The server side: `floor-server quinn --hop edge|backend`. Checks its arguments, then says
+/// `listening <addr>` and serves until stdin closes (as every floor server).
+pub fn serve(role: Role, args: &super::ServeArgs, socket: std::net::UdpSocket) -> Result<()> {
     let redis = args.redis.as_deref().context("--hop needs --redis")?;
     let (Some(cert), Some(key)) = (&args.cert, &args.key) else {
         bail!("--hop needs --cert and --key");
     };
-    match role {
+    let (config, peer) = match role {
         Role::Backend => {
             let ca = args.ca.as_deref().context("--hop backend needs --ca")?;
             let config = roomcast_net::tls::server_config(
@@ -103,7 +99,7 @@ pub fn serve(
                 &roomcast_backend::server::transport_limits(),
                 Some(ca),
             )?;
-            backend::serve(socket, config, args.rooms, redis, shared)
+            (config, None)
         }
         Role::Edge => {
             let config = roomcast_net::tls::server_config(
@@ -122,8 +118,16 @@ pub fn serve(
                 }),
                 None => None,
             };
-            edge::serve(socket, config, args.rooms, redis, peer, shared)
+            (config, peer)
         }
+    };
+    println!("listening {}", socket.local_addr()?);
+    std::io::Write::flush(&mut std::io::stdout())?;
+    let shared = Arc::new(super::control::Shared::default());
+    super::control::spawn_stdin(shared.clone());
+    match role {
+        Role::Backend => backend::serve(socket, config, args.rooms, redis, shared),
+        Role::Edge => edge::serve(socket, config, args.rooms, redis, peer, shared),
     }
 }
 
