@@ -75,7 +75,13 @@ fn main() {
             }
             let f = Floor::parse_from(&args[1..]);
             let bin = std::env::current_exe().expect("current executable");
-            if let Err(e) = roomcast_e2e::floor::run(&bin, f.args) {
+            let result = match f.args.path {
+                roomcast_e2e::floor::hops::MsgPath::OneHop => {
+                    roomcast_e2e::floor::run(&bin, f.args).map(drop)
+                }
+                _ => roomcast_e2e::floor::hops::run(&bin, f.args).map(drop),
+            };
+            if let Err(e) = result {
                 eprintln!("roomcast-dev floor: {e:#}");
                 std::process::exit(1);
             }

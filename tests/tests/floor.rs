@@ -3,6 +3,7 @@
 //! loss on loopback at a low rate), and the batched variants really batch their sends.
 
 use roomcast_e2e::cluster::Certs;
+use roomcast_e2e::floor::hops::{self, MsgPath};
 use roomcast_e2e::floor::{self, FloorArgs, Kind};
 
 #[test]
@@ -18,6 +19,7 @@ fn every_server_kind_delivers_everything_and_the_batched_ones_batch() {
         Kind::ProtoSendmmsg,
     ];
     let args = FloorArgs {
+        path: MsgPath::OneHop,
         kinds: kinds.clone(),
         rates: vec![40],
         // Rooms of 10, so that one message is 10 datagrams a sendmmsg can batch.
@@ -57,6 +59,50 @@ fn every_server_kind_delivers_everything_and_the_batched_ones_batch() {
                 r.send_calls_per_delivery
             );
         }
+    }
+}
+
+/// The multi-hop probe (`roomcast-dev floor --path backend|direct`) carries every message over
+/// its hops (a real redis-server, two edge processes, a backend process on `backend`): every
+/// request is answered, every member reads every message of its room, nothing is lost, and
+/// both latencies and the CPU readings of every process are recorded.
+#[test]
+fn the_multi_hop_paths_deliver_every_message_to_every_member() {
+    let certs = Certs::for_tests().expect("certificates");
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_roomcast-dev"));
+    for path in [MsgPath::Backend, MsgPath::Direct] {
+        let args = FloorArgs {
+            path,
+            kinds: vec![Kind::Quinn],
+            rates: vec![20],
+            // Rooms of 10, 5 members on each edge.
+            clients: 40,
+            rooms: 4,
+            clients_per_endpoint: 10,
+            duration: 1,
+            warmup: 0,
+            callgrind: false,
+            certs: certs.dir.clone(),
+        };
+        let runs = hops::run(&bin, args).expect("probe runs");
+        assert_eq!(runs.len(), 1);
+        let r = &runs[0];
+        assert_eq!(r.path, path.name());
+        // 20 msg/s to rooms of 10 for 1 s: about 200 deliveries.
+        assert!(r.deliveries >= 100, "{r:?}");
+        assert_eq!(r.lost, 0, "{r:?}");
+        assert_eq!(r.dropped, 0, "{r:?}");
+        assert_eq!(r.short_members, 0, "{r:?}");
+        assert_eq!((r.send_errors, r.client_errors), (0, 0), "{r:?}");
+        assert!(
+            r.p50_us > 0 && r.p99_us >= r.p50_us && r.max_us >= r.p99_us,
+            "{r:?}"
+        );
+        assert!(r.answer_p50_us > 0, "{r:?}");
+        assert_eq!(
+            r.backend_cpu_us_per_delivery.is_some(),
+            path == MsgPath::Backend
+        );
     }
 }
 

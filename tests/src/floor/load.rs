@@ -36,7 +36,7 @@ pub struct Receipts {
 }
 
 impl Receipts {
-    fn new() -> Result<Receipts> {
+    pub(super) fn new() -> Result<Receipts> {
         Ok(Receipts {
             received: AtomicU64::new(0),
             window: (AtomicU64::new(0), AtomicU64::new(0)),
@@ -46,19 +46,24 @@ impl Receipts {
         })
     }
 
-    fn record(&self, f: &[u8]) {
+    pub(super) fn record(&self, f: &[u8]) {
         let Some(sent) = frame::sent_ns(f) else {
             self.errors.fetch_add(1, Ordering::Relaxed);
             return;
         };
         self.received.fetch_add(1, Ordering::Relaxed);
-        let (start, end) = (&self.window.0, &self.window.1);
-        if sent >= start.load(Ordering::Relaxed) && sent < end.load(Ordering::Relaxed) {
+        if self.in_window(sent) {
             let us = frame::now_ns().saturating_sub(sent) / 1000;
             if let Ok(mut h) = self.latency.lock() {
                 h.saturating_record(us.max(1));
             }
         }
+    }
+
+    /// Whether a frame stamped `sent_ns` is the window's.
+    pub fn in_window(&self, sent_ns: u64) -> bool {
+        let (start, end) = (&self.window.0, &self.window.1);
+        sent_ns >= start.load(Ordering::Relaxed) && sent_ns < end.load(Ordering::Relaxed)
     }
 
     /// Starts a window at `start_ns` (its end is open until [`Receipts::close_window`]).
@@ -80,6 +85,21 @@ impl Receipts {
             .lock()
             .map(|h| (h.value_at_quantile(0.5), h.value_at_quantile(0.99)))
             .unwrap_or((0, 0))
+    }
+
+    /// p50, p90, p99 and max latency (µs) of the window's frames received so far.
+    pub fn quantiles(&self) -> [u64; 4] {
+        self.latency
+            .lock()
+            .map(|h| {
+                [
+                    h.value_at_quantile(0.5),
+                    h.value_at_quantile(0.9),
+                    h.value_at_quantile(0.99),
+                    h.max(),
+                ]
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -103,7 +123,7 @@ impl Drop for Load {
 
 /// The clients' configuration (30 s idle timeout, 5 s keep-alive, `max_uni` streams the server
 /// may open) and one client endpoint per `per_endpoint` of the `n` clients.
-fn client_side(
+pub(super) fn client_side(
     server: SocketAddr,
     n: usize,
     per_endpoint: usize,

@@ -19,6 +19,8 @@
 //! - [`backlog`]: the bounded per-stream queue of the QUIC servers;
 //! - [`udp_server`], [`quinn_server`], [`proto_server`]: the servers;
 //! - [`load`]: the clients; [`report`]: one measured window;
+//! - [`hops`]: `--path backend|direct`, fanout-100's whole message path (sender → edge →
+//!   backend → Redis → both edges → members) with bare parts, instead of one hop;
 //! - [`idle`]: `roomcast-dev floor idle`, the memory of idle connections instead (its servers
 //!   are the same kinds started with `--idle`); [`memory`]: the readings it takes.
 //!
@@ -28,6 +30,7 @@
 pub mod backlog;
 pub mod control;
 pub mod frame;
+pub mod hops;
 pub mod idle;
 pub mod load;
 pub mod memory;
@@ -90,6 +93,12 @@ impl Kind {
 
 #[derive(Debug, Clone, Args)]
 pub struct FloorArgs {
+    /// The message path: `one-hop` (each message made inside the `--kinds` servers), `backend`
+    /// (sender → edge → backend → Redis EVALSHA → pub/sub → 2 edges → members, fanout-100's
+    /// hops with bare quinn and Redis) or `direct` (the same without the backend: the edges
+    /// run the script). `backend` and `direct` ignore `--kinds`.
+    #[arg(long, value_enum, default_value = "one-hop")]
+    pub path: hops::MsgPath,
     /// Servers to measure, comma-separated: udp-sendto, udp-sendmmsg, quinn, quinn-sendmmsg,
     /// proto-sendto, proto-sendmmsg.
     #[arg(
@@ -114,8 +123,9 @@ pub struct FloorArgs {
     /// Seconds of traffic before measuring.
     #[arg(long, default_value_t = 3)]
     pub warmup: u64,
-    /// Run the server under valgrind's callgrind and report its user-space instructions per
-    /// delivery over the window. ~50x slower: use few clients and low rates
+    /// Run the server (with `--path backend|direct`: the edges and the backend) under
+    /// valgrind's callgrind and report its user-space instructions per delivery over the
+    /// window. ~50x slower: use few clients and low rates
     /// (e.g. `--clients 200 --rates 20`).
     #[arg(long)]
     pub callgrind: bool,
@@ -144,6 +154,18 @@ pub struct ServeArgs {
     /// With --idle: the server configuration's variant.
     #[arg(long, value_enum, default_value = "edge")]
     pub variant: idle::Variant,
+    /// A role in the multi-hop probe (`floor --path backend|direct`) instead of pushing.
+    #[arg(long, value_enum)]
+    pub hop: Option<hops::Role>,
+    /// With --hop: the Redis to run the script on and subscribe to.
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// With --hop edge: forward messages to this backend (without it the edge runs the script).
+    #[arg(long)]
+    pub backend: Option<SocketAddr>,
+    /// With --hop: the CA of the mutual TLS between edge and backend.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
 }
 
 /// The server process: binds, prints `listening <addr>`, then serves until stdin closes.
@@ -154,6 +176,12 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     }
     // The edge's socket: 4 MiB buffers requested.
     let socket = roomcast_net::net::udp_socket(args.listen)?;
+    if let Some(role) = args.hop {
+        if args.kind != Kind::Quinn || args.idle {
+            bail!("--hop runs the quinn server only, without --idle");
+        }
+        return hops::serve(role, &args, socket);
+    }
     let config = match (args.kind.is_udp(), &args.cert, &args.key) {
         (true, _, _) => None,
         (false, Some(cert), Some(key)) if args.idle => {
@@ -206,6 +234,12 @@ fn edge_limits() -> tls::TransportLimits {
 
 /// Measures every kind at every rate; prints a JSON line per window and a table at the end.
 pub fn run(bin: &Path, args: FloorArgs) -> Result<Vec<Run>> {
+    if args.path != hops::MsgPath::OneHop {
+        bail!(
+            "--path {} is measured by floor::hops::run",
+            args.path.name()
+        );
+    }
     if args.clients == 0 || args.rooms == 0 || args.clients_per_endpoint == 0 {
         bail!("--clients, --rooms and --clients-per-endpoint must be at least 1");
     }
@@ -296,14 +330,17 @@ impl Server {
         certs: &Certs,
         slow: bool,
     ) -> Result<Server> {
+        let mut args = extra.to_vec();
+        args.extend(hops::cert_args(&certs.edge_cert, &certs.edge_key));
+        Server::spawn(program, kind, &args, slow)
+    }
+
+    /// Starts `program floor-server <kind> <args>` and reads the address it listens on.
+    fn spawn(program: &Path, kind: Kind, args: &[String], slow: bool) -> Result<Server> {
         let mut cmd = Command::new(program);
         cmd.arg("floor-server")
             .arg(kind.name())
-            .args(extra)
-            .arg("--cert")
-            .arg(&certs.edge_cert)
-            .arg("--key")
-            .arg(&certs.edge_key)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
         crate::child::die_with_parent(&mut cmd);
