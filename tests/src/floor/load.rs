@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
@@ -36,6 +36,25 @@ pub struct Receipts {
 }
 
 impl Receipts {
+    /// Waits for the clients to read the `sent` frames handed out since `received` counted
+    /// `base`: until all arrived, or `quiet` passed without progress (what is missing then is
+    /// lost). Returns how many arrived.
+    pub fn wait_for(&self, base: u64, sent: u64, quiet: Duration) -> u64 {
+        let (mut last, mut since) = (u64::MAX, Instant::now());
+        loop {
+            let got = self.received.load(Ordering::Relaxed) - base;
+            if got >= sent {
+                return got;
+            }
+            if got != last {
+                (last, since) = (got, Instant::now());
+            } else if since.elapsed() > quiet {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub(super) fn new() -> Result<Receipts> {
         Ok(Receipts {
             received: AtomicU64::new(0),

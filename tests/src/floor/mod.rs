@@ -286,20 +286,15 @@ pub fn run(bin: &Path, args: FloorArgs) -> Result<Vec<Run>> {
         drop(load);
         server.stop();
     }
-    println!(
-        "\nfanout shape: {} clients, {} rooms, {} s windows after {} s warm-up",
-        args.clients, args.rooms, args.duration, args.warmup
+    report::print_table(
+        &format!(
+            "fanout shape: {} clients, {} rooms, {} s windows after {} s warm-up",
+            args.clients, args.rooms, args.duration, args.warmup
+        ),
+        Run::HEADER,
+        runs.iter().map(Run::row),
+        callgrind.as_ref(),
     );
-    println!("{}", Run::HEADER);
-    for r in &runs {
-        println!("{}", r.row());
-    }
-    if let Some(c) = &callgrind {
-        println!(
-            "callgrind output in {} (delete when done)",
-            c.dir().display()
-        );
-    }
     Ok(runs)
 }
 
@@ -499,20 +494,11 @@ fn measure(
     let sent = at_stop.deliveries - at_go.deliveries;
     // Wait for the clients to read what is in flight: until all arrived, or 2 s without
     // progress (what is missing then is lost).
-    let (mut last, mut since) = (u64::MAX, Instant::now());
-    loop {
-        let got = receipts.received.load(Relaxed) - received_at_go;
-        if got >= sent {
-            break;
-        }
-        if got != last {
-            (last, since) = (got, Instant::now());
-        } else if since.elapsed() > server.patience.min(Duration::from_secs(10)) / 5 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let received = receipts.received.load(Relaxed) - received_at_go;
+    let received = receipts.wait_for(
+        received_at_go,
+        sent,
+        server.patience.min(Duration::from_secs(10)) / 5,
+    );
     let deliveries = s1.deliveries - s0.deliveries;
     let per = |x: f64| x / deliveries.max(1) as f64;
     let user = per((u1 - u0) as f64 / TICKS_PER_SEC * 1e6);

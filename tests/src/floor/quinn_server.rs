@@ -27,11 +27,45 @@ use super::frame;
 /// between messages, so at most this many handshakes finish ahead of it.
 const ACCEPTED_QUEUE: usize = 1024;
 
-struct Member {
+/// A member's push stream, shared with the multi-hop edges (`hops/edge.rs`).
+pub(super) struct Member {
     /// Keeps the connection open (quinn closes a connection whose handles are all dropped).
     _conn: quinn::Connection,
     stream: quinn::SendStream,
     backlog: Backlog,
+}
+
+impl Member {
+    pub(super) fn new(conn: quinn::Connection, stream: quinn::SendStream) -> Member {
+        Member {
+            _conn: conn,
+            stream,
+            backlog: Backlog::default(),
+        }
+    }
+
+    /// Hands `frame` to the stream as the edge does: one `write_chunks` polled once, the
+    /// backlog holding what flow control refuses. Returns the frames dropped.
+    pub(super) fn push(&mut self, frame: Bytes) -> u64 {
+        let stream = &mut self.stream;
+        self.backlog.deliver(frame, |chunk| {
+            match stream
+                .write_chunks(std::slice::from_mut(chunk))
+                .now_or_never()
+            {
+                Some(Ok(_)) => Wrote::Some,
+                None => Wrote::Blocked,
+                Some(Err(_)) => Wrote::Gone,
+            }
+        })
+    }
+}
+
+/// Pushes `frame` to every member of a room; counts the deliveries and drops in `shared`.
+pub(super) fn push_to_room(members: &mut [Member], frame: Bytes, shared: &Shared) {
+    let dropped: u64 = members.iter_mut().map(|m| m.push(frame.clone())).sum();
+    Shared::add(&shared.deliveries, members.len() as u64);
+    Shared::add(&shared.dropped, dropped);
 }
 
 /// Serves on quinn's own socket, or with `batched` on the edge's batching socket
@@ -68,11 +102,7 @@ pub fn serve(
         .context("quinn endpoint")?;
         let mut accepted = accept(&endpoint, |conn| async move {
             let stream = conn.open_uni().await.ok()?;
-            Some(Member {
-                _conn: conn,
-                stream,
-                backlog: Backlog::default(),
-            })
+            Some(Member::new(conn, stream))
         });
         let mut members: Vec<Vec<Member>> = (0..rooms.max(1)).map(|_| Vec::new()).collect();
         let mut joined = 0usize;
@@ -81,22 +111,7 @@ pub fn serve(
             let now = Instant::now();
             while let Some(room) = schedule.due(&shared, now) {
                 let f = Bytes::copy_from_slice(&frame::encode(schedule.seq - 1, frame::now_ns()));
-                let mut dropped = 0;
-                for m in &mut members[room] {
-                    let stream = &mut m.stream;
-                    dropped += m.backlog.deliver(f.clone(), |chunk| {
-                        match stream
-                            .write_chunks(std::slice::from_mut(chunk))
-                            .now_or_never()
-                        {
-                            Some(Ok(_)) => Wrote::Some,
-                            None => Wrote::Blocked,
-                            Some(Err(_)) => Wrote::Gone,
-                        }
-                    });
-                }
-                Shared::add(&shared.deliveries, members[room].len() as u64);
-                Shared::add(&shared.dropped, dropped);
+                push_to_room(&mut members[room], f, &shared);
             }
             let wait = schedule
                 .deadline(&shared, Instant::now())

@@ -81,3 +81,24 @@ impl Run {
         )
     }
 }
+
+/// Prints a probe's closing table: its title, the header and a row per window, and where the
+/// callgrind output is when there is one.
+pub fn print_table(
+    title: &str,
+    header: &str,
+    rows: impl IntoIterator<Item = String>,
+    callgrind: Option<&crate::callgrind::Callgrind>,
+) {
+    println!("\n{title}");
+    println!("{header}");
+    for row in rows {
+        println!("{row}");
+    }
+    if let Some(c) = callgrind {
+        println!(
+            "callgrind output in {} (delete when done)",
+            c.dir().display()
+        );
+    }
+}

@@ -19,15 +19,15 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _, Result};
 use bytes::Bytes;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use redis::aio::ConnectionManager;
 use roomcast_net::tls;
 use roomcast_protocol::protocol::BACKEND_ALPN;
 use tokio::sync::mpsc;
 
-use super::super::backlog::{Backlog, Wrote};
 use super::super::control::Shared;
 use super::super::frame::FRAME_BYTES;
+use super::super::quinn_server::{push_to_room, Member};
 use super::wire::{self, Request};
 
 /// Joins waiting for the pusher: bounded; a join's answer waits for a slot.
@@ -49,13 +49,6 @@ pub struct BackendPeer<'a> {
     pub ca: &'a Path,
     pub cert: &'a Path,
     pub key: &'a Path,
-}
-
-struct Member {
-    /// Keeps the connection open (quinn closes a connection whose handles are all dropped).
-    _conn: quinn::Connection,
-    stream: quinn::SendStream,
-    backlog: Backlog,
 }
 
 /// Serves until the process ends (stdin closed). `shared.connections` counts the members the
@@ -135,19 +128,7 @@ pub fn serve(
                         continue;
                     }
                     let f = Bytes::copy_from_slice(payload);
-                    let mut dropped = 0;
-                    for m in &mut members[room] {
-                        let stream = &mut m.stream;
-                        dropped += m.backlog.deliver(f.clone(), |chunk| {
-                            match stream.write_chunks(std::slice::from_mut(chunk)).now_or_never() {
-                                Some(Ok(_)) => Wrote::Some,
-                                None => Wrote::Blocked,
-                                Some(Err(_)) => Wrote::Gone,
-                            }
-                        });
-                    }
-                    Shared::add(&shared.deliveries, members[room].len() as u64);
-                    Shared::add(&shared.dropped, dropped);
+                    push_to_room(&mut members[room], f, &shared);
                 }
             }
         }
@@ -186,11 +167,7 @@ async fn request(
     match wire::parse(&req, rooms)? {
         Request::Join { room } => {
             let stream = conn.open_uni().await?;
-            let member = Member {
-                _conn: conn,
-                stream,
-                backlog: Backlog::default(),
-            };
+            let member = Member::new(conn, stream);
             joins
                 .send((room, member))
                 .await

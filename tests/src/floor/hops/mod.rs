@@ -293,24 +293,19 @@ pub fn run(bin: &Path, args: FloorArgs) -> Result<Vec<HopRun>> {
     if let Some(b) = backend {
         b.stop();
     }
-    println!(
-        "\npath {}: {} clients, {} rooms, {EDGES} edges, {} s windows after {} s warm-up",
-        path.name(),
-        args.clients,
-        args.rooms,
-        args.duration,
-        args.warmup
+    super::report::print_table(
+        &format!(
+            "path {}: {} clients, {} rooms, {EDGES} edges, {} s windows after {} s warm-up",
+            path.name(),
+            args.clients,
+            args.rooms,
+            args.duration,
+            args.warmup
+        ),
+        HopRun::HEADER,
+        runs.iter().map(HopRun::row),
+        callgrind.as_ref(),
     );
-    println!("{}", HopRun::HEADER);
-    for r in &runs {
-        println!("{}", r.row());
-    }
-    if let Some(c) = &callgrind {
-        println!(
-            "callgrind output in {} (delete when done)",
-            c.dir().display()
-        );
-    }
     Ok(runs)
 }
 
@@ -449,20 +444,7 @@ fn measure(
     std::thread::sleep(Duration::from_millis(200));
     let at_stop = procs.edge_stats()?;
     let sent = at_stop.deliveries - at_go.deliveries;
-    let (mut last, mut since) = (u64::MAX, Instant::now());
-    loop {
-        let got = receipts.received.load(Relaxed) - received_at_go;
-        if got >= sent {
-            break;
-        }
-        if got != last {
-            (last, since) = (got, Instant::now());
-        } else if since.elapsed() > patience / 15 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let received = receipts.received.load(Relaxed) - received_at_go;
+    let received = receipts.wait_for(received_at_go, sent, patience / 15);
     let deliveries = s1.deliveries - s0.deliveries;
     let per = |ticks: u64| ticks as f64 / TICKS_PER_SEC * 1e6 / deliveries.max(1) as f64;
     let [p50_us, p90_us, p99_us, max_us] = receipts.quantiles();
