@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use redis::aio::ConnectionManager;
 
 use super::super::control::Shared;
@@ -26,13 +26,7 @@ pub fn serve(
     rt.block_on(async move {
         let redis = super::redis_connection(redis_url).await?;
         let script = Arc::new(redis::Script::new(wire::SCRIPT));
-        let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            Some(config),
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )
-        .context("quinn endpoint")?;
+        let endpoint = super::server_endpoint(socket, config)?;
         while let Some(incoming) = endpoint.accept().await {
             let (redis, script, shared) = (redis.clone(), script.clone(), shared.clone());
             tokio::spawn(async move {

@@ -82,13 +82,7 @@ pub fn serve(
                 Arc::new(redis::Script::new(wire::SCRIPT)),
             ),
         };
-        let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            Some(config),
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )
-        .context("quinn endpoint")?;
+        let endpoint = super::server_endpoint(socket, config)?;
         let (join_tx, mut joins) = mpsc::channel::<(usize, Member)>(JOIN_QUEUE);
         let acceptor = endpoint.clone();
         tokio::spawn(async move {
