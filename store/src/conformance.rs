@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use roomcast_protocol::bus::{self, BusMessage};
 use roomcast_protocol::ids::IdRules;
 
@@ -791,6 +791,80 @@ pub async fn bus_delivers_a_room_only_after_a_confirmed_subscription(s: Store) {
     for p in [&mut sub.payloads, &mut sub2.payloads] {
         assert_eq!(next(p, WAIT).await.map(|m| m.0), Some(nth(seq)));
     }
+}
+
+/// Not in [`conformance_tests!`] (it needs a small queue): `s` must open subscriptions whose
+/// queue holds `bound` payloads (`with_bus_queue_len` on either engine). A subscriber that stops
+/// reading while 4 × `bound` pushes are published keeps exactly `bound` of them, the oldest, in
+/// order; the rest are dropped and counted rather than buffered; once drained it receives new
+/// pushes in order again.
+pub async fn a_slow_subscriber_loses_payloads_not_memory(s: Store, bound: usize) {
+    let mut sub = s
+        .subscribe_edge("e1", &["lobby".into()])
+        .await
+        .expect("subscribe");
+    let published = 4 * bound as u64;
+    for i in 0..published {
+        s.publish_room("lobby", "onChat", i.to_string().as_bytes(), None, None)
+            .await
+            .expect("publish");
+    }
+    // Every push has reached the queue once the counter says so (the Redis engine forwards
+    // them from its connection asynchronously); wait for that, however slow the machine.
+    let dropped = published - bound as u64;
+    let deadline = tokio::time::Instant::now() + 4 * WAIT;
+    while sub.control.dropped() < dropped {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dropped {} of {published} pushes, expected {dropped}",
+            sub.control.dropped()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // What is queued is all there is: no other buffer holds the dropped pushes.
+    let mut got = Vec::new();
+    while let Some(Some(p)) = sub.payloads.next().now_or_never() {
+        let (seq, msg) = bus::decode(&p).expect("decodable payload");
+        assert_eq!(
+            msg,
+            room("lobby", "onChat", (nth(seq) - 1).to_string().as_bytes())
+        );
+        got.push(nth(seq));
+    }
+    assert_eq!(
+        got,
+        (1..=bound as u64).collect::<Vec<_>>(),
+        "the queue keeps the oldest pushes, in order"
+    );
+    assert_eq!(
+        next(&mut sub.payloads, QUIET).await,
+        None,
+        "nothing beyond the bound"
+    );
+    assert_eq!(
+        sub.control.dropped(),
+        dropped,
+        "every overflow counted once"
+    );
+    // Drained: new pushes arrive again, in order, the gap visible in their seqs.
+    for i in 0..3 {
+        let body = format!("again {i}");
+        s.publish_room("lobby", "onChat", body.as_bytes(), None, None)
+            .await
+            .expect("publish");
+    }
+    for i in 0..3 {
+        let body = format!("again {i}");
+        assert_eq!(
+            next(&mut sub.payloads, WAIT).await,
+            Some((published + 1 + i, room("lobby", "onChat", body.as_bytes())))
+        );
+    }
+    assert_eq!(sub.control.dropped(), dropped);
+    sub.control
+        .ping()
+        .await
+        .expect("the subscription is still live");
 }
 
 pub async fn unsubscribe_stops_room_delivery(s: Store) {

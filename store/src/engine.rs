@@ -349,6 +349,10 @@ pub trait SubscriptionControl: Send + Sync {
 
     /// Round trip through the subscription: fails if it is dead or deaf.
     async fn ping(&self) -> Result<()>;
+
+    /// Payloads this subscription lost so far because its queue was full (the edge read too
+    /// slowly; see [`crate::BUS_QUEUE_LEN`]): counted by both engines, for logs and tests.
+    fn dropped(&self) -> u64;
 }
 
 /// Raw bus payloads ([`roomcast_protocol::bus`] format), in publish order per channel.

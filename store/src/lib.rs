@@ -7,11 +7,14 @@
 //! - [`memory`]: the in-memory engine (one process, no Redis; same semantics, bounded queues).
 //! - [`settings`]: settings every process must share, written once and checked by each.
 //! - [`keys`]: every Redis key and channel name.
+//! - `bus_queue.rs`: the bounded queue of each subscription ([`BUS_QUEUE_LEN`]) and its drop
+//!   policy, shared by both engines.
 //! - [`conformance`]: the test bodies every engine must pass, and [`conformance_tests!`].
 //!
 //! [`Store`] is the handle callers hold: a cheap clone of an `Arc<dyn Engine>` that derefs to
 //! it, so `store.join(..)` works on either engine without importing a trait.
 
+mod bus_queue;
 pub mod conformance;
 pub mod engine;
 pub mod keys;
@@ -29,6 +32,7 @@ use roomcast_protocol::protocol::{code, Status};
 
 use crate::keys::Keys;
 
+pub use bus_queue::BUS_QUEUE_LEN;
 pub use engine::{
     BackendInfo, Broker, Claim, EdgeInfo, Engine, Generation, HistoryEntry, Joined, Payloads,
     Registry, Rooms, Sessions, Subscription, SubscriptionControl,

@@ -31,6 +31,7 @@ async fn a_subscriber_that_falls_behind_loses_payloads_instead_of_growing() {
         got, BUS_QUEUE_LEN,
         "the queue is bounded; the overflow is dropped"
     );
+    assert_eq!(sub.control.dropped(), 100, "and counted");
     // Once drained, delivery resumes.
     s.broadcast("onX", b"again").await.unwrap();
     assert!(sub.payloads.next().await.is_some());

@@ -1,24 +1,23 @@
 //! In-process pub/sub: channels (named like the Redis ones) → subscriptions, each a bounded
-//! tokio channel. Publishing happens under the engine's mutex, inside the operation that
+//! queue ([`crate::bus_queue`]: [`BUS_QUEUE_LEN`](crate::BUS_QUEUE_LEN) payloads by default;
+//! a subscriber that falls that far behind loses the newer payloads, counted, instead of
+//! growing memory; room gaps are then filled from history). Publishing happens under the engine's mutex, inside the operation that
 //! publishes, so each subscription receives a room's pushes in seq order, and a room
 //! subscribed before a join sees every push after it.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::mpsc;
 
 use super::{MemoryEngine, State};
+use crate::bus_queue::{queue, Offer, QueueTx};
 use crate::engine::{Broker, Subscription, SubscriptionControl};
 use crate::keys::Keys;
 use crate::{Result, StoreError};
-
-/// Payloads queued per subscription. A subscriber that falls this far behind loses the newer
-/// payloads (at-most-once, like Redis pub/sub) instead of growing memory without bound; room
-/// gaps are then filled from history.
-pub const BUS_QUEUE_LEN: usize = 16_384;
 
 #[derive(Default)]
 pub(super) struct Channels {
@@ -29,10 +28,8 @@ pub(super) struct Channels {
 }
 
 struct Sub {
-    tx: mpsc::Sender<Bytes>,
+    tx: QueueTx,
     channels: HashSet<String>,
-    /// Payloads lost because the queue was full (logged once per overflow episode).
-    dropped: u64,
 }
 
 impl Channels {
@@ -47,19 +44,10 @@ impl Channels {
             let Some(sub) = self.subs.get_mut(id) else {
                 continue;
             };
-            match sub.tx.try_send(payload.clone()) {
-                Ok(()) => {
-                    sent += 1;
-                    if sub.dropped > 0 {
-                        tracing::warn!(
-                            "bus subscriber {id} lost {} payloads (queue of {BUS_QUEUE_LEN} full)",
-                            sub.dropped
-                        );
-                        sub.dropped = 0;
-                    }
-                }
-                Err(TrySendError::Full(_)) => sub.dropped += 1,
-                Err(TrySendError::Closed(_)) => closed.push(*id),
+            match sub.tx.offer(payload.clone(), id) {
+                Offer::Queued => sent += 1,
+                Offer::Dropped => {}
+                Offer::Closed => closed.push(*id),
             }
         }
         for id in closed {
@@ -68,8 +56,12 @@ impl Channels {
         sent
     }
 
-    fn add(&mut self, channels: Vec<String>) -> (u64, mpsc::Receiver<Bytes>) {
-        let (tx, rx) = mpsc::channel(BUS_QUEUE_LEN);
+    fn add(
+        &mut self,
+        channels: Vec<String>,
+        len: usize,
+    ) -> (u64, mpsc::Receiver<Bytes>, Arc<AtomicU64>) {
+        let (tx, rx, dropped) = queue(len);
         self.next_id += 1;
         let id = self.next_id;
         self.subs.insert(
@@ -77,13 +69,12 @@ impl Channels {
             Sub {
                 tx,
                 channels: HashSet::new(),
-                dropped: 0,
             },
         );
         for c in channels {
             self.listen(id, c);
         }
-        (id, rx)
+        (id, rx, dropped)
     }
 
     fn live(&self, id: u64) -> bool {
@@ -151,7 +142,7 @@ impl Broker for MemoryEngine {
     async fn subscribe_edge(&self, edge: &str, rooms: &[String]) -> Result<Subscription> {
         let mut channels = vec![self.keys.edge_channel(edge), self.keys.broadcast_channel()];
         channels.extend(rooms.iter().map(|rid| self.keys.room_channel(rid)));
-        let (id, rx) = self.lock().0.bus.add(channels);
+        let (id, rx, dropped) = self.lock().0.bus.add(channels, self.bus_queue_len);
         let payloads =
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (p, rx)) });
         Ok(Subscription {
@@ -159,6 +150,7 @@ impl Broker for MemoryEngine {
                 state: self.state.clone(),
                 keys: self.keys.clone(),
                 id,
+                dropped,
             }),
             payloads: Box::pin(payloads),
         })
@@ -169,6 +161,8 @@ struct MemorySubscription {
     state: Arc<Mutex<State>>,
     keys: Keys,
     id: u64,
+    /// Shared with the queue's sender, so it still reads after the subscription closed.
+    dropped: Arc<AtomicU64>,
 }
 
 impl MemorySubscription {
@@ -195,5 +189,9 @@ impl SubscriptionControl for MemorySubscription {
 
     async fn ping(&self) -> Result<()> {
         self.with(|_| ())
+    }
+
+    fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 }

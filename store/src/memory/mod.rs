@@ -29,7 +29,7 @@ use crate::engine::{BackendInfo, EdgeInfo, Engine, Generation};
 use crate::keys::Keys;
 use crate::{HistoryConfig, PresenceConfig, Result, RECOVERY_WINDOW};
 
-pub use bus::BUS_QUEUE_LEN;
+pub use crate::BUS_QUEUE_LEN;
 
 /// Makes generation ids distinct even when two resets fall in one millisecond.
 static RESET_COUNT: AtomicU64 = AtomicU64::new(0);
@@ -46,6 +46,9 @@ pub struct MemoryEngine {
     presence: PresenceConfig,
     /// Set on an edge's own handle: its joins and claims carry the fencing token.
     fence: Option<Arc<crate::Fence>>,
+    /// Payloads queued per subscription opened through this handle ([`BUS_QUEUE_LEN`];
+    /// smaller in tests, so that overflowing it is quick).
+    bus_queue_len: usize,
 }
 
 impl MemoryEngine {
@@ -80,7 +83,15 @@ impl MemoryEngine {
             history: HistoryConfig::default(),
             presence: PresenceConfig::default(),
             fence: None,
+            bus_queue_len: BUS_QUEUE_LEN,
         }
+    }
+
+    /// Subscriptions opened through this handle queue `len` payloads (at least 1) instead of
+    /// [`BUS_QUEUE_LEN`].
+    pub fn with_bus_queue_len(mut self, len: usize) -> MemoryEngine {
+        self.bus_queue_len = len.max(1);
+        self
     }
 
     /// What the state holds now (expired entries swept first), for metrics and tests.

@@ -38,6 +38,9 @@ pub struct RedisEngine {
     presence: PresenceConfig,
     /// Set on an edge's own handle: its joins and claims carry the fencing token.
     fence: Option<Arc<crate::Fence>>,
+    /// Payloads queued per subscription opened through this handle ([`crate::BUS_QUEUE_LEN`];
+    /// smaller in tests, so that overflowing it is quick).
+    bus_queue_len: usize,
 }
 
 impl RedisEngine {
@@ -74,7 +77,15 @@ impl RedisEngine {
             history: HistoryConfig::default(),
             presence: PresenceConfig::default(),
             fence: None,
+            bus_queue_len: crate::BUS_QUEUE_LEN,
         })
+    }
+
+    /// Subscriptions opened through this handle queue `len` payloads (at least 1) instead of
+    /// [`crate::BUS_QUEUE_LEN`].
+    pub fn with_bus_queue_len(mut self, len: usize) -> RedisEngine {
+        self.bus_queue_len = len.max(1);
+        self
     }
 }
 
