@@ -27,6 +27,21 @@ use super::frame;
 /// between messages, so at most this many handshakes finish ahead of it.
 const ACCEPTED_QUEUE: usize = 1024;
 
+/// A server endpoint on quinn's own socket and tokio's runtime (the idle server, and the
+/// multi-hop edges and backend).
+pub(super) fn server_endpoint(
+    socket: std::net::UdpSocket,
+    config: quinn::ServerConfig,
+) -> Result<quinn::Endpoint> {
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket,
+        Arc::new(TokioRuntime),
+    )
+    .context("quinn endpoint")
+}
+
 /// A member's push stream, shared with the multi-hop edges (`hops/edge.rs`).
 pub(super) struct Member {
     /// Keeps the connection open (quinn closes a connection whose handles are all dropped).
@@ -227,13 +242,7 @@ pub fn serve_idle(
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            Some(config),
-            socket,
-            Arc::new(TokioRuntime),
-        )
-        .context("quinn endpoint")?;
+        let endpoint = server_endpoint(socket, config)?;
         let mut accepted = accept(&endpoint, |conn| async move { Some(conn) });
         let mut conns: Vec<quinn::Connection> = Vec::new();
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));

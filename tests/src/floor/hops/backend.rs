@@ -26,7 +26,7 @@ pub fn serve(
     rt.block_on(async move {
         let redis = super::redis_connection(redis_url).await?;
         let script = Arc::new(redis::Script::new(wire::SCRIPT));
-        let endpoint = super::server_endpoint(socket, config)?;
+        let endpoint = super::super::quinn_server::server_endpoint(socket, config)?;
         while let Some(incoming) = endpoint.accept().await {
             let (redis, script, shared) = (redis.clone(), script.clone(), shared.clone());
             tokio::spawn(async move {

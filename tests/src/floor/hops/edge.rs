@@ -82,7 +82,7 @@ pub fn serve(
                 Arc::new(redis::Script::new(wire::SCRIPT)),
             ),
         };
-        let endpoint = super::server_endpoint(socket, config)?;
+        let endpoint = super::super::quinn_server::server_endpoint(socket, config)?;
         let (join_tx, mut joins) = mpsc::channel::<(usize, Member)>(JOIN_QUEUE);
         let acceptor = endpoint.clone();
         tokio::spawn(async move {

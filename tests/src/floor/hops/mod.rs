@@ -72,20 +72,6 @@ pub enum Role {
 /// Edges, as in fanout-100.
 const EDGES: usize = 2;
 
-/// A server endpoint on the given socket, for the edges and the backend (tokio's runtime).
-pub(super) fn server_endpoint(
-    socket: std::net::UdpSocket,
-    config: quinn::ServerConfig,
-) -> Result<quinn::Endpoint> {
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(config),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .context("quinn endpoint")
-}
-
 /// The Redis connection for scripts, set up as roomcast's store sets its own up (multiplexed,
 /// reconnecting, bounded response time).
 async fn redis_connection(url: &str) -> Result<ConnectionManager> {
